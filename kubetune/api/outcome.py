@@ -1,0 +1,103 @@
+"""The contract between a trainer process and whatever supervises it (the operator or the local runner).
+
+A trainer ends with an exit code from `ExitReason` and, on rank 0, a `TrainerResult` written to
+`result.json` and (shortened) to Kubernetes' termination-message file. While it runs, rank 0 publishes a
+`ProgressSnapshot`. Supervisors decide from these alone, so the table below is the whole vocabulary:
+
+| exit | reason              | retryable | meaning                                                        |
+|------|---------------------|-----------|----------------------------------------------------------------|
+| 0    | Succeeded           | -         | trained to the end and exported                                |
+| 0    | EarlyStopped        | -         | validation stopped improving; best checkpoint exported         |
+| 2    | InvalidConfig       | no        | the manifest cannot be run as written                          |
+| 3    | DataError           | no        | a dataset file is missing, unreadable, malformed or leaky      |
+| 4    | ModelError          | no        | the model cannot be loaded                                     |
+| 5    | NonFiniteLoss       | no*       | loss became NaN/inf (*retryable with restartOnNonFiniteLoss)   |
+| 6    | OutOfMemory         | yes       | the accelerator or host ran out of memory; try a smaller batch |
+| 7    | PeerLost            | yes       | a collective timed out or a peer process vanished              |
+| 8    | Interrupted         | yes       | SIGTERM: checkpointed and stopped (pod deletion, Ctrl-C)       |
+| 1    | (uncaught error)    | yes       | an unexpected exception; the traceback is in the log           |
+| 128+N| (signal N)          | yes       | killed by a signal (137: SIGKILL, often the OOM killer)        |
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from kubetune.api.base import ApiModel, doc
+from kubetune.api.status import EvaluationSummary, Metrics, Progress
+
+#: The termination message Kubernetes keeps is at most 4096 bytes; ours stays well inside.
+TERMINATION_MESSAGE_LIMIT = 2048
+
+
+class ExitReason(Enum):
+    """Why a trainer process ended: (exit code, retryable, wire name)."""
+
+    SUCCEEDED = (0, False, "Succeeded")
+    EARLY_STOPPED = (0, False, "EarlyStopped")
+    INVALID_CONFIG = (2, False, "InvalidConfig")
+    DATA_ERROR = (3, False, "DataError")
+    MODEL_ERROR = (4, False, "ModelError")
+    NON_FINITE_LOSS = (5, False, "NonFiniteLoss")
+    OUT_OF_MEMORY = (6, True, "OutOfMemory")
+    PEER_LOST = (7, True, "PeerLost")
+    INTERRUPTED = (8, True, "Interrupted")
+
+    @property
+    def exit_code(self) -> int:
+        return self.value[0]
+
+    @property
+    def retryable(self) -> bool:
+        return self.value[1]
+
+    @property
+    def wire_name(self) -> str:
+        """CamelCase, as in the status and the termination message."""
+        return self.value[2]
+
+    @classmethod
+    def from_wire(cls, name: str) -> ExitReason | None:
+        return next((reason for reason in cls if reason.wire_name == name), None)
+
+    @classmethod
+    def from_exit_code(cls, code: int) -> ExitReason | None:
+        """The reason an exit code stands for; None for 1, signals and unknown codes (code 0 is ambiguous
+        between Succeeded and EarlyStopped: read the result for which)."""
+        return next((reason for reason in cls if reason.exit_code == code and code != 0), None)
+
+
+class TrainerResult(ApiModel):
+    """What a finished trainer reports (rank 0's `result.json`; the termination message is its JSON)."""
+
+    outcome: Literal["Succeeded", "EarlyStopped", "Failed", "Interrupted"] = doc("outcome of the run.")
+    reason: str = doc("reason: an ExitReason wire name (e.g. DataError), or Succeeded / EarlyStopped.")
+    message: str = doc("message: one human-readable sentence, naming the file, field or step at fault.")
+    retryable: bool = doc("retryable: whether restarting the gang from the last checkpoint may help.")
+    step: int = doc("step: optimizer steps completed.", default=0, ge=0)
+    total_steps: int = doc("totalSteps: optimizer steps planned.", default=0, ge=0)
+    best_metric: float | None = doc("bestMetric: best value of the early-stopping metric.", default=None)
+    best_step: int | None = doc("bestStep: step of the best evaluation.", default=None)
+    output_path: str | None = doc("outputPath: where the model was exported.", default=None)
+    evaluation: EvaluationSummary | None = doc("evaluation: base vs fine-tuned.", default=None)
+
+    def termination_message(self) -> str:
+        """The result as a single JSON line that fits Kubernetes' termination message."""
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        short = self.model_copy(update={"message": self.message[:512], "evaluation": None})
+        return short.model_dump_json(by_alias=True, exclude_none=True)[:TERMINATION_MESSAGE_LIMIT]
+
+
+class ProgressSnapshot(ApiModel):
+    """What rank 0 publishes while training (`progress.json` and `GET /progress` beside `/metrics`)."""
+
+    attempt: int | None = doc("attempt the trainer belongs to (from KUBETUNE_ATTEMPT).", default=None)
+    progress: Progress = doc("progress of training.")
+    metrics: Metrics = doc("metrics: latest figures.")
+    phase: Literal["Starting", "Evaluating", "Training", "Checkpointing", "Exporting", "Finished"] = doc(
+        "phase: what rank 0 is doing now.", default="Training"
+    )
+    updated_at: float = doc("updatedAt: Unix time of this snapshot, in seconds.")

@@ -1,0 +1,159 @@
+"""What a FineTuneJob reports: its phase, conditions, progress, metrics and results.
+
+The operator writes this into the object's status subresource; the local runner writes the same shape
+to `status.json`. Condition types and reasons are named constants here, never string literals in the
+code that sets them, so that users can write automation against a fixed vocabulary.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from kubetune.api.base import ApiModel, doc
+
+Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[Phase, ...] = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+FINISHED_PHASES: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
+
+
+class ConditionType:
+    """The condition types a FineTuneJob carries."""
+
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    EARLY_STOPPED = "EarlyStopped"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    OVERFITTING_SUSPECTED = "OverfittingSuspected"
+    UNDERFITTING_SUSPECTED = "UnderfittingSuspected"
+
+
+class Reason:
+    """Machine-readable reasons on conditions and events."""
+
+    GANG_CREATED = "GangCreated"
+    WORKERS_RUNNING = "WorkersRunning"
+    WORKERS_PENDING = "WorkersPending"
+    TRAINING_COMPLETED = "TrainingCompleted"
+    EARLY_STOPPED = "EarlyStopped"
+    WORKER_FAILED = "WorkerFailed"
+    OUT_OF_MEMORY = "OutOfMemory"
+    DISRUPTED = "Disrupted"
+    BACKOFF = "BackoffLimitNotReached"
+    RESTARTS_EXHAUSTED = "MaxRestartsExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    DATA_ERROR = "DataError"
+    MODEL_ERROR = "ModelError"
+    NON_FINITE_LOSS = "NonFiniteLoss"
+    PEER_LOST = "PeerLost"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    UNSCHEDULABLE = "Unschedulable"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    SUSPENDED = "JobSuspended"
+    RESUMED = "JobResumed"
+    SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+    OVERFITTING = "EvalLossRising"
+    UNDERFITTING = "LossPlateauHigh"
+    HEALTHY_FIT = "FitLooksHealthy"
+
+
+class Condition(ApiModel):
+    """One observed aspect of the job, in Kubernetes' usual condition shape."""
+
+    type: str = doc("type of the condition (Created, Running, Restarting, EarlyStopped, Succeeded, ...).")
+    status: Literal["True", "False", "Unknown"] = doc("status of the condition: True, False or Unknown.")
+    reason: str = doc("reason: a CamelCase machine-readable cause.", default="")
+    message: str = doc("message: a human-readable explanation.", default="")
+    last_transition_time: datetime | None = doc(
+        "lastTransitionTime: when the status last changed (RFC 3339).", default=None
+    )
+
+
+class Progress(ApiModel):
+    """How far training has come, from rank 0 of the current attempt."""
+
+    step: int = doc("step: optimizer steps completed.", default=0, ge=0)
+    total_steps: int = doc("totalSteps: optimizer steps planned.", default=0, ge=0)
+    epoch: float = doc("epoch: fractional epochs completed.", default=0.0, ge=0)
+    percent: int = doc("percent: step / totalSteps in whole percent (0-100).", default=0, ge=0, le=100)
+    eta_seconds: int | None = doc("etaSeconds: estimated time to finish, in seconds.", default=None, ge=0)
+
+
+class Metrics(ApiModel):
+    """The latest training and validation figures."""
+
+    train_loss: float | None = doc("trainLoss: mean training loss over the last logging window.", default=None)
+    eval_loss: float | None = doc("evalLoss: loss on the validation set at the last evaluation.", default=None)
+    best_eval_loss: float | None = doc("bestEvalLoss: lowest validation loss so far.", default=None)
+    best_step: int | None = doc("bestStep: optimizer step of the best evaluation.", default=None, ge=0)
+    tokens_per_second: float | None = doc(
+        "tokensPerSecond: non-padding training tokens per second over the whole gang.", default=None, ge=0
+    )
+    learning_rate: float | None = doc("learningRate: the current learning rate.", default=None, ge=0)
+
+
+class EvaluationResult(ApiModel):
+    """Validation figures of one model (base or fine-tuned)."""
+
+    eval_loss: float | None = doc("evalLoss: mean token cross-entropy on the validation set.", default=None)
+    perplexity: float | None = doc("perplexity: exp(evalLoss).", default=None)
+    token_accuracy: float | None = doc(
+        "tokenAccuracy: fraction (0-1) of learned tokens predicted exactly.", default=None, ge=0, le=1
+    )
+    exact_match: float | None = doc(
+        "exactMatch: fraction (0-1) of validation examples answered exactly.", default=None, ge=0, le=1
+    )
+    examples: int | None = doc("examples: validation examples evaluated.", default=None, ge=0)
+
+
+class EvaluationSummary(ApiModel):
+    """Base model against fine-tuned model on the same validation set."""
+
+    base_model: EvaluationResult | None = doc("baseModel: the untouched pre-trained model.", default=None)
+    fine_tuned: EvaluationResult | None = doc("fineTuned: the exported fine-tuned model.", default=None)
+
+
+class CheckpointStatus(ApiModel):
+    """Checkpoints on storage."""
+
+    latest: str | None = doc("latest: path of the newest complete checkpoint.", default=None)
+    latest_step: int | None = doc("latestStep: optimizer step of the newest checkpoint.", default=None, ge=0)
+    best: str | None = doc("best: path of the checkpoint with the best validation metric.", default=None)
+
+
+class OutputStatus(ApiModel):
+    """The exported model."""
+
+    path: str | None = doc("path where the fine-tuned model was exported.", default=None)
+
+
+class FineTuneJobStatus(ApiModel):
+    """The observed state of a FineTuneJob."""
+
+    phase: Phase = doc("phase: Pending, Running, Restarting, Succeeded, Failed or Suspended.", default="Pending")
+    conditions: list[Condition] = doc("conditions: the latest observations of the job's state.", default=[])
+    restarts: int = doc("restarts: gang restarts counted against `retryPolicy.maxRestarts`.", default=0, ge=0)
+    attempt: int = doc(
+        "attempt: the current gang attempt (1-based); it grows on every restart, disruptions included.",
+        default=0,
+        ge=0,
+    )
+    start_time: datetime | None = doc("startTime: when the first gang was created (RFC 3339).", default=None)
+    completion_time: datetime | None = doc(
+        "completionTime: when the job reached Succeeded or Failed (RFC 3339).", default=None
+    )
+    observed_generation: int | None = doc(
+        "observedGeneration: the metadata.generation this status reflects.", default=None, ge=0
+    )
+    progress: Progress | None = doc("progress of training.", default=None)
+    metrics: Metrics | None = doc("metrics: latest training and validation figures.", default=None)
+    evaluation: EvaluationSummary | None = doc(
+        "evaluation: base vs fine-tuned model on the validation set.", default=None
+    )
+    checkpoints: CheckpointStatus | None = doc("checkpoints on storage.", default=None)
+    output: OutputStatus | None = doc("output: the exported model.", default=None)
+    message: str | None = doc("message: a one-line human-readable summary of the state.", default=None)

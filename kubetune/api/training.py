@@ -1,0 +1,281 @@
+"""What to fine-tune, on which data, how: the model, dataset, method and hyperparameter blocks.
+
+These are the parts of a FineTuneJob's spec that a machine-learning engineer writes. Defaults follow
+common fine-tuning practice: start from a pre-trained model, a low learning rate with warm-up and
+decay, weight decay, gradient clipping, and a held-out validation split when none is given.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from kubetune.api.base import MAX_STRING_LENGTH, ApiModel, Rule, doc
+
+#: `hf://org/name`, `pvc://claim/path` or a plain local path (the local runner only).
+MODEL_SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|[^:]+)$"
+)
+#: A dataset file: `pvc://claim/path/file` or a local path (the local runner, or a path in the image).
+DATA_PATH_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+|[^:]+)$"
+#: A Kubernetes object name (DNS-1123 subdomain).
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+ShortString = Annotated[str, Field(min_length=1, max_length=253)]
+PathString = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH)]
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the job's namespace. The operator only references it in pod specs; it never
+    reads Secrets itself."""
+
+    name: str = doc(
+        "name of the Secret in the job's namespace.", min_length=1, max_length=253, pattern=K8S_NAME_PATTERN
+    )
+    key: str = doc("key: the key within the Secret whose value is used.", min_length=1, max_length=253)
+
+
+class ModelSpec(ApiModel):
+    """The pre-trained model to start from."""
+
+    source: str = doc(
+        "source of the pre-trained weights: `hf://org/name` (the Hugging Face hub, or its offline cache "
+        "in the image), `pvc://claim/path` (a directory on a PersistentVolumeClaim), or a local directory "
+        "or file path (only for `kubetune run`).",
+        min_length=1,
+        max_length=MAX_STRING_LENGTH,
+        pattern=MODEL_SOURCE_PATTERN,
+    )
+    revision: str | None = doc(
+        "revision: the hub branch, tag or commit to load (only with `hf://`). Default: the hub's default branch.",
+        default=None,
+        min_length=1,
+        max_length=253,
+    )
+    gguf_file: str | None = doc(
+        "ggufFile: name of a GGUF file inside `source` to load and de-quantize to full precision with "
+        "transformers. Unset: load safetensors/bin weights.",
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[^/].*\.gguf$",
+    )
+    token_secret_ref: SecretKeyRef | None = doc(
+        "tokenSecretRef: a Secret key holding a hub access token, passed to the trainer as the `HF_TOKEN` "
+        "environment variable (only with `hf://`). Unset: anonymous or offline access.",
+        default=None,
+    )
+
+    rules: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.revision) || self.source.startsWith('hf://')",
+            check=lambda m: m.revision is None or m.source.startswith("hf://"),
+            message="`revision` is only meaningful with an `hf://` source",
+            field="revision",
+        ),
+        Rule(
+            cel="!has(self.tokenSecretRef) || self.source.startsWith('hf://')",
+            check=lambda m: m.token_secret_ref is None or m.source.startswith("hf://"),
+            message="`tokenSecretRef` is only meaningful with an `hf://` source",
+            field="tokenSecretRef",
+        ),
+    ]
+
+
+DatasetFormat = Literal["auto", "text", "prompt-completion", "chat"]
+
+
+class DatasetSpec(ApiModel):
+    """The training and validation data."""
+
+    train: str = doc(
+        "train: the training file (JSONL, JSON, Parquet or CSV), as `pvc://claim/path` or a local path.",
+        min_length=1,
+        max_length=MAX_STRING_LENGTH,
+        pattern=DATA_PATH_PATTERN,
+    )
+    validation: str | None = doc(
+        "validation: a held-out validation file in the same format. Unset: `validationSplit` of the "
+        "training file is held out.",
+        default=None,
+        min_length=1,
+        max_length=MAX_STRING_LENGTH,
+        pattern=DATA_PATH_PATTERN,
+    )
+    validation_split: float = doc(
+        "validationSplit: fraction of the training examples held out for validation when no "
+        "`validation` file is given (0 < x <= 0.5). Default 0.1.",
+        default=0.1,
+        gt=0,
+        le=0.5,
+    )
+    format: DatasetFormat = doc(
+        "format of each record: `text` ({text}), `prompt-completion` ({prompt, completion}), `chat` "
+        "({messages: [{role, content}]}, rendered with the tokenizer's chat template), or `auto` (detected "
+        "from the first record's fields). Default auto.",
+        default="auto",
+    )
+    max_seq_length: int = doc(
+        "maxSeqLength: longest tokenized example in tokens; longer examples are truncated, counted and "
+        "reported. Default 1024.",
+        default=1024,
+        ge=8,
+        le=131072,
+    )
+    packing: bool = doc(
+        "packing: pack several examples into one sequence of up to `maxSeqLength` tokens. Attention and "
+        "loss never cross an example boundary (position ids restart per example). Default false.",
+        default=False,
+    )
+    train_on_inputs: bool = doc(
+        "trainOnInputs: compute the loss on prompt / user tokens too. Default false: only completion and "
+        "assistant tokens are learned.",
+        default=False,
+    )
+    max_leakage_fraction: float = doc(
+        "maxLeakageFraction: largest fraction of validation examples that may also appear verbatim in the "
+        "training set before the job fails as a data error (0-1; 1 allows any). Default 0.01.",
+        default=0.01,
+        ge=0,
+        le=1,
+    )
+
+
+class LoraSpec(ApiModel):
+    """Low-rank adaptation (peft) settings."""
+
+    rank: int = doc("rank of the LoRA update matrices. Default 16.", default=16, ge=1, le=1024)
+    alpha: float = doc("alpha: LoRA scaling numerator (scale = alpha / rank). Default 32.", default=32, gt=0)
+    dropout: float = doc("dropout on the LoRA input (0 <= x < 1). Default 0.05.", default=0.05, ge=0, lt=1)
+    target_modules: list[ShortString] | None = doc(
+        "targetModules: names of the modules to adapt (e.g. q_proj, v_proj). Unset: peft's default for "
+        "the model's architecture.",
+        default=None,
+        min_length=1,
+        max_length=64,
+    )
+    merge: bool = doc(
+        "merge: merge the adapter into the base weights when exporting. Default true; false exports the adapter alone.",
+        default=True,
+    )
+
+
+class MethodSpec(ApiModel):
+    """Full fine-tuning or LoRA."""
+
+    type: Literal["full", "lora"] = doc(
+        "type: `full` updates every weight; `lora` trains low-rank adapters only. Default full.",
+        default="full",
+    )
+    lora: LoraSpec | None = doc(
+        "lora: LoRA settings; only allowed with `type: lora` (defaults apply when omitted).", default=None
+    )
+
+    rules: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.lora) || self.type == 'lora'",
+            check=lambda m: m.lora is None or m.type == "lora",
+            message="a `lora` block is only allowed with `type: lora`",
+            field="lora",
+        )
+    ]
+
+
+class HyperparametersSpec(ApiModel):
+    """Optimisation settings. AdamW is the optimizer."""
+
+    epochs: int = doc("epochs: passes over the training set. Default 3.", default=3, ge=1, le=1000)
+    max_steps: int | None = doc(
+        "maxSteps: stop after this many optimizer steps, whichever comes first with `epochs`. Unset: "
+        "`epochs` alone decide.",
+        default=None,
+        ge=1,
+    )
+    learning_rate: float = doc(
+        "learningRate: peak learning rate after warm-up. Default 2e-5 (fine-tuning wants a low rate).",
+        default=2e-5,
+        gt=0,
+        le=1,
+    )
+    scheduler: Literal["constant", "linear", "cosine"] = doc(
+        "scheduler: learning-rate decay after warm-up. Default cosine.", default="cosine"
+    )
+    warmup_ratio: float = doc(
+        "warmupRatio: fraction of the total steps spent warming up linearly from 0 (0-0.5). Default 0.03.",
+        default=0.03,
+        ge=0,
+        le=0.5,
+    )
+    weight_decay: float = doc(
+        "weightDecay: AdamW decoupled weight decay (0-1). Default 0.01.", default=0.01, ge=0, le=1
+    )
+    dropout: float | None = doc(
+        "dropout: overrides the model's own dropout probabilities (0 <= x < 1). Unset: keep the model's.",
+        default=None,
+        ge=0,
+        lt=1,
+    )
+    micro_batch_size: int = doc(
+        "microBatchSize: examples (or packed sequences) per process per forward pass. Default 4.",
+        default=4,
+        ge=1,
+        le=4096,
+    )
+    gradient_accumulation_steps: int = doc(
+        "gradientAccumulationSteps: micro-batches accumulated per optimizer step. Default 1.",
+        default=1,
+        ge=1,
+        le=4096,
+    )
+    max_grad_norm: float = doc(
+        "maxGradNorm: clip the global gradient norm to this value; 0 disables clipping. Default 1.0.",
+        default=1.0,
+        ge=0,
+    )
+    seed: int = doc(
+        "seed for data order, the validation split and initialisation of new weights. Default 42.",
+        default=42,
+        ge=0,
+        le=2**31 - 1,
+    )
+
+
+class DistributedSpec(ApiModel):
+    """How the work is spread over pods and processes."""
+
+    workers: int = doc("workers: pods in the gang (nodes). Default 1.", default=1, ge=1, le=256)
+    processes_per_worker: int = doc(
+        "processesPerWorker: trainer processes per pod; with `accelerator: nvidia-gpu`, GPUs per pod. Default 1.",
+        default=1,
+        ge=1,
+        le=16,
+    )
+    accelerator: Literal["nvidia-gpu", "cpu"] = doc(
+        "accelerator: `nvidia-gpu` requests `processesPerWorker` GPUs (`nvidia.com/gpu`) per pod and uses "
+        "NCCL; `cpu` trains on CPUs with gloo. Default nvidia-gpu.",
+        default="nvidia-gpu",
+    )
+    zero_stage: int = doc(
+        "zeroStage: DeepSpeed ZeRO stage (0-3): 1 shards optimizer state, 2 also gradients, 3 also "
+        "parameters. Default 2.",
+        default=2,
+        ge=0,
+        le=3,
+    )
+    offload_optimizer: bool = doc(
+        "offloadOptimizer: keep optimizer state in CPU memory (ZeRO-Offload; needs zeroStage >= 1). Default false.",
+        default=False,
+    )
+    precision: Literal["bf16", "fp16", "fp32"] = doc(
+        "precision of the training computation. Default bf16.", default="bf16"
+    )
+
+    rules: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.offloadOptimizer) || !self.offloadOptimizer || !has(self.zeroStage) || self.zeroStage >= 1",
+            check=lambda d: not d.offload_optimizer or d.zero_stage >= 1,
+            message="`offloadOptimizer` needs `zeroStage` of 1 or more",
+            field="offloadOptimizer",
+        )
+    ]
