@@ -1,0 +1,78 @@
+"""The Kubernetes permissions the operator needs, written once as data.
+
+The Helm chart renders its (Cluster)Role from these rules and a test compares the two, so the chart
+can never grant less than the operator uses, nor more. Everything here is the least the operator and
+kopf need: no wildcards, and no Secrets at all (a job's `tokenSecretRef` only becomes a `secretKeyRef`
+in a pod spec; the kubelet, not the operator, reads the Secret).
+
+Two sets: `NAMESPACED_RULES` are needed in every namespace whose jobs the operator runs (a Role per
+namespace with `--namespace`, or the ClusterRole with `--all-namespaces`); `CLUSTER_RULES` name
+cluster-scoped resources and always need a ClusterRole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One rule of a Role or ClusterRole (`rbac.authorization.k8s.io/v1` PolicyRule)."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    """Why the operator needs it (becomes a comment in the chart)."""
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The rule as it is written in a Role: {apiGroups, resources, verbs}."""
+        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+NAMESPACED_RULES: tuple[PolicyRule, ...] = (
+    PolicyRule(
+        ("kubetune.io",),
+        ("finetunejobs",),
+        ("get", "list", "watch", "patch", "delete"),
+        "watch jobs; kopf patches its finalizer and progress annotations; ttlSecondsAfterFinished deletes the job",
+    ),
+    PolicyRule(("kubetune.io",), ("finetunejobs/status",), ("get", "patch"), "write the observed status"),
+    PolicyRule(
+        ("",),
+        ("pods",),
+        ("get", "list", "watch", "create", "delete"),
+        "create, observe and delete the gang of worker pods",
+    ),
+    PolicyRule(("",), ("services",), ("get", "list", "watch", "create", "delete"), "the gang's headless Service"),
+    PolicyRule(
+        ("",), ("configmaps",), ("get", "list", "watch", "create", "delete"), "the rendered trainer configuration"
+    ),
+    PolicyRule(
+        ("",), ("events",), ("create", "patch"), "Kubernetes Events for every transition (kopf posts v1 Events)"
+    ),
+)
+
+CLUSTER_RULES: tuple[PolicyRule, ...] = (
+    PolicyRule(
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("get", "list", "watch"),
+        "kopf discovers the FineTuneJob CRD and waits for it before watching",
+    ),
+    PolicyRule(("",), ("namespaces",), ("get", "list", "watch"), "kopf follows namespaces it may serve"),
+)
+
+ALL_RULES: tuple[PolicyRule, ...] = NAMESPACED_RULES + CLUSTER_RULES
+
+
+def cluster_role_rules() -> list[dict[str, Any]]:
+    """The rules of the operator's ClusterRole when it watches all namespaces."""
+    return [rule.to_manifest() for rule in ALL_RULES]
+
+
+def role_rules() -> list[dict[str, Any]]:
+    """The rules of the per-namespace Role when it watches named namespaces (CLUSTER_RULES still need a
+    ClusterRole)."""
+    return [rule.to_manifest() for rule in NAMESPACED_RULES]
