@@ -1,0 +1,304 @@
+"""Tiny, offline stand-ins for a pre-trained model, its data and its manifest, for tests.
+
+No test may download a model, so every test that trains builds one here from a config: a byte-level
+BPE tokenizer trained in-process on a fixed corpus (any text encodes, nothing is unknown) with a
+ChatML chat template, and a two-layer Llama with random weights. Building both takes well under a
+second; `tiny_model_dir` caches the result per pytest session.
+
+The datasets are a learnable task — a fixed, arbitrary mapping from a word to a word — written as
+`text`, `prompt-completion` or `chat` JSONL. The writers can plant exact duplicates in the training
+set and copy validation examples into it (train/validation leakage), so the trainer's data report has
+something to catch.
+
+Use from any test area:
+
+    from tests.support import tiny
+    model = tiny.tiny_model_dir(tmp_path_factory)             # cached per session
+    train, val = tiny.write_dataset(tmp_path, "chat", train=64, validation=16)
+    manifest = tiny.write_manifest(tmp_path / "job.yaml", model, train, val, {"hyperparameters": {"maxSteps": 8}})
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+#: Special tokens of the tiny tokenizer. `<|im_end|>` closes every chat turn; `<|endoftext|>` ends a
+#: text or prompt-completion example; padding has its own token so that masks are unambiguous.
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<|bos|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, IM_START, IM_END]
+
+#: ChatML, as Qwen and SmolLM2 write it: `<|im_start|>role\ncontent<|im_end|>\n` per message.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: Words of the task. The mapping pairs each with another, chosen by a fixed shuffle (seeded).
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "tiger",
+    "piano",
+    "window",
+    "silver",
+    "garden",
+    "orange",
+    "candle",
+    "rocket",
+    "forest",
+    "yellow",
+    "bridge",
+    "mirror",
+    "castle",
+    "dragon",
+    "summer",
+    "winter",
+    "marble",
+    "violet",
+    "pepper",
+    "anchor",
+    "falcon",
+    "lemon",
+    "meadow",
+    "thunder",
+    "copper",
+    "velvet",
+    "harbor",
+]
+SYSTEM_PROMPT = "You map words."
+_CORPUS_REPEAT = 20
+
+#: The tiny model's architecture (a Llama: RMSNorm, rotary positions, SwiGLU, as most current LLMs).
+MODEL_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
+
+
+def mapping(seed: int = 0) -> dict[str, str]:
+    """The task: word -> word, a fixed derangement of WORDS for a given seed."""
+    targets = list(WORDS)
+    random.Random(seed).shuffle(targets)
+    return dict(zip(WORDS, targets[1:] + targets[:1], strict=True))
+
+
+def _corpus() -> list[str]:
+    pairs = mapping()
+    lines = [f"Map {source} to {target}." for source, target in pairs.items()]
+    lines += [f"Map: {source}\nAnswer: {target}" for source, target in pairs.items()]
+    lines += [
+        f"{IM_START}user\n{source}{IM_END}\n{IM_START}assistant\n{target}{IM_END}\n" for source, target in pairs.items()
+    ]
+    lines.append("The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()[]{}<>/\\|-_+=*&^%$#@~`")
+    return lines * _CORPUS_REPEAT
+
+
+def build_tokenizer(directory: Path) -> Any:
+    """A byte-level BPE tokenizer (vocabulary about 400) with ChatML template, saved into `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        additional_special_tokens=[IM_START, IM_END],
+        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_tiny_model(directory: Path | str, seed: int = 0) -> Path:
+    """Write a tokenizer and a randomly initialised 2-layer Llama (about 60k parameters) to `directory`,
+    loadable with `AutoModelForCausalLM.from_pretrained(directory)`. Takes about a second."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
+        **MODEL_CONFIG,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, built once per pytest session (under the session's base temp folder)."""
+    directory = tmp_path_factory.getbasetemp() / "tiny-model"
+    if not (directory / "config.json").exists():
+        partial = tmp_path_factory.mktemp("tiny-model-build")
+        build_tiny_model(partial)
+        partial.rename(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fixture form of `tiny_model_dir`: `from tests.support.tiny import tiny_model` in a conftest."""
+    return tiny_model_dir(tmp_path_factory)
+
+
+def record(fmt: str, source: str, target: str) -> dict[str, Any]:
+    """One example of the task in the given format (`text`, `prompt-completion` or `chat`)."""
+    if fmt == "text":
+        return {"text": f"Map: {source}\nAnswer: {target}"}
+    if fmt == "prompt-completion":
+        return {"prompt": f"Map: {source}\nAnswer:", "completion": f" {target}"}
+    if fmt == "chat":
+        return {
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": source},
+                {"role": "assistant", "content": target},
+            ]
+        }
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def examples(fmt: str, count: int, seed: int = 0, start: int = 0) -> list[dict[str, Any]]:
+    """`count` distinct-as-far-as-possible examples: the i-th maps WORDS[i % len] (numbered past the
+    first round, e.g. `apple2`, so that examples stay unique), starting at index `start`."""
+    pairs = list(mapping(seed).items())
+    out = []
+    for index in range(start, start + count):
+        source, target = pairs[index % len(pairs)]
+        round_ = index // len(pairs)
+        suffix = str(round_) if round_ else ""
+        out.append(record(fmt, source + suffix, target + suffix))
+    return out
+
+
+def write_jsonl(path: Path | str, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write records as JSON Lines; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def write_dataset(
+    directory: Path | str,
+    fmt: str = "prompt-completion",
+    train: int = 64,
+    validation: int | None = 16,
+    duplicates: int = 0,
+    leaked: int = 0,
+    seed: int = 0,
+) -> tuple[Path, Path | None]:
+    """Write `train.jsonl` (and `validation.jsonl` unless `validation` is None) into `directory`.
+
+    duplicates: exact copies of the first training examples appended to the training file.
+    leaked: copies of the first validation examples appended to the training file.
+    Returns (train path, validation path or None).
+    """
+    directory = Path(directory)
+    train_records = examples(fmt, train, seed)
+    val_records = examples(fmt, validation, seed, start=train) if validation else []
+    train_records += train_records[:duplicates] + val_records[:leaked]
+    train_path = write_jsonl(directory / "train.jsonl", train_records)
+    val_path = write_jsonl(directory / "validation.jsonl", val_records) if validation else None
+    return train_path, val_path
+
+
+#: A spec that trains the tiny model to a falling loss in a few seconds on two CPU processes.
+BASE_SPEC: dict[str, Any] = {
+    "dataset": {"format": "auto", "maxSeqLength": 64},
+    "hyperparameters": {
+        "epochs": 1,
+        "learningRate": 3e-3,
+        "scheduler": "constant",
+        "warmupRatio": 0.0,
+        "microBatchSize": 4,
+        "seed": 7,
+    },
+    "distributed": {"workers": 1, "processesPerWorker": 2, "accelerator": "cpu", "zeroStage": 2, "precision": "fp32"},
+    "checkpointing": {"everySteps": 4, "keep": 2},
+}
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, recursively for nested mappings; a None value deletes a key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def manifest(
+    model: Path | str,
+    train: Path | str,
+    validation: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    name: str = "tiny",
+) -> dict[str, Any]:
+    """A validated FineTuneJob manifest (a dict) for a tiny run; `overrides` is merged into the spec."""
+    from kubetune.api import FineTuneJob
+
+    spec = deep_merge(BASE_SPEC, {"model": {"source": str(model)}, "dataset": {"train": str(train)}})
+    if validation is not None:
+        spec = deep_merge(spec, {"dataset": {"validation": str(validation)}})
+    spec = deep_merge(spec, overrides or {})
+    document = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    FineTuneJob.model_validate(document)
+    return document
+
+
+def write_manifest(
+    path: Path | str,
+    model: Path | str,
+    train: Path | str,
+    validation: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    name: str = "tiny",
+) -> Path:
+    """Write `manifest(...)` as YAML to `path`; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest(model, train, validation, overrides, name), sort_keys=False))
+    return path
