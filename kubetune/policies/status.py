@@ -1,0 +1,126 @@
+"""What the status says: phase, conditions, progress and the events that mark each transition.
+
+The status is always written from what was observed, never from what was intended, so these helpers
+build a new `FineTuneJobStatus` from the previous one: a condition keeps its `lastTransitionTime`
+until its status actually changes (as Kubernetes' meta.SetStatusCondition does), progress comes only
+from rank 0 of the current attempt, and every transition is also an event (`transition_events`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from kubetune.api.outcome import ProgressSnapshot, TrainerResult
+from kubetune.api.status import (
+    Condition,
+    ConditionType,
+    FineTuneJobStatus,
+    Metrics,
+    OutputStatus,
+    Phase,
+    Progress,
+)
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+#: Conditions whose turning True is bad news (a Warning event).
+WARNING_CONDITIONS = frozenset({ConditionType.FAILED, ConditionType.RESTARTING})
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes-style event: what happened to the job, for people watching it."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def find_condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def is_true(status: FineTuneJobStatus, type_: str) -> bool:
+    condition = find_condition(status, type_)
+    return condition is not None and condition.status == "True"
+
+
+def set_condition(
+    status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
+) -> FineTuneJobStatus:
+    """The status with one condition set; `lastTransitionTime` moves only when `value` changes."""
+    old = find_condition(status, type_)
+    moved = old is None or old.status != value or old.last_transition_time is None
+    when = now if moved or old is None else old.last_transition_time
+    new = Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=when)
+    conditions = [new if c.type == type_ else c for c in status.conditions]
+    if old is None:
+        conditions.append(new)
+    return status.model_copy(update={"conditions": conditions})
+
+
+def clear_condition(
+    status: FineTuneJobStatus, type_: str, reason: str, message: str, now: datetime
+) -> FineTuneJobStatus:
+    """Set a condition False, but only if it exists (conditions that never applied are not listed)."""
+    if find_condition(status, type_) is None:
+        return status
+    return set_condition(status, type_, "False", reason, message, now)
+
+
+def with_fields(status: FineTuneJobStatus, **fields: Any) -> FineTuneJobStatus:
+    """The status with fields replaced (validated: a wrong field name raises)."""
+    return FineTuneJobStatus.model_validate({**dict(status), **fields})
+
+
+def with_phase(status: FineTuneJobStatus, phase: Phase, message: str) -> FineTuneJobStatus:
+    return with_fields(status, phase=phase, message=message)
+
+
+def apply_progress(status: FineTuneJobStatus, snapshot: ProgressSnapshot | None, attempt: int) -> FineTuneJobStatus:
+    """Progress and metrics from rank 0's snapshot, if it belongs to the current attempt (a snapshot of
+    an older attempt, or none, leaves the last known figures in place)."""
+    if snapshot is None or (snapshot.attempt is not None and snapshot.attempt != attempt):
+        return status
+    return with_fields(status, progress=snapshot.progress, metrics=snapshot.metrics)
+
+
+def apply_result(status: FineTuneJobStatus, result: TrainerResult | None) -> FineTuneJobStatus:
+    """Final figures from the trainer's result: steps, best metric, output path, evaluation."""
+    if result is None:
+        return status
+    total = result.total_steps or result.step
+    percent = 100 if result.outcome in ("Succeeded", "EarlyStopped") else min(100, 100 * result.step // max(total, 1))
+    previous = status.progress or Progress()
+    progress = previous.model_copy(
+        update={"step": result.step, "total_steps": total, "percent": percent, "eta_seconds": 0}
+    )
+    metrics = (status.metrics or Metrics()).model_copy(
+        update={k: v for k, v in {"best_step": result.best_step}.items() if v is not None}
+    )
+    fields: dict[str, Any] = {"progress": progress, "metrics": metrics}
+    if result.output_path:
+        fields["output"] = OutputStatus(path=result.output_path)
+    if result.evaluation is not None:
+        fields["evaluation"] = result.evaluation
+    return with_fields(status, **fields)
+
+
+def transition_events(previous: FineTuneJobStatus, current: FineTuneJobStatus) -> list[Event]:
+    """One event per condition that became True (or changed reason while True), plus one when a
+    condition that was True turns False with a reason of its own (e.g. Suspended -> JobResumed)."""
+    events: list[Event] = []
+    for condition in current.conditions:
+        old = find_condition(previous, condition.type)
+        unchanged = old is not None and (old.status, old.reason) == (condition.status, condition.reason)
+        if unchanged or (condition.status != "True" and (old is None or old.status != "True")):
+            continue
+        if condition.status != "True" and condition.type != ConditionType.SUSPENDED:
+            continue
+        kind: Literal["Normal", "Warning"] = (
+            "Warning" if condition.type in WARNING_CONDITIONS and condition.status == "True" else "Normal"
+        )
+        events.append(Event(kind, condition.reason or condition.type, condition.message))
+    return events

@@ -1,0 +1,70 @@
+"""Conditions keep their transition time until they change; events mark every transition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kubetune.api.outcome import TrainerResult
+from kubetune.api.status import ConditionType, FineTuneJobStatus, Reason
+from kubetune.policies.status import apply_result, find_condition, set_condition, transition_events
+
+pytestmark = pytest.mark.timeout(10)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=5)
+
+
+def test_set_condition_moves_the_transition_time_only_on_change() -> None:
+    status = set_condition(FineTuneJobStatus(), ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, "a", T0)
+    same = set_condition(status, ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, "b", T1)
+    flipped = set_condition(same, ConditionType.RUNNING, "False", Reason.DISRUPTED, "c", T1)
+    times = [find_condition(s, ConditionType.RUNNING).last_transition_time for s in (status, same, flipped)]  # type: ignore[union-attr]
+    assert times == [T0, T0, T1] and len(flipped.conditions) == 1
+
+
+def cond(type_: str, value: str, reason: str) -> FineTuneJobStatus:
+    return set_condition(FineTuneJobStatus(), type_, value, reason, "m", T0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "events"),
+    [
+        (FineTuneJobStatus(), cond("Created", "True", Reason.GANG_CREATED), [("Normal", Reason.GANG_CREATED)]),
+        (cond("Created", "True", Reason.GANG_CREATED), cond("Created", "True", Reason.GANG_CREATED), []),
+        (FineTuneJobStatus(), cond("Restarting", "True", Reason.OUT_OF_MEMORY), [("Warning", Reason.OUT_OF_MEMORY)]),
+        (
+            cond("Restarting", "True", Reason.DISRUPTED),
+            cond("Restarting", "True", Reason.OUT_OF_MEMORY),
+            [("Warning", Reason.OUT_OF_MEMORY)],
+        ),
+        (FineTuneJobStatus(), cond("Failed", "True", Reason.DATA_ERROR), [("Warning", Reason.DATA_ERROR)]),
+        (
+            cond("Suspended", "True", Reason.SUSPENDED),
+            cond("Suspended", "False", Reason.RESUMED),
+            [("Normal", Reason.RESUMED)],
+        ),
+        (cond("Running", "True", Reason.WORKERS_RUNNING), cond("Running", "False", Reason.DISRUPTED), []),
+        (FineTuneJobStatus(), cond("Running", "False", Reason.DISRUPTED), []),
+    ],
+)
+def test_transition_events(before: FineTuneJobStatus, after: FineTuneJobStatus, events: list[tuple[str, str]]) -> None:
+    assert [(e.type, e.reason) for e in transition_events(before, after)] == events
+
+
+def test_apply_result_reports_final_figures() -> None:
+    result = TrainerResult(
+        outcome="EarlyStopped",
+        reason="EarlyStopped",
+        message="m",
+        retryable=False,
+        step=30,
+        total_steps=100,
+        best_step=20,
+        output_path="/o",
+    )
+    status = apply_result(FineTuneJobStatus(), result)
+    assert status.progress is not None and (status.progress.step, status.progress.percent) == (30, 100)
+    assert status.metrics is not None and status.metrics.best_step == 20
+    assert status.output is not None and status.output.path == "/o"
