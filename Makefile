@@ -52,11 +52,13 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Generated files: the CRD (from the API models). Tests fail when the checked-in copies drift.
+# Generated files: the CRD (from the API models), and the chart's copies of it, of the operator's RBAC
+# rules, the alert rules and the Grafana dashboard (kubetune/monitoring). Tests fail when they drift.
 crd: venv
 	$(BIN)/kubetune crd > crds/finetunejob.yaml
 
 generate: crd
+	$(BIN)/python -m kubetune.monitoring.generate
 
 bench: venv
 	$(BIN)/python -m bench
