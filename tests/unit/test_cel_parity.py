@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from kubetune.api.crd import open_api_schema
 from kubetune.api.job import FineTuneJobSpec, immutability_cel_rule
-from kubetune.api.operations import EarlyStoppingSpec
+from kubetune.api.operations import EarlyStoppingSpec, EvaluationSpec
 from kubetune.api.training import DistributedSpec, MethodSpec, ModelSpec
 
 SPEC = {"model": {"source": "hf://org/m"}, "dataset": {"train": "t.jsonl"}}
@@ -34,6 +34,9 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (EarlyStoppingSpec, {"metric": "evalTokenAccuracy", "mode": "max"}),
     (EarlyStoppingSpec, {"metric": "evalLoss", "mode": "max"}),
     (EarlyStoppingSpec, {"mode": "max"}),
+    (EvaluationSpec, {"referenceModel": {"source": "hf://a/b"}}),
+    (EvaluationSpec, {"referenceModel": {"source": "hf://a/b"}, "baselines": {}}),
+    (EvaluationSpec, {"baselines": {"fewShotExamples": 2}}),
     (FineTuneJobSpec, {**SPEC}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}, "evaluation": {}}),
