@@ -83,7 +83,14 @@ def test_progress_line_names_every_figure() -> None:
         updated_at=0.0,
     )
     line = describe(snapshot, attempt=2, restarts=1)
-    for words in ("step 12/40 (30%)", "train loss 1.25", "eval loss 1.1 (best 1.05)", "850 tok/s", "ETA 2m10s", "restarts 1"):
+    for words in (
+        "step 12/40 (30%)",
+        "train loss 1.25",
+        "eval loss 1.1 (best 1.05)",
+        "850 tok/s",
+        "ETA 2m10s",
+        "restarts 1",
+    ):
         assert words in line
     assert "starting" in describe(None, attempt=1, restarts=0)
 
@@ -105,7 +112,9 @@ def test_report_and_plot_come_from_the_run_files(tmp_path: Path) -> None:
         phase="Succeeded",
         restarts=1,
         attempt=2,
-        conditions=[Condition(type="Succeeded", status="True", reason="EarlyStopped", message="eval loss stopped improving")],
+        conditions=[
+            Condition(type="Succeeded", status="True", reason="EarlyStopped", message="eval loss stopped improving")
+        ],
         metrics=Metrics(best_eval_loss=1.75, best_step=15, tokens_per_second=900.0),
         progress=Progress(step=20, total_steps=40, percent=50),
         evaluation=EvaluationSummary(
