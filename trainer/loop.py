@@ -1,0 +1,346 @@
+"""The training loop: optimizer steps, logging, evaluation, early stopping, checkpoints and the end.
+
+Every rank runs the same sequence of steps. At the end of each optimizer step the ranks all-reduce
+one small vector (loss sum, micro-batches, tokens, stop requests), so they agree on a non-finite loss
+and on SIGTERM at the same step boundary. Evaluations are collective too, and the early-stopping policy
+sees identical numbers on every rank, so all ranks stop together.
+
+Set KUBETUNE_TRACE_DATA=<path prefix> to have each rank append the example indexes of every step to
+`<prefix>.rank<R>.jsonl` (a debugging aid; the resume tests use it to prove no example is seen twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kubetune.api.job import FineTuneJob
+from kubetune.api.operations import EarlyStoppingSpec
+from kubetune.api.outcome import ExitReason, TrainerResult
+from kubetune.api.status import EvaluationResult, EvaluationSummary, Progress
+from kubetune.policies.early_stopping import EarlyStoppingState, observe
+from kubetune.trainer import distributed
+from kubetune.trainer.checkpoint import Checkpointer, step_name
+from kubetune.trainer.config import RunPaths
+from kubetune.trainer.dataset import PreparedData
+from kubetune.trainer.errors import Interrupted, NonFiniteLossError
+from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+from kubetune.trainer.metrics import TrainerMetrics, peak_flops
+from kubetune.trainer.model import export
+from kubetune.trainer.outputs import Recorder
+from kubetune.trainer.packing import BatchPlan, collate, token_count
+
+log = logging.getLogger(__name__)
+TRACE_ENV = "KUBETUNE_TRACE_DATA"
+#: The early-stopping metric's EvaluationResult field.
+METRIC_FIELDS = {"evalLoss": "eval_loss", "evalPerplexity": "perplexity", "evalTokenAccuracy": "token_accuracy"}
+
+
+@dataclass
+class StopRequest:
+    """Set by the SIGTERM/SIGINT handler; read at step boundaries."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint's sidecar carries besides DeepSpeed's files."""
+
+    step: int = 0
+    tokens: int = 0
+    """Non-padding training tokens of the whole gang so far."""
+    early_stopping: EarlyStoppingState = field(default_factory=EarlyStoppingState)
+    best_evaluation: dict[str, Any] | None = None
+    base_evaluation: dict[str, Any] | None = None
+    last_evaluation: dict[str, Any] | None = None
+    last_evaluated_step: int | None = None
+
+    def to_sidecar(self, plan: BatchPlan) -> dict[str, Any]:
+        data = {"sequences": plan.items, "global_batch": plan.global_batch, "seed": plan.seed, "next_step": self.step}
+        return {**asdict(self), "data": data}
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict[str, Any], plan: BatchPlan) -> RunState:
+        data = sidecar.get("data", {})
+        if (data.get("sequences"), data.get("global_batch"), data.get("seed")) != (
+            plan.items,
+            plan.global_batch,
+            plan.seed,
+        ):
+            log.warning("the checkpoint's data order (%s) differs from this run's; examples may repeat", data)
+        names = {f for f in cls.__dataclass_fields__ if f != "early_stopping"}
+        state = cls(**{k: v for k, v in sidecar.items() if k in names})
+        state.early_stopping = EarlyStoppingState(**sidecar.get("early_stopping", {}))
+        return state
+
+
+class Trainer:
+    """One rank's run of a FineTuneJob, from the first step to the export."""
+
+    def __init__(
+        self,
+        job: FineTuneJob,
+        paths: RunPaths,
+        rank: distributed.Rank,
+        engine: Any,
+        tokenizer: Any,
+        data: PreparedData,
+        plan: BatchPlan,
+        stop: StopRequest,
+        metrics: TrainerMetrics,
+        recorder: Recorder,
+    ) -> None:
+        self.spec = job.spec
+        self.paths, self.rank, self.engine, self.tokenizer = paths, rank, engine, tokenizer
+        self.data, self.plan, self.stop = data, plan, stop
+        self.metrics, self.recorder = metrics, recorder
+        self.total_steps = plan.total_steps(self.spec.hyperparameters.epochs, self.spec.hyperparameters.max_steps)
+        self.checkpointer = Checkpointer(paths.checkpoints, self.spec.checkpointing.keep, rank)
+        self.state = RunState()
+        self.started = time.time()
+        self.start_step = 0
+        self.evaluation = self._settings()
+        trace = os.environ.get(TRACE_ENV)
+        self.trace = f"{trace}.rank{rank.rank}.jsonl" if trace else None
+        self.parameters = sum(p.numel() for p in engine.module.parameters())
+
+    def _settings(self) -> EvaluationSettings:
+        spec = self.spec.evaluation
+        batch = self.spec.hyperparameters.micro_batch_size
+        synced = self.spec.distributed.zero_stage == 3
+        if spec is None:
+            return EvaluationSettings(batch_size=batch, synced_generation=synced)
+        return EvaluationSettings(spec.max_examples, spec.exact_match, spec.max_new_tokens, batch, synced)
+
+    # ----- start -----------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the newest usable checkpoint, if any."""
+        self.checkpointer.clean_partials()
+        sidecar = self.checkpointer.resume(self.engine)
+        if sidecar is not None:
+            self.state = RunState.from_sidecar(sidecar, self.plan)
+            log.info(
+                "resumed from checkpoint %s (step %d of %d)",
+                step_name(self.state.step),
+                self.state.step,
+                self.total_steps,
+            )
+            self.metrics.record_resume(self.state.step, self.state.tokens)
+        self.start_step = self.state.step
+
+    def evaluate_base_model(self) -> None:
+        """compareBaseModel: score the untouched model once, before the first step."""
+        if not (self.spec.evaluation and self.spec.evaluation.compare_base_model) or self.state.step > 0:
+            return
+        self.recorder.publish(phase="Evaluating")
+        result = evaluate(
+            self.engine.module,
+            self.tokenizer,
+            self.data.validation,
+            self.data.generation_cases,
+            self.evaluation,
+            self.rank,
+        )
+        self.state.base_evaluation = result.model_dump()
+        log.info("base model: %s", result.model_dump_json(exclude_none=True))
+        self.recorder.log_metrics({"kind": "eval", "model": "base", "step": 0, **result.model_dump(exclude_none=True)})
+
+    # ----- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> TrainerResult:
+        self.engine.train()
+        self.recorder.publish(progress=self._progress(), phase="Training")
+        early_stop_message = None
+        while self.state.step < self.total_steps:
+            self._step()
+            step = self.state.step
+            improved = False
+            if self._evaluation_due(step):
+                improved, early_stop_message = self._evaluate(step)
+            if self.stop.requested or improved or step % self.spec.checkpointing.every_steps == 0:
+                self._checkpoint(step)
+            if self.stop.requested:
+                raise Interrupted(f"stopped by {self.stop.signal_name or 'a signal'} at step {step}; checkpoint saved")
+            if early_stop_message:
+                return self._finish("EarlyStopped", early_stop_message)
+        if self.state.last_evaluated_step != self.state.step:
+            self._evaluate(self.state.step)
+        return self._finish("Succeeded", f"trained {self.state.step} steps")
+
+    def _step(self) -> None:
+        began = time.perf_counter()
+        lr = float(self.engine.get_lr()[0])
+        loss_sum = micro = tokens = 0.0
+        batches = self.plan.micro_batches(self.state.step, self.rank.rank)
+        for indexes in batches:
+            sequences = [self.data.sequences[i] for i in indexes]
+            batch = collate(sequences, self.tokenizer.pad_token_id, self.spec.dataset.packing)
+            loss = self.engine(**{k: v.to(self.rank.device) for k, v in batch.items()}, use_cache=False).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += float(loss.detach())
+            micro += 1
+            tokens += token_count(sequences)
+        self._trace(batches)
+        total_loss, total_micro, total_tokens, stops = distributed.all_reduce_sum(
+            [loss_sum, micro, tokens, 1.0 if self.stop.requested else 0.0], self.rank.device
+        )
+        self.state.step += 1
+        if not math.isfinite(total_loss):
+            raise NonFiniteLossError(
+                f"training loss became {total_loss} at step {self.state.step}",
+                retryable=self.spec.retry_policy.restart_on_non_finite_loss,
+            )
+        self.stop.requested = stops > 0
+        seconds = time.perf_counter() - began
+        self.state.tokens += int(total_tokens)
+        self._log_step(total_loss / total_micro, lr, int(total_tokens), seconds)
+
+    def _trace(self, batches: list[list[int]]) -> None:
+        if self.trace:
+            examples = [e for indexes in batches for i in indexes for e in self.data.sequences[i].example_ids]
+            with open(self.trace, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.step + 1, "examples": examples}) + "\n")
+
+    def _log_step(self, loss: float, lr: float, tokens: int, seconds: float) -> None:
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        epoch = self.plan.epoch_at(self.state.step)
+        self.metrics.record_step(loss, lr, grad_norm, epoch, tokens, seconds)
+        progress = self._progress()
+        self.metrics.record_progress(self.state.step / self.total_steps, progress.eta_seconds)
+        tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+        self._record_gpu(tokens_per_second)
+        record = {"kind": "train", "step": self.state.step, "epoch": round(epoch, 4), "train_loss": loss, "lr": lr}
+        record |= {
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "step_seconds": seconds,
+            "tokens_per_second": tokens_per_second,
+        }
+        self.recorder.log_metrics(record)
+        latest = self.recorder.snapshot.metrics
+        metrics = latest.model_copy(
+            update={"train_loss": loss, "learning_rate": lr, "tokens_per_second": tokens_per_second}
+        )
+        self.recorder.publish(progress=progress, metrics=metrics)
+
+    def _record_gpu(self, tokens_per_second: float) -> None:
+        import torch
+
+        if self.rank.device.type != "cuda":
+            return
+        self.metrics.record_gpu_memory_peak(torch.cuda.max_memory_allocated(self.rank.device))
+        peak = peak_flops(torch.cuda.get_device_name(self.rank.device))
+        if peak:
+            # 6 FLOPs per parameter per token (forward + backward), the usual estimate; per GPU.
+            self.metrics.record_mfu(6 * self.parameters * tokens_per_second / self.rank.world / peak)
+
+    def _progress(self) -> Progress:
+        done = self.state.step - self.start_step
+        eta = None
+        if done > 0:
+            per_step = (time.time() - self.started) / done
+            eta = int(per_step * (self.total_steps - self.state.step))
+        return Progress(
+            step=self.state.step,
+            total_steps=self.total_steps,
+            epoch=self.plan.epoch_at(self.state.step),
+            percent=int(100 * self.state.step / self.total_steps) if self.total_steps else 0,
+            eta_seconds=eta,
+        )
+
+    # ----- evaluation and early stopping -------------------------------------------------------------
+
+    def _evaluation_due(self, step: int) -> bool:
+        every = self.spec.evaluation.every_steps if self.spec.evaluation else None
+        return step == self.total_steps or (every is not None and step % every == 0)
+
+    def _evaluate(self, step: int) -> tuple[bool, str | None]:
+        """Evaluate at `step`; (improved, early-stop message or None)."""
+        self.recorder.publish(phase="Evaluating")
+        result = evaluate(
+            self.engine.module,
+            self.tokenizer,
+            self.data.validation,
+            self.data.generation_cases,
+            self.evaluation,
+            self.rank,
+        )
+        self.engine.train()
+        policy = self.spec.early_stopping or EarlyStoppingSpec()
+        value = getattr(result, METRIC_FIELDS[policy.metric])
+        decision = observe(policy, self.state.early_stopping, math.nan if value is None else value, step)
+        self.state.early_stopping = decision.state
+        self.state.last_evaluation, self.state.last_evaluated_step = result.model_dump(), step
+        if decision.improved:
+            self.state.best_evaluation = result.model_dump()
+        best_loss = (self.state.best_evaluation or {}).get("eval_loss")
+        self.metrics.record_eval(result.eval_loss, best_loss, decision.state.evals_without_improvement)
+        record = {"kind": "eval", "model": "fine-tuned", "step": step, "epoch": round(self.plan.epoch_at(step), 4)}
+        self.recorder.log_metrics(record | result.model_dump(exclude_none=True) | {"best_eval_loss": best_loss})
+        log.info("step %d evaluation: %s; %s", step, result.model_dump_json(exclude_none=True), decision.message)
+        metrics = self.recorder.snapshot.metrics.model_copy(
+            update={"eval_loss": result.eval_loss, "best_eval_loss": best_loss, "best_step": decision.state.best_step}
+        )
+        self.recorder.publish(metrics=metrics, phase="Training")
+        if self.spec.early_stopping is None:
+            return False, None
+        return decision.improved, decision.message if decision.stop else None
+
+    def _checkpoint(self, step: int) -> None:
+        self.recorder.publish(phase="Checkpointing")
+        began = time.perf_counter()
+        best = self.state.early_stopping.best_step if self.spec.early_stopping else None
+        folder = self.checkpointer.save(self.engine, step, self.state.to_sidecar(self.plan), best)
+        self.metrics.record_checkpoint(time.perf_counter() - began)
+        log.info("checkpoint %s saved in %.2f s", folder, time.perf_counter() - began)
+        self.recorder.publish(phase="Training")
+
+    # ----- the end ---------------------------------------------------------------------------------
+
+    def _finish(self, outcome: str, message: str) -> TrainerResult:
+        fine_tuned = self.state.last_evaluation
+        if outcome == "EarlyStopped":
+            best = self.state.early_stopping.best_step
+            self.checkpointer.load_weights(self.engine, self.paths.checkpoints / step_name(best or 0))
+            fine_tuned = self.state.best_evaluation
+            message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
+        self.recorder.publish(phase="Exporting")
+        lora = self.spec.method.lora
+        merge = lora.merge if lora else True
+        export(
+            self.engine.module,
+            self.tokenizer,
+            self.paths.output,
+            merge,
+            self.spec.distributed.zero_stage,
+            self.rank.is_main,
+        )
+        distributed.barrier()
+        self.recorder.publish(phase="Finished")
+        evaluation = EvaluationSummary(
+            base_model=EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None,
+            fine_tuned=EvaluationResult(**fine_tuned) if fine_tuned else None,
+        )
+        reason = ExitReason.EARLY_STOPPED if outcome == "EarlyStopped" else ExitReason.SUCCEEDED
+        return TrainerResult(
+            outcome="EarlyStopped" if outcome == "EarlyStopped" else "Succeeded",
+            reason=reason.wire_name,
+            message=message,
+            retryable=False,
+            step=self.state.step,
+            total_steps=self.total_steps,
+            best_metric=self.state.early_stopping.best,
+            best_step=self.state.early_stopping.best_step,
+            output_path=str(self.paths.output),
+            evaluation=evaluation,
+        )

@@ -1,0 +1,162 @@
+"""`kubetune train`: one rank of a FineTuneJob, from the manifest to the exported model and exit code.
+
+This is the thin shell around the trainer's parts: it reads the manifest, joins the gang, prepares data
+and model, runs the loop, and turns whatever happened into one exit code (`ExitReason`) and, on rank 0,
+`result.json` plus the termination message. All exception mapping goes through `errors.classify`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kubetune.api.job import FineTuneJob
+from kubetune.api.outcome import ExitReason, TrainerResult
+from kubetune.trainer import distributed
+from kubetune.trainer.config import load_job, run_paths
+from kubetune.trainer.errors import DataError, classify
+from kubetune.trainer.loop import StopRequest, Trainer
+from kubetune.trainer.outputs import Recorder
+
+log = logging.getLogger("kubetune.trainer")
+
+
+def _configure_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "datasets", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _install_signal_handlers(stop: StopRequest) -> None:
+    def handle(number: int, frame: FrameType | None) -> None:
+        stop.requested = True
+        stop.signal_name = signal.Signals(number).name
+        log.warning("%s received: checkpointing at the next step boundary", stop.signal_name)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _dtype(precision: str) -> Any:
+    import torch
+
+    # fp16 training keeps fp32 master weights in DeepSpeed, which casts the module itself.
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _prepare_data(
+    job: FineTuneJob, manifest_dir: Path, rank: distributed.Rank, tokenizer: Any, recorder: Recorder
+) -> Any:
+    from kubetune.trainer import report as reports
+    from kubetune.trainer.dataset import prepare
+
+    with distributed.local_main_first(rank):
+        data = prepare(job.spec.dataset, manifest_dir, job.spec.hyperparameters.seed, tokenizer)
+    if rank.is_main:
+        reports.write(data.report, recorder.workdir)
+        log.info(reports.summary_line(data.report))
+    reports.check_leakage(data.report)
+    return data
+
+
+def _train(
+    args: argparse.Namespace, job: FineTuneJob, stop: StopRequest, recorder_box: list[Recorder]
+) -> TrainerResult:
+    from transformers import set_seed
+
+    from kubetune.trainer import engine as engines
+    from kubetune.trainer.metrics import TrainerMetrics, serve
+    from kubetune.trainer.model import load_model, load_tokenizer
+    from kubetune.trainer.packing import BatchPlan
+
+    spec = job.spec
+    paths = run_paths(args, job)
+    rank = distributed.initialize(spec.distributed.accelerator)
+    _configure_logging(rank.rank)
+    recorder = Recorder(paths.workdir, enabled=rank.is_main)
+    recorder_box.append(recorder)
+    metrics = TrainerMetrics(job.name, job.namespace)
+    if rank.is_main and args.metrics_port:
+        serve(args.metrics_port, metrics.registry, recorder.progress_json)
+    recorder.publish(phase="Starting")
+    set_seed(spec.hyperparameters.seed)
+    base = paths.manifest.parent
+    tokenizer = load_tokenizer(spec.model, base)
+    data = _prepare_data(job, base, rank, tokenizer, recorder)
+    hp = spec.hyperparameters
+    plan = BatchPlan(len(data.sequences), rank.world, hp.micro_batch_size, hp.gradient_accumulation_steps, hp.seed)
+    if plan.steps_per_epoch == 0:
+        raise DataError(
+            f"{spec.dataset.train}: {plan.items} training sequence(s) are fewer than one global batch of "
+            f"{plan.global_batch} ({rank.world} processes x microBatchSize x gradientAccumulationSteps)"
+        )
+    model = load_model(spec, base, _dtype(spec.distributed.precision))
+    engine = engines.create(spec, model, rank.world, plan.total_steps(hp.epochs, hp.max_steps))
+    trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder)
+    trainer.resume()
+    trainer.evaluate_base_model()
+    log.info(
+        "training %d steps (%d per epoch, global batch %d)",
+        trainer.total_steps,
+        plan.steps_per_epoch,
+        plan.global_batch,
+    )
+    return trainer.train()
+
+
+def _failure(reason: ExitReason | None, message: str, retryable: bool) -> TrainerResult:
+    interrupted = reason is ExitReason.INTERRUPTED
+    return TrainerResult(
+        outcome="Interrupted" if interrupted else "Failed",
+        reason=reason.wire_name if reason else "Error",
+        message=message,
+        retryable=retryable,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one rank; the process exit code (see kubetune.api.outcome)."""
+    stop = StopRequest()
+    _install_signal_handlers(stop)
+    recorder_box: list[Recorder] = []
+    job: FineTuneJob | None = None
+    try:
+        job = load_job(args.config)
+        distributed.prepare_environment(job.spec.distributed.accelerator)
+        _configure_logging(int(os.environ.get("RANK", "0")))
+        result = _train(args, job, stop, recorder_box)
+        code = 0
+    except (Exception, KeyboardInterrupt) as error:  # every failure must become an exit code and a result
+        micro = job.spec.hyperparameters.micro_batch_size if job else None
+        reason, message, retryable = classify(error, micro)
+        if reason is None:
+            traceback.print_exc()
+        else:
+            log.error("%s: %s", reason.wire_name, message)
+        result = _failure(reason, message, retryable)
+        code = reason.exit_code if reason else 1
+    recorder = (
+        recorder_box[0] if recorder_box else Recorder(Path(args.workdir).resolve(), os.environ.get("RANK", "0") == "0")
+    )
+    progress = recorder.snapshot.progress
+    if code != 0:
+        result = result.model_copy(update={"step": progress.step, "total_steps": progress.total_steps})
+    recorder.finish(result, args.termination_message_path)
+    log.info("finished: %s", result.termination_message())
+    distributed.shutdown()
+    return code

@@ -1,0 +1,155 @@
+"""Every Prometheus metric the trainer publishes, defined here and recorded through one-liners.
+
+Rank 0 serves them with prometheus-client from its own registry (no process/platform collectors: the
+kubelet and node exporters own those) on `--metrics-port`, together with `GET /progress`, the latest
+`ProgressSnapshot` as JSON, which the operator polls. Names and types follow the catalogue in
+`kubetune.monitoring.metrics` (the dashboard and alerts are written against it). Labels are
+`finetunejob` and `namespace` only: `job` belongs to Prometheus' scrape job, and a step label would
+create a series per step. Units are base units (seconds, bytes, ratios 0-1); counters end in `_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+LABELS = ("finetunejob", "namespace")
+#: Step durations from 10 ms (tiny models) to 10 minutes (huge ones), in seconds.
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class TrainerMetrics:
+    """The trainer's metrics for one job, in their own registry."""
+
+    def __init__(self, job: str, namespace: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"finetunejob": job, "namespace": namespace}
+
+        def gauge(name: str, text: str) -> Any:
+            return Gauge(name, text, LABELS, registry=self.registry).labels(**labels)
+
+        self.train_loss = gauge("kubetune_train_loss", "Mean training loss over the last logging window.")
+        self.eval_loss = gauge("kubetune_eval_loss", "Validation loss at the latest evaluation.")
+        self.best_eval_loss = gauge("kubetune_best_eval_loss", "Lowest validation loss so far.")
+        self.learning_rate = gauge("kubetune_learning_rate", "Current learning rate.")
+        self.grad_norm = gauge("kubetune_grad_norm", "Global gradient L2 norm at the latest step (before clipping).")
+        self.epoch = gauge("kubetune_epoch", "Fractional epochs completed.")
+        self.progress = gauge("kubetune_progress_ratio", "Optimizer steps done / planned, 0 to 1.")
+        self.remaining = gauge("kubetune_estimated_remaining_seconds", "Estimated time to finish, in seconds.")
+        self.evals_without_improvement = gauge(
+            "kubetune_evals_without_improvement", "Evaluations since the best one (early stopping)."
+        )
+        self.checkpoint_seconds = gauge(
+            "kubetune_checkpoint_save_duration_seconds", "Wall time of the latest checkpoint save, in seconds."
+        )
+        self.steps = Counter(
+            "kubetune_optimizer_steps", "Optimizer steps completed.", LABELS, registry=self.registry
+        ).labels(**labels)
+        self.tokens = Counter(
+            "kubetune_tokens", "Non-padding training tokens processed by the gang.", LABELS, registry=self.registry
+        ).labels(**labels)
+        self.step_seconds = Histogram(
+            "kubetune_step_duration_seconds",
+            "Wall time of one optimizer step, in seconds.",
+            LABELS,
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        ).labels(**labels)
+        # GPU-only: defined lazily so that a CPU run does not publish meaningless zeros.
+        self._labels = labels
+        self._gpu: dict[str, Any] = {}
+
+    def _gpu_gauge(self, name: str, text: str) -> Any:
+        if name not in self._gpu:
+            self._gpu[name] = Gauge(name, text, LABELS, registry=self.registry).labels(**self._labels)
+        return self._gpu[name]
+
+    def record_step(
+        self, loss: float, lr: float, grad_norm: float | None, epoch: float, tokens: int, seconds: float
+    ) -> None:
+        self.train_loss.set(loss)
+        self.learning_rate.set(lr)
+        if grad_norm is not None:
+            self.grad_norm.set(grad_norm)
+        self.epoch.set(epoch)
+        self.steps.inc()
+        self.tokens.inc(tokens)
+        self.step_seconds.observe(seconds)
+
+    def record_progress(self, ratio: float, remaining_seconds: float | None) -> None:
+        self.progress.set(ratio)
+        if remaining_seconds is not None:
+            self.remaining.set(remaining_seconds)
+
+    def record_resume(self, steps: int, tokens: int) -> None:
+        """Counters continue from a checkpoint's totals (a restarted pod starts a fresh process)."""
+        self.steps.inc(steps)
+        self.tokens.inc(tokens)
+
+    def record_eval(self, loss: float | None, best: float | None, evals_without_improvement: int) -> None:
+        if loss is not None:
+            self.eval_loss.set(loss)
+        if best is not None:
+            self.best_eval_loss.set(best)
+        self.evals_without_improvement.set(evals_without_improvement)
+
+    def record_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_seconds.set(seconds)
+
+    def record_gpu_memory_peak(self, value: float) -> None:
+        self._gpu_gauge("kubetune_gpu_memory_peak_bytes", "Peak accelerator memory allocated, in bytes.").set(value)
+
+    def record_mfu(self, ratio: float) -> None:
+        self._gpu_gauge("kubetune_mfu_ratio", "Model FLOPs utilisation: achieved / peak FLOP/s, 0 to 1.").set(ratio)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood the training log."""
+
+
+def wsgi_app(registry: CollectorRegistry, progress_json: Callable[[], bytes]) -> Callable[..., Iterable[bytes]]:
+    """`/progress` -> the snapshot JSON; anything else -> prometheus-client's exposition app."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/progress":
+            body = progress_json()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        result: Iterable[bytes] = metrics_app(environ, start_response)
+        return result
+
+    return app
+
+
+def serve(port: int, registry: CollectorRegistry, progress_json: Callable[[], bytes]) -> Any:
+    """Serve metrics and progress on all interfaces at `port` from a daemon thread; the server, or None
+    when the port cannot be bound (training goes on: metrics are not worth a failed run)."""
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    try:
+        server = make_server(
+            "", port, wsgi_app(registry, progress_json), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+    except OSError as error:
+        log.warning("metrics port %s unavailable (%s); not serving metrics", port, error)
+        return None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("serving /metrics and /progress on port %s", port)
+    return server
+
+
+#: Peak dense bf16 FLOP/s of common accelerators, for MFU (device-name substring -> FLOP/s).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in device_name), None)

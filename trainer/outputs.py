@@ -1,0 +1,94 @@
+"""What rank 0 leaves in the workdir for supervisors and people: progress, a metrics log and the result.
+
+- `progress.json`: the latest `ProgressSnapshot`, replaced atomically at every logged step (the local
+  runner reads it; in a cluster the operator polls the same JSON at `GET /progress`);
+- `metrics.jsonl`: one JSON line per logged step (`"kind": "train"`) and per evaluation
+  (`"kind": "eval"`), for plots and post-mortems;
+- `result.json`: the `TrainerResult`, and its one-line form in Kubernetes' termination-message file
+  when that file's folder exists.
+
+Other ranks get a `Recorder` that does nothing, so the training loop needs no rank checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.outcome import ProgressSnapshot, TrainerResult
+from kubetune.api.status import Metrics, Progress
+
+ATTEMPT_ENV = "KUBETUNE_ATTEMPT"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def attempt_from_env() -> int | None:
+    value = os.environ.get(ATTEMPT_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+class Recorder:
+    """Rank 0's files in the workdir (a no-op on other ranks)."""
+
+    def __init__(self, workdir: Path, enabled: bool) -> None:
+        self.workdir = workdir
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._snapshot = ProgressSnapshot(
+            attempt=attempt_from_env(), progress=Progress(), metrics=Metrics(), phase="Starting", updated_at=time.time()
+        )
+        if enabled:
+            workdir.mkdir(parents=True, exist_ok=True)
+
+    def publish(
+        self, progress: Progress | None = None, metrics: Metrics | None = None, phase: str | None = None
+    ) -> None:
+        """Update the snapshot (only the given parts) and rewrite progress.json."""
+        update: dict[str, Any] = {"updated_at": time.time()}
+        if progress is not None:
+            update["progress"] = progress
+        if metrics is not None:
+            update["metrics"] = metrics
+        if phase is not None:
+            update["phase"] = phase
+        with self._lock:
+            self._snapshot = self._snapshot.model_copy(update=update)
+            text = self._snapshot.model_dump_json(by_alias=True, exclude_none=True)
+        if self.enabled:
+            write_atomically(self.workdir / "progress.json", text + "\n")
+
+    @property
+    def snapshot(self) -> ProgressSnapshot:
+        with self._lock:
+            return self._snapshot
+
+    def progress_json(self) -> bytes:
+        """The snapshot as served at GET /progress."""
+        return self.snapshot.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl."""
+        if self.enabled:
+            with (self.workdir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+    def finish(self, result: TrainerResult, termination_path: str | None) -> None:
+        """Write result.json and the termination message."""
+        if not self.enabled:
+            return
+        write_atomically(self.workdir / "result.json", result.model_dump_json(by_alias=True, indent=2) + "\n")
+        if termination_path and Path(termination_path).parent.is_dir():
+            # OSError: e.g. /dev/termination-log outside a pod, where /dev is not writable.
+            with contextlib.suppress(OSError):
+                Path(termination_path).write_text(result.termination_message(), encoding="utf-8")

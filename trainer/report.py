@@ -1,0 +1,178 @@
+"""The data report: what the model is about to be trained on, written before the first step.
+
+Most failed fine-tunes are data problems that nobody looked at: duplicated examples (the model
+memorises them), validation examples that also sit in the training set (the evaluation flatters the
+model), examples silently cut by maxSeqLength. The report counts all of them, is written as
+`data_report.json` and `data_report.md` in the workdir and logged, and a leakage fraction above
+`dataset.maxLeakageFraction` stops the run as a data error before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kubetune.trainer.data import Example, Record
+from kubetune.trainer.errors import DataError
+
+PERCENTILES = (50, 90, 95, 99, 100)
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Figures of one split (train or validation)."""
+
+    records: int
+    """Records read."""
+    examples: int
+    """Tokenized examples kept."""
+    dropped: int
+    """Examples dropped because truncation left no learned token."""
+    truncated: int
+    """Examples longer than maxSeqLength (cut to it)."""
+    tokens: int
+    """Tokens after truncation."""
+    learned_tokens: int
+    """Tokens that carry loss."""
+    length_percentiles: dict[str, int]
+    """Token length before truncation at p50, p90, p95, p99 and max."""
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """The whole report (written as JSON; field names are the JSON keys)."""
+
+    format: str
+    train_file: str
+    validation_file: str | None
+    validation_split: float | None
+    """Fraction held out of the training file when there is no validation file."""
+    max_seq_length: int
+    packing: bool
+    sequences: int
+    """Training sequences after packing (= examples without packing)."""
+    train: SplitStats
+    validation: SplitStats
+    duplicates: int
+    """Training records that exactly repeat an earlier training record."""
+    duplicate_examples: list[str]
+    """Up to 10 `file:line` locations of duplicates."""
+    leaked: int
+    """Validation records that also appear verbatim in the training set."""
+    leakage_fraction: float
+    """leaked / validation records."""
+    leaked_examples: list[str]
+    """Up to 10 `file:line` locations of leaked validation records."""
+    max_leakage_fraction: float
+
+
+def percentile(values: list[int], q: float) -> int:
+    """The nearest-rank percentile (q in 0-100) of integers; 0 for no values."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def split_stats(records: list[Record], examples: list[Example | None]) -> SplitStats:
+    kept = [e for e in examples if e is not None]
+    lengths = [e.full_length for e in kept]
+    return SplitStats(
+        records=len(records),
+        examples=len(kept),
+        dropped=len(examples) - len(kept),
+        truncated=sum(e.truncated for e in kept),
+        tokens=sum(len(e.input_ids) for e in kept),
+        learned_tokens=sum(sum(1 for label in e.labels[1:] if label != -100) for e in kept),
+        length_percentiles={f"p{q}" if q < 100 else "max": percentile(lengths, q) for q in PERCENTILES},
+    )
+
+
+def find_duplicates(records: list[Record]) -> list[Record]:
+    """Records that exactly repeat an earlier record of the same list (the repeats, not the firsts)."""
+    seen: Counter[str] = Counter()
+    repeats = []
+    for record in records:
+        if seen[record.key]:
+            repeats.append(record)
+        seen[record.key] += 1
+    return repeats
+
+
+def find_leakage(train: list[Record], validation: list[Record]) -> list[Record]:
+    """Validation records that also appear verbatim in the training records."""
+    keys = {record.key for record in train}
+    return [record for record in validation if record.key in keys]
+
+
+def check_leakage(report: DataReport) -> None:
+    """DataError when more validation records leak from training than maxLeakageFraction allows."""
+    if report.leakage_fraction > report.max_leakage_fraction:
+        where = ", ".join(report.leaked_examples[:3])
+        raise DataError(
+            f"{report.leaked} of {report.validation.records} validation examples ({report.leakage_fraction:.1%}) "
+            f"also appear in the training set (e.g. {where}), above dataset.maxLeakageFraction "
+            f"{report.max_leakage_fraction:.1%}; remove them from one side"
+        )
+
+
+def to_markdown(report: DataReport) -> str:
+    """A short human-readable version of the report."""
+    rows = [
+        ("records", "records"),
+        ("examples kept", "examples"),
+        ("dropped (nothing left to learn)", "dropped"),
+        ("truncated to maxSeqLength", "truncated"),
+        ("tokens", "tokens"),
+        ("learned tokens", "learned_tokens"),
+    ]
+    lines = [
+        "# Data report",
+        "",
+        f"Format `{report.format}`, maxSeqLength {report.max_seq_length}, packing {'on' if report.packing else 'off'}"
+        f" ({report.sequences} training sequences).",
+        f"Train: `{report.train_file}`; validation: `{report.validation_file or f'{report.validation_split:.0%} held out'}`.",
+        "",
+        "| | train | validation |",
+        "|---|---:|---:|",
+    ]
+    for label, name in rows:
+        lines.append(f"| {label} | {getattr(report.train, name)} | {getattr(report.validation, name)} |")
+    for key in report.train.length_percentiles:
+        lines.append(
+            f"| length {key} | {report.train.length_percentiles[key]} | {report.validation.length_percentiles[key]} |"
+        )
+    lines += [
+        "",
+        f"- Exact duplicates in train: **{report.duplicates}** {', '.join(report.duplicate_examples)}",
+        f"- Validation examples also in train (leakage): **{report.leaked}** ({report.leakage_fraction:.1%}, "
+        f"allowed {report.max_leakage_fraction:.1%}) {', '.join(report.leaked_examples)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(report: DataReport, workdir: Path) -> None:
+    """data_report.json and data_report.md in `workdir` (each written whole, then renamed)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("data_report.json", json.dumps(asdict(report), indent=2) + "\n"),
+        ("data_report.md", to_markdown(report)),
+    ):
+        partial = workdir / f".{name}.tmp"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(workdir / name)
+
+
+def summary_line(report: DataReport) -> str:
+    """One log line with the figures that matter most."""
+    return (
+        f"data: {report.train.examples} train / {report.validation.examples} validation examples ({report.format}), "
+        f"{report.train.tokens} train tokens, p95 length {report.train.length_percentiles['p95']}, "
+        f"{report.train.truncated} truncated, {report.duplicates} duplicates, {report.leaked} leaked "
+        f"({report.leakage_fraction:.1%})"
+    )
