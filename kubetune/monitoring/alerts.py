@@ -138,17 +138,20 @@ TRAINING_ALERTS: tuple[Alert, ...] = (
 )
 
 OPERATOR_ALERTS: tuple[Alert, ...] = (
+    # The operator counts restarts per namespace (a per-job label would grow without bound), so the storm
+    # is reported for the namespace; its jobs' Restarting conditions say which one.
     Alert(
         name="KubetuneRestartStorm",
         expr=(
-            f"sum by ({JOB}) (increase(kubetune_job_restarts_total[{_m(RESTART_STORM_WINDOW_MINUTES)}]))\n"
+            f"sum by (namespace) (increase(kubetune_job_restarts_total[{_m(RESTART_STORM_WINDOW_MINUTES)}]))\n"
             f"  >= {RESTART_STORM_COUNT}"
         ),
         for_="0m",
         severity="warning",
-        summary="Gang restarted repeatedly",
-        description=f"FineTuneJob {_WHERE} restarted at least {RESTART_STORM_COUNT} times in "
-        f"{RESTART_STORM_WINDOW_MINUTES} minutes; see its events and the Restarting condition's reason.",
+        summary="Gangs restarted repeatedly",
+        description=f"FineTuneJobs in namespace {{{{ $labels.namespace }}}} restarted at least {RESTART_STORM_COUNT} "
+        f"times in {RESTART_STORM_WINDOW_MINUTES} minutes; `kubectl get ftj -n {{{{ $labels.namespace }}}}` "
+        "shows which (RESTARTS), their events say why.",
     ),
     Alert(
         name="KubetuneJobFailed",
@@ -164,8 +167,8 @@ OPERATOR_ALERTS: tuple[Alert, ...] = (
         for_="0m",
         severity="warning",
         summary="A FineTuneJob failed",
-        description="A FineTuneJob in namespace {{ $labels.namespace }} failed; `kubectl get ftj -n "
-        "{{ $labels.namespace }}` shows which, its Failed condition says why.",
+        description=f"A FineTuneJob failed in the last {FAILED_WINDOW_MINUTES} minutes; "
+        "`kubectl get ftj -A` shows which, its Failed condition says why.",
     ),
 )
 

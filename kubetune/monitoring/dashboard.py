@@ -171,19 +171,19 @@ OPERATOR = (
     ),
     PanelSpec(
         "Restarts",
-        "Gang restarts in the selected time range.",
-        (Query(f"sum by ({PER_JOB}) (increase(kubetune_job_restarts_total{{{JOB_SELECTOR}}}[$__range]))"),),
+        "Gang restarts in the selected time range, per namespace (the operator counts them per namespace).",
+        (
+            Query(
+                f"sum by (namespace) (increase(kubetune_job_restarts_total{{{NAMESPACE_SELECTOR}}}[$__range]))",
+                "{{namespace}}",
+            ),
+        ),
         kind="stat",
     ),
     PanelSpec(
         "Jobs finished",
-        "Jobs that succeeded or failed in the selected time range.",
-        (
-            Query(
-                f"sum by (result) (increase(kubetune_jobs_finished_total{{{NAMESPACE_SELECTOR}}}[$__range]))",
-                "{{result}}",
-            ),
-        ),
+        "Jobs that succeeded or failed in the selected time range, all namespaces.",
+        (Query("sum by (result) (increase(kubetune_jobs_finished_total[$__range]))", "{{result}}"),),
         kind="stat",
     ),
     PanelSpec(
@@ -200,8 +200,8 @@ OPERATOR = (
     ),
     PanelSpec(
         "Kubernetes API errors",
-        "Failed API calls of the operator per second.",
-        (Query("sum(rate(kubetune_api_errors_total[$__rate_interval]))", "errors/s"),),
+        "Failed API calls of the operator per second, by verb and HTTP code (0: no response).",
+        (Query("sum by (verb, code) (rate(kubetune_api_errors_total[$__rate_interval]))", "{{verb}} {{code}}"),),
         width=12,
     ),
 )

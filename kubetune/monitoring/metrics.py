@@ -73,23 +73,33 @@ TRAINER_METRICS: tuple[Metric, ...] = (
 )
 
 OPERATOR_METRICS: tuple[Metric, ...] = (
-    Metric("kubetune_jobs", "gauge", "operator", "FineTuneJobs by phase.", labels=("namespace", "phase")),
-    Metric("kubetune_job_restarts_total", "counter", "operator", "Gang restarts.", labels=("namespace", "finetunejob")),
     Metric(
-        "kubetune_jobs_finished_total",
+        "kubetune_jobs", "gauge", "operator", "FineTuneJobs the operator reconciles, by phase.", ("namespace", "phase")
+    ),
+    Metric(
+        "kubetune_job_restarts_total",
         "counter",
         "operator",
-        "Jobs that reached Succeeded or Failed.",
-        labels=("namespace", "result"),
+        "Gang restarts counted against maxRestarts.",
+        ("namespace",),
+    ),
+    Metric(
+        "kubetune_jobs_finished_total", "counter", "operator", "Jobs that reached Succeeded or Failed.", ("result",)
     ),
     Metric(
         "kubetune_reconcile_duration_seconds",
         "histogram",
         "operator",
-        "Duration of one handler run, in seconds.",
-        labels=(),
+        "Time of one reconcile of one job, in seconds.",
+        (),
     ),
-    Metric("kubetune_api_errors_total", "counter", "operator", "Failed Kubernetes API calls.", labels=()),
+    Metric(
+        "kubetune_api_errors_total",
+        "counter",
+        "operator",
+        "Failed Kubernetes API calls (code 0: no response).",
+        ("verb", "code"),
+    ),
 )
 
 ALL_METRICS: tuple[Metric, ...] = TRAINER_METRICS + OPERATOR_METRICS

@@ -108,8 +108,6 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
     ]
     assert container["image"] == "ghcr.io/kubetune/kubetune-operator:0.1.0"
     assert container["resources"]["limits"]["memory"]
-    trainer_resources = next(env for env in container["env"] if env["name"] == "KUBETUNE_TRAINER_RESOURCES")
-    assert json.loads(trainer_resources["value"])["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_namespaced_mode_passes_each_namespace() -> None:

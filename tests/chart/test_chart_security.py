@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetune.operator.rbac import CLUSTER_RULES, cluster_role_rules, role_rules
 
+from kubetune.operator.rbac import CLUSTER_RULES, cluster_role_rules, role_rules
 from tests.chart.render import MONITORING_APIS, SCENARIOS, of_kind, one, render
 
 pytestmark = pytest.mark.timeout(60)
