@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="export directory (overrides the manifest)")
     train.add_argument("--metrics-port", type=int, default=9400, help="rank 0's Prometheus/progress port; 0 = off")
     train.add_argument(
+        "--metrics-linger-seconds",
+        type=float,
+        default=0.0,
+        help="keep serving /metrics and /progress this many seconds after the run ends, so that a scraper "
+        "sees the final values; SIGTERM ends the wait. 0 = exit at once",
+    )
+    train.add_argument(
         "--termination-message-path",
         default="/dev/termination-log",
         help="where the final one-line result goes for Kubernetes (written when the path's folder exists)",
