@@ -144,7 +144,8 @@ def _restarting(
     started = since.last_transition_time if since and since.last_transition_time else now
     wait = retry.backoff_seconds(job.spec.retry_policy, prev.restarts) - (now - started).total_seconds()
     if not gang.all_gone(workers) or wait > 0:
-        return _decision(job, prev, gang.remove_all(workers, prev.attempt), now, check_again_in=_soonest(wait))
+        later = wait if wait > 0 else None  # else: only the gang's removal is awaited (a change, not a time)
+        return _decision(job, prev, gang.remove_all(workers, prev.attempt), now, check_again_in=later)
     return _launch(job, prev, workers, now)
 
 

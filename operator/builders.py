@@ -1,0 +1,305 @@
+"""The objects of a job's gang, built by pure functions from the job alone.
+
+Nothing a user writes reaches a pod except through a field the API offers: there is no raw pod
+template. So every trainer pod meets the "restricted" Pod Security Standard (non-root, no privilege
+escalation, every capability dropped, RuntimeDefault seccomp) and carries no service-account token.
+
+Names (all DNS-1035 labels, see kubetune.api.job.MAX_NAME_LENGTH):
+- Service `<job>` (headless; it gives every worker the DNS name `<job>-w<index>.<job>.<ns>.svc`);
+- ConfigMap `<job>-config` with `job.yaml`, the trainer configuration;
+- Pod `<job>-a<attempt>-w<index>` with hostname `<job>-w<index>`, so the rendezvous address of worker 0
+  is the same for every attempt.
+
+Paths: each PersistentVolumeClaim named by a `pvc://claim/path` is mounted once at `/mnt/pvc/<claim>`
+(the trainer's default `KUBETUNE_PVC_ROOT`), so `pvc://claim/path` is `/mnt/pvc/claim/path` in the pod.
+The model and dataset paths are rewritten that way in `job.yaml`; `spec.storage` keeps its `pvc://` form
+(the API requires it) and the resolved folders are passed as `--checkpoint-dir` / `--output-dir`.
+Without `storage.checkpoints`, checkpoints go to an emptyDir and do not survive a restart.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kubetune.api.job import FineTuneJob
+from kubetune.policies.suspension import QUEUE_LABEL
+
+JOB_LABEL = "kubetune.io/job-name"
+INDEX_LABEL = "kubetune.io/worker-index"
+ATTEMPT_LABEL = "kubetune.io/attempt"
+CONTAINER = "trainer"
+CONFIG_KEY = "job.yaml"
+CONFIG_DIR = "/etc/kubetune"
+PVC_ROOT = "/mnt/pvc"
+SCRATCH_DIR = "/mnt/scratch"
+RENDEZVOUS_PORT = 29500
+METRICS_PORT = 9400
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: Non-root user and group the trainer runs as (the trainer image's `kubetune` user).
+TRAINER_UID = 1000
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Operator-wide choices the builders need beside the job."""
+
+    trainer_image: str
+    """Image for jobs that set no `spec.image`."""
+    shm_size: str = "8Gi"
+    """Size limit of the memory-backed /dev/shm (NCCL and DataLoader workers need more than 64 MiB)."""
+    image_pull_policy: str = "IfNotPresent"
+
+
+def service_name(job: FineTuneJob) -> str:
+    return job.name
+
+
+def configmap_name(job: FineTuneJob) -> str:
+    return f"{job.name}-config"
+
+
+def pod_name(job: FineTuneJob, attempt: int, index: int) -> str:
+    return f"{job.name}-a{attempt}-w{index}"
+
+
+def worker_hostname(job: FineTuneJob, index: int) -> str:
+    return f"{job.name}-w{index}"
+
+
+def master_address(job: FineTuneJob) -> str:
+    """Worker 0's DNS name through the headless Service."""
+    return f"{worker_hostname(job, 0)}.{service_name(job)}.{job.namespace}.svc"
+
+
+def job_labels(job: FineTuneJob) -> dict[str, str]:
+    return {JOB_LABEL: job.name, "app.kubernetes.io/name": "kubetune", "app.kubernetes.io/component": "trainer"}
+
+
+def owner_reference(job: FineTuneJob) -> dict[str, Any]:
+    """Makes the job own a child: deleting the job deletes it (Kubernetes' garbage collector)."""
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "name": job.name,
+        "uid": job.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: FineTuneJob, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": {**job_labels(job), **(labels or {})},
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def pvc_path(value: str) -> str:
+    """`pvc://claim/path` as its path inside a trainer pod; other values unchanged."""
+    if not value.startswith("pvc://"):
+        return value
+    claim, _, rest = value.removeprefix("pvc://").partition("/")
+    return posixpath.join(PVC_ROOT, claim, rest) if rest else posixpath.join(PVC_ROOT, claim)
+
+
+def claims(job: FineTuneJob) -> dict[str, bool]:
+    """Every PVC the job names -> whether it is written to (checkpoints, output)."""
+    spec = job.spec
+    read = [spec.model.source, spec.dataset.train, spec.dataset.validation]
+    written = [spec.storage.checkpoints, spec.storage.output]
+    found: dict[str, bool] = {}
+    for value, writes in [(v, False) for v in read] + [(v, True) for v in written]:
+        if value and value.startswith("pvc://"):
+            claim = value.removeprefix("pvc://").partition("/")[0]
+            found[claim] = found.get(claim, False) or writes
+    return found
+
+
+def storage_dirs(job: FineTuneJob) -> tuple[str, str]:
+    """(checkpoint dir, output dir) inside the pod."""
+    storage = job.spec.storage
+    checkpoints = pvc_path(storage.checkpoints) if storage.checkpoints else f"{SCRATCH_DIR}/checkpoints"
+    output = pvc_path(storage.output) if storage.output else posixpath.join(checkpoints, "output")
+    return checkpoints, output
+
+
+def render_trainer_config(job: FineTuneJob) -> str:
+    """The job manifest the trainer reads (`kubetune train --config`), without status or server fields,
+    model and dataset `pvc://` paths rewritten to mount paths."""
+    manifest = job.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"})
+    manifest["metadata"] = {"name": job.name, "namespace": job.namespace}
+    spec = manifest["spec"]
+    spec["model"]["source"] = pvc_path(spec["model"]["source"])
+    for key in ("train", "validation"):
+        if key in spec["dataset"]:
+            spec["dataset"][key] = pvc_path(spec["dataset"][key])
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def build_configmap(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, configmap_name(job)),
+        "data": {CONFIG_KEY: render_trainer_config(job)},
+    }
+
+
+def build_service(job: FineTuneJob) -> dict[str, Any]:
+    """Headless, publishing not-ready addresses: workers must resolve worker 0 before any is ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(job)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: job.name},
+            "ports": [
+                {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT},
+            ],
+        },
+    }
+
+
+def _command(job: FineTuneJob) -> list[str]:
+    distributed = job.spec.distributed
+    checkpoints, output = storage_dirs(job)
+    return [
+        "torchrun",
+        f"--nnodes={distributed.workers}",
+        f"--nproc_per_node={distributed.processes_per_worker}",
+        "--node_rank=$(KUBETUNE_WORKER_INDEX)",
+        f"--master_addr={master_address(job)}",
+        f"--master_port={RENDEZVOUS_PORT}",
+        "-m",
+        "kubetune.cli",
+        "train",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_KEY}",
+        "--workdir",
+        f"{SCRATCH_DIR}/work",
+        "--checkpoint-dir",
+        checkpoints,
+        "--output-dir",
+        output,
+        "--metrics-port",
+        str(METRICS_PORT),
+        "--termination-message-path",
+        TERMINATION_MESSAGE_PATH,
+    ]
+
+
+def _env(job: FineTuneJob, attempt: int, index: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "KUBETUNE_WORKER_INDEX", "value": str(index)},
+        {"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/huggingface"},
+    ]
+    if job.spec.distributed.accelerator == "cpu":
+        env.append({"name": "DS_ACCELERATOR", "value": "cpu"})
+    token = job.spec.model.token_secret_ref
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    return env
+
+
+def _resources(job: FineTuneJob) -> dict[str, Any]:
+    spec = job.spec
+    # Quantities as strings, their canonical wire form (the client library insists on it).
+    requests = {k: str(v) for k, v in ((spec.resources.requests or {}) if spec.resources else {}).items()}
+    limits = {k: str(v) for k, v in ((spec.resources.limits or {}) if spec.resources else {}).items()}
+    if spec.distributed.accelerator == "nvidia-gpu":
+        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(spec.distributed.processes_per_worker)
+    return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
+
+
+def _volumes(job: FineTuneJob, settings: BuildSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": configmap_name(job)}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    for number, (claim, writes) in enumerate(sorted(claims(job).items())):
+        volume = f"pvc-{number}"
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": not writes}})
+        mounts.append({"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writes})
+    return volumes, mounts
+
+
+def _scheduling(job: FineTuneJob) -> dict[str, Any]:
+    scheduling = job.spec.scheduling
+    if scheduling is None:
+        return {}
+    fields: dict[str, Any] = {
+        "nodeSelector": scheduling.node_selector,
+        "tolerations": [t.to_wire() for t in scheduling.tolerations] if scheduling.tolerations else None,
+        "priorityClassName": scheduling.priority_class_name,
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
+def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: BuildSettings) -> dict[str, Any]:
+    """Worker `index` of gang attempt `attempt`."""
+    volumes, mounts = _volumes(job, settings)
+    labels = {INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)}
+    queue = job.spec.scheduling.queue_name if job.spec.scheduling else None
+    if queue:
+        labels[QUEUE_LABEL] = queue
+    container = {
+        "name": CONTAINER,
+        "image": job.spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": _command(job),
+        "env": _env(job, attempt, index),
+        "ports": [
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "resources": _resources(job),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(job, pod_name(job, attempt, index), labels),
+        "spec": {
+            "restartPolicy": "Never",
+            "hostname": worker_hostname(job, index),
+            "subdomain": service_name(job),
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": TRAINER_UID,
+                "runAsGroup": TRAINER_UID,
+                "fsGroup": TRAINER_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+            **_scheduling(job),
+        },
+    }

@@ -1,0 +1,85 @@
+"""`kubetune operator`: run the FineTuneJob operator (kopf) until SIGINT/SIGTERM.
+
+Authentication is the standard one (kube.load_configuration): the in-cluster service account in a
+pod, else KUBECONFIG. `run_operator` is also what the tests start in-process against an emulated API
+server, with their own settings, credentials and progress source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+
+from kubetune.operator import handlers, metrics
+from kubetune.operator.kube import Kube, load_configuration
+from kubetune.operator.progress import HttpProgressSource, ProgressSource
+from kubetune.operator.reconciler import Reconciler
+from kubetune.operator.settings import DEFAULT_TRAINER_IMAGE, TRAINER_IMAGE_ENV, OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def run_operator(
+    settings: OperatorSettings,
+    configuration: k8s.Configuration | None = None,
+    progress: ProgressSource | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
+    """Run the operator until `stop_flag` is set (or a signal arrives, in the main thread)."""
+    configuration = configuration or load_configuration()
+    kube = Kube(configuration, settings.api_retry)
+    source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout)
+    reconciler = Reconciler(kube, settings, source, handlers.post_kopf_event)
+    registry = handlers.build_registry(reconciler, settings, configuration)
+    metrics_server: Any = None
+    if settings.metrics_port is not None:
+        metrics_server = metrics.serve(settings.metrics_port, settings.listen_address)
+    liveness = f"http://{settings.listen_address}:{settings.health_port}/healthz" if settings.health_port else None
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings.kopf_settings(),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        kube.close()
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    namespaces: tuple[str, ...] = () if args.all_namespaces else tuple(args.namespace)
+    image = args.trainer_image
+    return OperatorSettings(
+        namespaces=namespaces,
+        **({"trainer_image": image} if image else {}),
+        metrics_port=args.metrics_port or None,
+        health_port=args.health_port or None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
+    logger.info(
+        "kubetune operator: watching %s; trainer image %s (default %s, env %s)",
+        scope,
+        settings.trainer_image,
+        DEFAULT_TRAINER_IMAGE,
+        TRAINER_IMAGE_ENV,
+    )
+    asyncio.run(run_operator(settings))
+    return 0

@@ -1,0 +1,106 @@
+"""What a pod says about its worker, as a `WorkerObservation` the shared policies understand.
+
+This is the only place that knows where Kubernetes keeps each fact: exit codes and the termination
+message in the container state, OOMKilled as its reason, disruptions as the DisruptionTarget
+condition (preemption, eviction, node drain, node loss), unschedulability as PodScheduled=False with
+reason Unschedulable, and a pod being removed as a deletionTimestamp. Pure: a dict in, an observation
+out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from kubetune.operator.builders import ATTEMPT_LABEL, CONTAINER, INDEX_LABEL, JOB_LABEL
+from kubetune.policies.observed import WorkerObservation, WorkerState, parse_termination_message
+
+#: Longest raw termination message kept when it is not a TrainerResult (the status stays readable).
+MAX_RAW_MESSAGE = 300
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp as an aware datetime (None when absent or unreadable)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def owned_by(pod: Mapping[str, Any], job_name: str) -> bool:
+    """Whether a pod is a worker of this job. Checked on our side too: a listing by label selector is
+    enough on a real API server, but the emulator in the tests ignores selectors."""
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return labels.get(JOB_LABEL) == job_name and INDEX_LABEL in labels and ATTEMPT_LABEL in labels
+
+
+def _condition(pod: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    conditions: Iterable[Mapping[str, Any]] = pod.get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def _container_state(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    statuses: Iterable[Mapping[str, Any]] = pod.get("status", {}).get("containerStatuses") or []
+    status = next((s for s in statuses if s.get("name") == CONTAINER), None)
+    return (status or {}).get("state") or {}
+
+
+def _state(pod: Mapping[str, Any], container: Mapping[str, Any]) -> WorkerState:
+    if "terminated" in container:
+        return "succeeded" if container["terminated"].get("exitCode") == 0 else "failed"
+    if "running" in container:
+        return "running"
+    phase = pod.get("status", {}).get("phase")
+    if phase == "Succeeded":
+        return "succeeded"
+    if phase == "Failed":  # e.g. evicted before its container ran
+        return "failed"
+    return "running" if phase in ("Running", "Unknown") else "pending"
+
+
+def observe_pod(pod: Mapping[str, Any]) -> WorkerObservation:
+    """The observation of one worker pod (it must carry the worker-index and attempt labels)."""
+    metadata = pod.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    container = _container_state(pod)
+    terminated: Mapping[str, Any] = container.get("terminated") or {}
+    waiting: Mapping[str, Any] = container.get("waiting") or {}
+    raw_message = terminated.get("message")
+    result = parse_termination_message(raw_message)
+    disruption = _condition(pod, "DisruptionTarget")
+    scheduled = _condition(pod, "PodScheduled")
+    unschedulable = (
+        scheduled is not None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    )
+    state = _state(pod, container)
+    exit_code = terminated.get("exitCode")
+    signal = terminated.get("signal")
+    pod_message = pod.get("status", {}).get("message")
+    return WorkerObservation(
+        index=int(labels[INDEX_LABEL]),
+        attempt=int(labels[ATTEMPT_LABEL]),
+        state=state,
+        exit_code=int(exit_code) if exit_code is not None else None,
+        signal=int(signal) if signal else None,
+        result=result,
+        message=truncate(raw_message or pod_message or None) if result is None else None,
+        oom_killed=terminated.get("reason") == "OOMKilled",
+        disrupted=disruption is not None and disruption.get("status") == "True",
+        disruption_message=(disruption or {}).get("message") or (disruption or {}).get("reason"),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        waiting_since=parse_time((scheduled or {}).get("lastTransitionTime") if not unschedulable else None)
+        or parse_time(metadata.get("creationTimestamp")),
+        unschedulable_since=parse_time((scheduled or {}).get("lastTransitionTime")) if unschedulable else None,
+        unschedulable_message=(scheduled or {}).get("message") if unschedulable else None,
+        deleting=bool(metadata.get("deletionTimestamp")),
+    )
+
+
+def truncate(message: str | None) -> str | None:
+    if message is None or len(message) <= MAX_RAW_MESSAGE:
+        return message
+    return message[: MAX_RAW_MESSAGE - 3] + "..."

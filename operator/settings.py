@@ -1,0 +1,80 @@
+"""The operator's settings, in one place, with the kopf settings derived from them.
+
+Every timing the operator depends on is here, so tests can shorten them and production can reason
+about them. kopf's own defaults are not left implicit: retries and timeouts are bounded, and peering is
+off (`standalone`): the operator runs as ONE replica, deployed with the Recreate strategy, so two
+operators never reconcile the same job. (A second replica would need kopf peering and its
+cluster-wide peering resources; nothing is gained for a controller this light.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import kopf
+
+from kubetune.operator.builders import METRICS_PORT, BuildSettings
+from kubetune.operator.kube import RetrySettings
+
+#: Environment variable that gives the default trainer image (the Helm chart sets it).
+TRAINER_IMAGE_ENV = "KUBETUNE_TRAINER_IMAGE"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+FINALIZER = "kubetune.io/finalizer"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How the operator runs."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty: all namespaces (cluster-wide)."""
+    trainer_image: str = field(default_factory=lambda: os.environ.get(TRAINER_IMAGE_ENV, DEFAULT_TRAINER_IMAGE))
+    """Image for jobs without `spec.image`."""
+    reconcile_interval: float = 5.0
+    """Seconds between two reconciles of a job when nothing wakes it earlier (pod and job changes do).
+    It bounds how stale progress can get (the issue asks for <= 15 s) and how late deadlines fire."""
+    min_interval: float = 0.1
+    """Shortest pause between two reconciles of a job, in seconds (a floor against busy loops)."""
+    finished_interval: float = 30.0
+    """Seconds between reconciles of a finished job (only its TTL and leftover pods matter)."""
+    error_backoff: tuple[float, float] = (1.0, 60.0)
+    """(first, longest) wait in seconds after a failed reconcile; doubles between them."""
+    progress_port: int = METRICS_PORT
+    """Port of rank 0's `GET /progress` on worker 0's pod IP."""
+    progress_timeout: float = 2.0
+    """Seconds one progress request may take."""
+    metrics_port: int | None = 8080
+    """Port of the operator's /metrics; None: not served."""
+    health_port: int | None = 8081
+    """Port of kopf's liveness endpoint /healthz; None: not served."""
+    listen_address: str = "0.0.0.0"
+    api_retry: RetrySettings = field(default_factory=RetrySettings)
+    watch_server_timeout: int = 300
+    """Seconds the API server keeps a watch open before kopf re-establishes it."""
+    watch_client_timeout: int = 330
+    """Seconds kopf waits on a silent watch before reconnecting (more than the server's)."""
+
+    def build_settings(self) -> BuildSettings:
+        return BuildSettings(trainer_image=self.trainer_image)
+
+    def kopf_settings(self) -> kopf.OperatorSettings:
+        """kopf's settings, every one that matters set explicitly."""
+        settings = kopf.OperatorSettings()
+        settings.peering.standalone = True  # one replica (Recreate); see the module docstring
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kubetune.io", key="last-handled-configuration"
+        )
+        settings.watching.server_timeout = self.watch_server_timeout
+        settings.watching.client_timeout = self.watch_client_timeout
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = self.api_retry.request_timeout
+        settings.networking.connect_timeout = 10
+        settings.networking.error_backoffs = [1, 2, 4, 8, 16]  # then the call fails and is logged
+        settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+        settings.execution.max_workers = 8
+        settings.posting.level = logging.INFO
+        return settings

@@ -1,0 +1,445 @@
+"""An emulated Kubernetes API server with the real one's semantics where kubetune relies on them, and a
+harness that runs the real operator in-process against it.
+
+kmock's KubernetesEmulator keeps objects in memory and serves list/watch/get/create/patch/delete.
+`ApiServer` extends it (it is designed to be subclassed) with what a real API server and its
+controller manager do and the operator relies on; each extension says what it emulates:
+
+- metadata on create: uid, creationTimestamp, generation (owner references need the uid);
+- generation bumped on spec changes, never on status writes (observedGeneration);
+- label selectors on list and watch (`k=v`, `k!=v`, `k`, `!k`, comma = and);
+- the garbage collector: objects whose owner is gone are deleted (background propagation);
+- graceful pod deletion (optional): a deleted pod keeps running with a deletionTimestamp until the
+  "kubelet" (the test) confirms it stopped, so "gone" and "being deleted" differ as on a real node.
+
+Still missing (see environment.md): resourceVersion and optimistic concurrency (the operator writes
+status with merge patches, which need none), schema/CEL validation (the operator re-validates with the
+pydantic models and keeps the launched spec), and nothing runs pods: tests patch pod statuses the way a
+kubelet would (`Cluster.kubelet_*`).
+
+`Cluster` is the reusable entry point: an async context manager that serves the emulator on a local
+port, declares the resources kopf needs (CRDs, namespaces, events: kopf waits for the CRD resource before
+it watches anything), and starts the operator (`kubetune.operator.main.run_operator`) in a thread with
+its own event loop; `restart_operator()` stops it and starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import yaml
+from kmock._internal import enums, rendering
+from kubernetes import client as k8s
+
+from kubetune.api.crd import custom_resource_definition
+from kubetune.api.job import GROUP, PLURAL, VERSION
+from kubetune.operator.main import run_operator
+from kubetune.operator.progress import ProgressSource
+from kubetune.operator.settings import OperatorSettings
+
+#: The finalizer that stands for "the kubelet has not yet stopped this pod's containers".
+KUBELET_FINALIZER = "emulator.kubetune.io/kubelet"
+
+JOBS = f"{GROUP}/{VERSION}/{PLURAL}"
+PODS = "v1/pods"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def label_selector_matches(selector: str | None, labels: Mapping[str, str] | None) -> bool:
+    """Kubernetes' equality-based label selector semantics."""
+    labels = labels or {}
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """KubernetesEmulator with the real API server's behaviours listed in the module docstring."""
+
+    graceful_pod_deletion: bool = False
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
+            # Emulates the API server's defaulting of object metadata on create.
+            meta = request.data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta.setdefault("generation", 1)
+            if self.graceful_pod_deletion and str(request.resource) == str(kmock.resource(PODS)):
+                meta.setdefault("finalizers", []).append(KUBELET_FINALIZER)
+        if request.resource is not None and request.action == enums.action.UPDATE and request.subresource is None:
+            self._bump_generation(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.resource is not None and request.action in (enums.action.DELETE, enums.action.UPDATE):
+                await self._collect_garbage()
+
+    def _bump_generation(self, request: rendering.Request) -> None:
+        """Emulates metadata.generation: it grows when the spec changes (status has its own endpoint)."""
+        if not isinstance(request.data, dict) or "spec" not in request.data:
+            return
+        key = (request.resource, request.namespace, request.name)
+        if key in self.objects and not self.objects[key].deleted:
+            current = self.objects[key].raw
+            merged = copy.deepcopy(current.get("spec", {}))
+            merged.update(request.data["spec"])
+            if merged != current.get("spec"):
+                generation = int(current.get("metadata", {}).get("generation", 1)) + 1
+                request.data.setdefault("metadata", {})["generation"] = generation
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        # Emulates server-side label selectors.
+        result: Any = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector and isinstance(result, dict):
+            result["items"] = [
+                item for item in result["items"] if label_selector_matches(selector, item["metadata"].get("labels"))
+            ]
+        return result  # type: ignore[no-any-return]
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        # Emulates server-side label selectors on watch streams.
+        selector = request.params.get("labelSelector")
+        async for event in super()._serve_watch(request):
+            if (
+                not selector
+                or not isinstance(event, dict)
+                or label_selector_matches(selector, event.get("object", {}).get("metadata", {}).get("labels"))
+            ):
+                yield event
+
+    async def _collect_garbage(self) -> None:
+        """Emulates the garbage collector (background propagation): dependents of a deleted owner go."""
+        async with self._lock:
+            live_uids = {obj.raw.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
+            for key, obj in list(self.objects.items()):
+                if obj.deleted:
+                    continue
+                meta = obj.raw.get("metadata", {})
+                owners = [ref.get("uid") for ref in meta.get("ownerReferences") or []]
+                if not owners or any(uid in live_uids for uid in owners) or meta.get("deletionTimestamp"):
+                    continue
+                resource = key[0]
+                if meta.get("finalizers"):
+                    obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                    await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+                else:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+
+
+def declare_resources(server: ApiServer) -> None:
+    """The resources kopf and kubetune use, with the FineTuneJob CRD itself as an object."""
+    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+    info = kmock.ResourceInfo
+    server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
+        namespaced=False, kind="CustomResourceDefinition", verbs=verbs
+    )
+    server.resources["v1/namespaces"] = info(namespaced=False, kind="Namespace", verbs=verbs)
+    server.resources["v1/events"] = info(namespaced=True, kind="Event", verbs=verbs)
+    server.resources[PODS] = info(namespaced=True, kind="Pod", verbs=verbs, subresources={"status"})
+    server.resources["v1/services"] = info(namespaced=True, kind="Service", verbs=verbs)
+    server.resources["v1/configmaps"] = info(namespaced=True, kind="ConfigMap", verbs=verbs)
+    server.resources[JOBS] = info(namespaced=True, kind="FineTuneJob", verbs=verbs, subresources={"status"})
+    crd = custom_resource_definition()
+    server.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]] = crd
+
+
+def configuration_for(url: str) -> k8s.Configuration:
+    """Client configuration for the emulator (plain HTTP, no credentials)."""
+    configuration = k8s.Configuration()
+    configuration.host = url.rstrip("/")
+    return configuration
+
+
+def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
+    """A kubeconfig pointing at the emulator, for `kubetune operator` run as a subprocess."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url.rstrip("/")}}],
+        "users": [{"name": "emulator", "user": {"token": "emulator"}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
+        ],
+        "current-context": "emulator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class OperatorThread:
+    """The real operator (kopf and all) in a thread with its own event loop."""
+
+    def __init__(
+        self, settings: OperatorSettings, configuration: k8s.Configuration, progress: ProgressSource | None
+    ) -> None:
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._errors: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                asyncio.run(run_operator(settings, configuration, progress, self._stop, self._ready))
+            except BaseException as error:  # reported by stop()
+                self._errors.append(error)
+
+        self._thread = threading.Thread(target=main, name="kubetune-operator", daemon=True)
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.is_set():
+            if self._errors or not self._thread.is_alive():
+                raise RuntimeError(f"the operator did not start: {self._errors}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the operator did not become ready")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the operator did not stop")
+        if self._errors:
+            raise self._errors[0]
+
+
+class Cluster:
+    """An emulated API server with the operator running against it, and kubelet-like helpers."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings | None = None,
+        progress: ProgressSource | None = None,
+        graceful_pod_deletion: bool = False,
+        namespace: str = "default",
+    ) -> None:
+        self.settings = settings or fast_settings()
+        self.progress = progress
+        self.namespace = namespace
+        self.server = ApiServer()
+        self.server.graceful_pod_deletion = graceful_pod_deletion
+        declare_resources(self.server)
+        self._exit = contextlib.AsyncExitStack()
+        self.operator: OperatorThread | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Cluster:
+        await self._exit.enter_async_context(self.server)
+        http = await self._exit.enter_async_context(kmock.Server(self.server))
+        self.url = str(http.url)
+        await self.start_operator()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.stop_operator()
+        finally:
+            await self._exit.aclose()
+
+    async def start_operator(self) -> None:
+        self.operator = OperatorThread(self.settings, configuration_for(self.url), self.progress)
+        await self.operator.start()
+
+    async def stop_operator(self) -> None:
+        if self.operator is not None:
+            operator, self.operator = self.operator, None
+            await operator.stop()
+
+    async def restart_operator(self) -> None:
+        await self.stop_operator()
+        await self.start_operator()
+
+    # --- Objects ------------------------------------------------------------------------------------
+
+    def _key(self, resource: str, name: str) -> Any:
+        return (kmock.resource(resource), self.namespace, name)
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        key = self._key(resource, name)
+        if key not in self.server.objects or self.server.objects[key].deleted:
+            return None
+        return copy.deepcopy(dict(self.server.objects[key].raw))
+
+    def list(self, resource: str, labels: str | None = None) -> list[dict[str, Any]]:
+        items = []
+        for (res, namespace, _), obj in self.server.objects.items():
+            ours = res == kmock.resource(resource) and namespace == self.namespace and not obj.deleted
+            if ours and label_selector_matches(labels, obj.raw.get("metadata", {}).get("labels")):
+                items.append(copy.deepcopy(dict(obj.raw)))
+        return items
+
+    async def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.url.rstrip("/") + path, json=body, headers=headers) as response,
+        ):
+            payload: dict[str, Any] = await response.json(content_type=None)
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}: {payload}")
+            return payload
+
+    def _path(self, resource: str, name: str | None = None, subresource: str | None = None) -> str:
+        group_version, plural = resource.rsplit("/", 1)
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        path = f"{prefix}/namespaces/{self.namespace}/{plural}"
+        return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
+
+    async def create_job(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(dict(manifest))
+        body.setdefault("metadata", {})["namespace"] = self.namespace
+        return await self.request("POST", self._path(JOBS), body)
+
+    async def patch_job(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", self._path(JOBS, name), dict(patch))
+
+    async def delete_job(self, name: str) -> None:
+        await self.request("DELETE", self._path(JOBS, name))
+
+    def job(self, name: str) -> dict[str, Any]:
+        job = self.get(JOBS, name)
+        assert job is not None, f"FineTuneJob {name} does not exist"
+        return job
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.job(name).get("status") or {}
+
+    def pods(self, job_name: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        selector = f"kubetune.io/job-name={job_name}" + (f",kubetune.io/attempt={attempt}" if attempt else "")
+        return sorted(self.list(PODS, selector), key=lambda p: p["metadata"]["name"])
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.list("v1/events") if e.get("involvedObject", {}).get("name") == name]
+
+    # --- What a kubelet would do --------------------------------------------------------------------
+
+    async def patch_pod_status(self, pod: str, status: Mapping[str, Any]) -> None:
+        await self.request("PATCH", self._path(PODS, pod, "status"), {"status": dict(status)})
+
+    async def kubelet_run(self, pod: str, ip: str = "127.0.0.1") -> None:
+        """The pod was scheduled and its trainer container runs."""
+        await self.patch_pod_status(
+            pod,
+            {
+                "phase": "Running",
+                "podIP": ip,
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
+                "containerStatuses": [{"name": "trainer", "ready": True, "state": {"running": {"startedAt": _now()}}}],
+            },
+        )
+
+    async def kubelet_exit(self, pod: str, exit_code: int, message: str = "", reason: str | None = None) -> None:
+        """The trainer container terminated (the pod's restartPolicy is Never)."""
+        terminated: dict[str, Any] = {"exitCode": exit_code, "message": message, "finishedAt": _now()}
+        terminated["reason"] = reason or ("Completed" if exit_code == 0 else "Error")
+        await self.patch_pod_status(
+            pod,
+            {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [{"name": "trainer", "ready": False, "state": {"terminated": terminated}}],
+            },
+        )
+
+    async def kubelet_disrupt(self, pod: str, reason: str = "PreemptionByScheduler") -> None:
+        """The pod was preempted/evicted: DisruptionTarget, then its container is killed with SIGTERM."""
+        condition = {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": reason,
+            "message": f"{reason}: test",
+            "lastTransitionTime": _now(),
+        }
+        terminated = {"exitCode": 143, "reason": "Error", "finishedAt": _now()}
+        await self.patch_pod_status(
+            pod,
+            {
+                "phase": "Failed",
+                "conditions": [condition],
+                "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+            },
+        )
+
+    async def kubelet_waiting(self, pod: str, reason: str, since: str) -> None:
+        """The container cannot start: e.g. ImagePullBackOff since `since` (RFC 3339)."""
+        await self.patch_pod_status(
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": since}],
+                "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": reason, "message": "test"}}}],
+            },
+        )
+
+    async def kubelet_finish_deletion(self, pod: str) -> None:
+        """With graceful deletion: the containers stopped, the pod object may go."""
+        await self.request("PATCH", self._path(PODS, pod), {"metadata": {"finalizers": None}})
+
+
+def fast_settings(**overrides: Any) -> OperatorSettings:
+    """Operator settings for tests: short intervals, no metrics or health ports unless asked."""
+    values: dict[str, Any] = {
+        "trainer_image": "kubetune/trainer:test",
+        "reconcile_interval": 0.3,
+        "finished_interval": 0.3,
+        "min_interval": 0.02,
+        "error_backoff": (0.1, 1.0),
+        "metrics_port": None,
+        "health_port": None,
+        "listen_address": "127.0.0.1",
+        "progress_timeout": 1.0,
+        "watch_server_timeout": 60,
+        "watch_client_timeout": 90,
+    }
+    values.update(overrides)
+    return OperatorSettings(**values)
+
+
+async def eventually(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05
+) -> Any:
+    """Wait until `check()` returns something truthy (and return it); on timeout, fail with the last
+    value or error it produced."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if asyncio.iscoroutine(last):
+                last = await last
+            if last:
+                return last
+        except AssertionError as error:
+            last = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
+        await asyncio.sleep(interval)
