@@ -104,9 +104,9 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--all-namespaces",
         "--metrics-port=8080",
         "--health-port=8081",
-        "--trainer-image=ghcr.io/kubetune/kubetune-trainer:0.1.0",
+        "--trainer-image=ghcr.io/kubetune/trainer:0.1.0",
     ]
-    assert container["image"] == "ghcr.io/kubetune/kubetune-operator:0.1.0"
+    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
     assert container["resources"]["limits"]["memory"]
 
 

