@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import aiohttp.web
 import kmock
-from kmock._internal import enums, rendering
+from kmock._internal import rendering
 
 from tests.e2e.kubectl_compat import KubectlCompatible
 from tests.support.apiserver import JOBS, PODS, ApiServer, Cluster, declare_resources, fast_settings

@@ -23,7 +23,7 @@ class KubectlCompatible(kmock.KubernetesEmulator):
     def _kind_of(self, request: rendering.Request) -> tuple[str, str]:
         resource = request.resource
         assert resource is not None
-        info = self.resources[resource] if resource in self.resources else None
+        info = self.resources.get(resource)
         kind = info.kind if info is not None and info.kind else (resource.plural or "").capitalize()
         api_version = f"{resource.group}/{resource.version}" if resource.group else (resource.version or "v1")
         return kind, api_version

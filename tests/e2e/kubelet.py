@@ -320,7 +320,7 @@ class ProcessKubelet:
                     pod_dir=runtime.dir,
                     claims_dir=self.root / "claims",
                     network=network,
-                    lookup=lambda kind, ns, name: known.get((kind, ns, name)),
+                    lookup=lambda kind, ns, name, known=known: known.get((kind, ns, name)),
                     base_env=self.base_env,
                     node_name=self.node_name,
                 )
