@@ -5,15 +5,18 @@ kmock's KubernetesEmulator keeps objects in memory and serves list/watch/get/cre
 `ApiServer` extends it (it is designed to be subclassed) with what a real API server and its
 controller manager do and the operator relies on; each extension says what it emulates:
 
-- metadata on create: uid, creationTimestamp, generation (owner references need the uid);
+- metadata on create: uid, creationTimestamp, generation, name from generateName (kopf's events);
+- resourceVersion, new on every write, so kopf's JSON patches that `test` it apply, and a failed
+  `test` answered 422 as a real server does;
 - generation bumped on spec changes, never on status writes (observedGeneration);
 - label selectors on list and watch (`k=v`, `k!=v`, `k`, `!k`, comma = and);
 - the garbage collector: objects whose owner is gone are deleted (background propagation);
 - graceful pod deletion (optional): a deleted pod keeps running with a deletionTimestamp until the
   "kubelet" (the test) confirms it stopped, so "gone" and "being deleted" differ as on a real node.
 
-Still missing (see environment.md): resourceVersion and optimistic concurrency (the operator writes
-status with merge patches, which need none), schema/CEL validation (the operator re-validates with the
+Still missing (see environment.md): optimistic concurrency on merge patches and updates (the
+operator writes status with merge patches that carry no resourceVersion, so a real server never
+answers them 409; kopf's JSON patches do test it, and that works here), schema/CEL validation (the operator re-validates with the
 pydantic models and keeps the launched spec), and nothing runs pods: tests patch pod statuses the way a
 kubelet would (`Cluster.kubelet_*`).
 
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonpatch
 import kmock
 import yaml
 from kmock._internal import enums, rendering
@@ -86,20 +90,43 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
-            # Emulates the API server's defaulting of object metadata on create.
+            # Emulates the API server's defaulting of object metadata on create (generateName included).
             meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
             meta.setdefault("generation", 1)
+            meta["resourceVersion"] = self._next_resource_version()
             if self.graceful_pod_deletion and str(request.resource) == str(kmock.resource(PODS)):
                 meta.setdefault("finalizers", []).append(KUBELET_FINALIZER)
-        if request.resource is not None and request.action == enums.action.UPDATE and request.subresource is None:
-            self._bump_generation(request)
+        if request.resource is not None and request.action == enums.action.UPDATE:
+            if request.subresource is None:
+                self._bump_generation(request)
+            self._set_resource_version(request)
         try:
             return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as error:
+            # Emulates the API server's answer to a JSON patch whose `test` fails: 422 Invalid (kopf
+            # then retries on its next cycle), not kmock's 500.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
         finally:
             if request.resource is not None and request.action in (enums.action.DELETE, enums.action.UPDATE):
                 await self._collect_garbage()
+
+    def _next_resource_version(self) -> str:
+        self._resource_version = getattr(self, "_resource_version", 0) + 1
+        return str(self._resource_version)
+
+    def _set_resource_version(self, request: rendering.Request) -> None:
+        """Emulates metadata.resourceVersion: every write gives the object a new one. JSON patches keep
+        their own `test` operations (kopf tests the version it read: optimistic concurrency) and get
+        the new version appended."""
+        version = self._next_resource_version()
+        if isinstance(request.data, dict):
+            request.data.setdefault("metadata", {})["resourceVersion"] = version
+        elif isinstance(request.data, list):
+            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
     def _bump_generation(self, request: rendering.Request) -> None:
         """Emulates metadata.generation: it grows when the spec changes (status has its own endpoint)."""
