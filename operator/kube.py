@@ -34,6 +34,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Answers that callers treat as states ("not found", "already exists"), not as failures.
+EXPECTED_STATUS = frozenset({404, 409})
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -96,7 +98,8 @@ class Kube:
                 return json.loads(body) if body else {}
             except ApiException as error:
                 status = int(error.status or 0)
-                metrics.record_api_error(verb, status)
+                if status not in EXPECTED_STATUS:  # 404 / 409 answer "is it there?": not errors
+                    metrics.record_api_error(verb, status)
                 if status not in RETRYABLE_STATUS or attempt == self.retry.attempts:
                     raise ApiError(status, str(error.reason or error.body)) from error
             except (urllib3.exceptions.HTTPError, OSError) as error:

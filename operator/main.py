@@ -56,6 +56,7 @@ async def run_operator(
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
+            metrics_server.server_close()
         kube.close()
 
 

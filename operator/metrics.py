@@ -76,6 +76,6 @@ def record_api_error(verb: str, code: int) -> None:
 
 
 def serve(port: int, address: str = "0.0.0.0") -> Any:
-    """Serve /metrics on `port` in a background thread; returns the server (call .shutdown() to stop)."""
+    """Serve /metrics on `port` in a background thread; returns the server (stop it with .shutdown() and .server_close())."""
     server, _thread = start_http_server(port, addr=address, registry=REGISTRY)
     return server

@@ -269,6 +269,7 @@ class Cluster:
         progress: ProgressSource | None = None,
         graceful_pod_deletion: bool = False,
         namespace: str = "default",
+        start_operator: bool = True,
     ) -> None:
         self.settings = settings or fast_settings()
         self.progress = progress
@@ -279,12 +280,14 @@ class Cluster:
         self._exit = contextlib.AsyncExitStack()
         self.operator: OperatorThread | None = None
         self.url = ""
+        self._start_operator = start_operator
 
     async def __aenter__(self) -> Cluster:
         await self._exit.enter_async_context(self.server)
         http = await self._exit.enter_async_context(kmock.Server(self.server))
         self.url = str(http.url)
-        await self.start_operator()
+        if self._start_operator:
+            await self.start_operator()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -305,6 +308,10 @@ class Cluster:
     async def restart_operator(self) -> None:
         await self.stop_operator()
         await self.start_operator()
+
+    def requests(self) -> list[rendering.Request]:
+        """Every request the emulator served, in order."""
+        return list(self.server)
 
     # --- Objects ------------------------------------------------------------------------------------
 
