@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,6 +48,15 @@ class StopRequest:
 
     requested: bool = False
     signal_name: str = ""
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def request(self, signal_name: str) -> None:
+        self.requested, self.signal_name = True, signal_name
+        self._event.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, less when a stop is requested."""
+        self._event.wait(seconds)
 
 
 @dataclass
@@ -157,6 +167,7 @@ class Trainer:
 
     def train(self) -> TrainerResult:
         self.engine.train()
+        self.started = time.time()
         self.recorder.publish(progress=self._progress(), phase="Training")
         early_stop_message = None
         while self.state.step < self.total_steps:

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,8 +45,7 @@ def _configure_logging(rank: int) -> None:
 
 def _install_signal_handlers(stop: StopRequest) -> None:
     def handle(number: int, frame: FrameType | None) -> None:
-        stop.requested = True
-        stop.signal_name = signal.Signals(number).name
+        stop.request(signal.Signals(number).name)
         log.warning("%s received: checkpointing at the next step boundary", stop.signal_name)
 
     signal.signal(signal.SIGTERM, handle)
@@ -74,9 +74,15 @@ def _prepare_data(
     return data
 
 
-def _train(
-    args: argparse.Namespace, job: FineTuneJob, stop: StopRequest, recorder_box: list[Recorder]
-) -> TrainerResult:
+@dataclass
+class _Shell:
+    """What main needs after the run, whatever happened: rank 0's recorder and metrics server."""
+
+    recorder: Recorder | None = None
+    server: Any = None
+
+
+def _train(args: argparse.Namespace, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
     from transformers import set_seed
 
     from kubetune.trainer import engine as engines
@@ -88,11 +94,10 @@ def _train(
     paths = run_paths(args, job)
     rank = distributed.initialize(spec.distributed.accelerator)
     _configure_logging(rank.rank)
-    recorder = Recorder(paths.workdir, enabled=rank.is_main)
-    recorder_box.append(recorder)
+    recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
     metrics = TrainerMetrics(job.name, job.namespace)
     if rank.is_main and args.metrics_port:
-        serve(args.metrics_port, metrics.registry, recorder.progress_json)
+        shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json)
     recorder.publish(phase="Starting")
     set_seed(spec.hyperparameters.seed)
     base = paths.manifest.parent
@@ -133,13 +138,13 @@ def main(args: argparse.Namespace) -> int:
     """Run one rank; the process exit code (see kubetune.api.outcome)."""
     stop = StopRequest()
     _install_signal_handlers(stop)
-    recorder_box: list[Recorder] = []
+    shell = _Shell()
     job: FineTuneJob | None = None
     try:
         job = load_job(args.config)
         distributed.prepare_environment(job.spec.distributed.accelerator)
         _configure_logging(int(os.environ.get("RANK", "0")))
-        result = _train(args, job, stop, recorder_box)
+        result = _train(args, job, stop, shell)
         code = 0
     except (Exception, KeyboardInterrupt) as error:  # every failure must become an exit code and a result
         micro = job.spec.hyperparameters.micro_batch_size if job else None
@@ -150,13 +155,15 @@ def main(args: argparse.Namespace) -> int:
             log.error("%s: %s", reason.wire_name, message)
         result = _failure(reason, message, retryable)
         code = reason.exit_code if reason else 1
-    recorder = (
-        recorder_box[0] if recorder_box else Recorder(Path(args.workdir).resolve(), os.environ.get("RANK", "0") == "0")
-    )
+    recorder = shell.recorder or Recorder(Path(args.workdir).resolve(), os.environ.get("RANK", "0") == "0")
     progress = recorder.snapshot.progress
     if code != 0:
         result = result.model_copy(update={"step": progress.step, "total_steps": progress.total_steps})
     recorder.finish(result, args.termination_message_path)
     log.info("finished: %s", result.termination_message())
     distributed.shutdown()
+    if shell.server is not None and args.metrics_linger_seconds > 0:
+        log.info("serving final metrics for up to %s s (SIGTERM ends the wait)", args.metrics_linger_seconds)
+        stop.wait(args.metrics_linger_seconds)
+        shell.server.shutdown()
     return code

@@ -93,6 +93,9 @@ MODEL_CONFIG: dict[str, Any] = {
     "num_key_value_heads": 4,
     "max_position_embeddings": 256,
     "tie_word_embeddings": True,
+    # Larger than Llama's 0.02: with 64 dimensions and tiny weights the frozen embeddings and final norm
+    # cap the logits near uniform, and a LoRA run (which cannot change them) would barely learn.
+    "initializer_range": 0.2,
 }
 
 
