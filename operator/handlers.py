@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 def post_kopf_event(body: Mapping[str, Any], event: Event) -> None:
     """Post a Kubernetes event through kopf's queue (it batches and never fails the caller)."""
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+    kopf.event(cast(Any, dict(body)), type=event.type, reason=event.reason, message=event.message)
 
 
 def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
@@ -123,8 +123,8 @@ def build_registry(
         return len(loops)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0, registry=registry)
-    async def finetunejob_daemon(namespace: str, name: str, stopped: Any, **_: Any) -> None:
-        await run_job_loop(reconciler, loops, settings, namespace, name, stopped)
+    async def finetunejob_daemon(namespace: str | None, name: str, stopped: Any, **_: Any) -> None:
+        await run_job_loop(reconciler, loops, settings, namespace or "default", name, stopped)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def finetunejob_event(namespace: str | None, name: str | None, **_: Any) -> None:

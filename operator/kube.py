@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import urllib3
 from kubernetes import client as k8s
@@ -67,11 +67,11 @@ def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
     configuration = k8s.Configuration()
     if kubeconfig is None:
         try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             return configuration
         except k8s_config.ConfigException:
             pass
-    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     return configuration
 
 
@@ -86,7 +86,7 @@ class Kube:
         self._custom = k8s.CustomObjectsApi(self._client)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, verb: str, call: Callable[[], Any]) -> Any:
         """Run one blocking call in a thread, retrying transient failures; decode its JSON body."""
@@ -166,7 +166,10 @@ class Kube:
     async def create_pod(self, pod: dict[str, Any]) -> None:
         namespace = pod["metadata"]["namespace"]
         await self._ignore(
-            409, self._call("create_pod", lambda: self._core.create_namespaced_pod(namespace, pod, **self._options()))
+            409,
+            self._call(
+                "create_pod", lambda: self._core.create_namespaced_pod(namespace, cast(Any, pod), **self._options())
+            ),
         )
 
     async def delete_pod(self, namespace: str, name: str) -> None:
@@ -180,7 +183,8 @@ class Kube:
         await self._ignore(
             409,
             self._call(
-                "create_service", lambda: self._core.create_namespaced_service(namespace, service, **self._options())
+                "create_service",
+                lambda: self._core.create_namespaced_service(namespace, cast(Any, service), **self._options()),
             ),
         )
 
@@ -190,7 +194,7 @@ class Kube:
             409,
             self._call(
                 "create_configmap",
-                lambda: self._core.create_namespaced_config_map(namespace, configmap, **self._options()),
+                lambda: self._core.create_namespaced_config_map(namespace, cast(Any, configmap), **self._options()),
             ),
         )
 

@@ -39,7 +39,7 @@ _lock = threading.Lock()
 
 
 def _refresh(namespace: str) -> None:
-    counts = {phase: 0 for phase in PHASES}
+    counts: dict[str, int] = {phase: 0 for phase in PHASES}
     for (ns, _), phase in _phases.items():
         if ns == namespace:
             counts[phase] = counts.get(phase, 0) + 1

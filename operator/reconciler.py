@@ -159,9 +159,9 @@ class Reconciler:
             for p in pods
         }
         for ref in decision.plan.delete:
-            pod = by_ref.get((ref.attempt, ref.index))
-            if pod is not None:
-                await self.kube.delete_pod(namespace, pod["metadata"]["name"])
+            victim = by_ref.get((ref.attempt, ref.index))
+            if victim is not None:
+                await self.kube.delete_pod(namespace, victim["metadata"]["name"])
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
             await self.kube.delete_job(namespace, name)
