@@ -1,1 +1,18 @@
-"""placeholder"""
+"""The kubetune operator: runs FineTuneJobs on Kubernetes as gangs of trainer pods (`kubetune operator`).
+
+A thin shell around the shared decisions in kubetune.policies (the local runner applies the same ones
+to processes). Modules, from the outside in:
+
+- main.py        `kubetune operator`: settings from flags, metrics server, kopf.operator(...)
+- settings.py    every timing and port, and the explicit kopf settings (standalone: one replica, Recreate)
+- handlers.py    the kopf handlers: a daemon per job (the level-triggered loop), wake-ups on job and pod
+                 events, login with the client's credentials, the liveness probe
+- reconciler.py  one reconcile: gather (job, launched spec, pods, progress) -> policies.decide -> apply
+                 (status first, then pods); spec changes to frozen fields are refused
+- kube.py        the only module that calls the Kubernetes API (kubernetes client in a thread, retries)
+- observe.py     pod -> WorkerObservation (exit codes, OOMKilled, DisruptionTarget, Unschedulable, ...)
+- builders.py    pure builders: worker pods (restricted PSS), headless Service, ConfigMap; path mapping
+- progress.py    rank 0's GET /progress on worker 0's pod IP, port 9400 (injectable for tests)
+- metrics.py     the operator's Prometheus metrics, one-line recorders
+- rbac.py        the permissions it needs, as data (the Helm chart renders its Role from them)
+"""
