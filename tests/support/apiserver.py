@@ -1,29 +1,11 @@
-"""An emulated Kubernetes API server with the real one's semantics where kubetune relies on them, and a
-harness that runs the real operator in-process against it.
+"""A harness that runs the real operator in-process against an emulated API server.
 
-kmock's KubernetesEmulator keeps objects in memory and serves list/watch/get/create/patch/delete.
-`ApiServer` extends it (it is designed to be subclassed) with what a real API server and its
-controller manager do and the operator relies on; each extension says what it emulates:
-
-- metadata on create: uid, creationTimestamp, generation, name from generateName (kopf's events);
-- resourceVersion, new on every write, so kopf's JSON patches that `test` it apply, and a failed
-  `test` answered 422 as a real server does;
-- generation bumped on spec changes, never on status writes (observedGeneration);
-- label selectors on list and watch (`k=v`, `k!=v`, `k`, `!k`, comma = and);
-- the garbage collector: objects whose owner is gone are deleted (background propagation);
-- graceful pod deletion (optional): a deleted pod keeps running with a deletionTimestamp until the
-  "kubelet" (the test) confirms it stopped, so "gone" and "being deleted" differ as on a real node.
-
-Still missing (see environment.md): optimistic concurrency on merge patches and updates (the
-operator writes status with merge patches that carry no resourceVersion, so a real server never
-answers them 409; kopf's JSON patches do test it, and that works here), schema/CEL validation (the operator re-validates with the
-pydantic models and keeps the launched spec), and nothing runs pods: tests patch pod statuses the way a
-kubelet would (`Cluster.kubelet_*`).
-
-`Cluster` is the reusable entry point: an async context manager that serves the emulator on a local
-port, declares the resources kopf needs (CRDs, namespaces, events: kopf waits for the CRD resource before
-it watches anything), and starts the operator (`kubetune.operator.main.run_operator`) in a thread with
-its own event loop; `restart_operator()` stops it and starts a fresh one.
+`Cluster` is the reusable entry point: an async context manager that serves `ApiServer` (see
+tests/support/emulator.py: kmock's emulator with real API-server semantics) on a local port, declares
+the resources kopf needs (CRDs, namespaces, events: kopf waits for the CRD resource before it watches
+anything), and starts the operator (`kubetune.operator.main.run_operator`) in a thread with its own
+event loop; `restart_operator()` stops it and starts a fresh one. Its `kubelet_*` helpers patch pod
+statuses the way a kubelet would. `write_kubeconfig` serves `kubetune operator` run as a subprocess.
 """
 
 from __future__ import annotations
@@ -31,173 +13,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonpatch
 import kmock
 import yaml
-from kmock._internal import enums, rendering
+from kmock._internal import rendering
 from kubernetes import client as k8s
 
-from kubetune.api.crd import custom_resource_definition
-from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator.main import run_operator
 from kubetune.operator.progress import ProgressSource
 from kubetune.operator.settings import OperatorSettings
+from tests.support.emulator import (
+    JOBS,
+    KUBELET_FINALIZER,
+    PODS,
+    ApiServer,
+    declare_resources,
+    label_selector_matches,
+    now_rfc3339,
+)
 
-#: The finalizer that stands for "the kubelet has not yet stopped this pod's containers".
-KUBELET_FINALIZER = "emulator.kubetune.io/kubelet"
-
-JOBS = f"{GROUP}/{VERSION}/{PLURAL}"
-PODS = "v1/pods"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def label_selector_matches(selector: str | None, labels: Mapping[str, str] | None) -> bool:
-    """Kubernetes' equality-based label selector semantics."""
-    labels = labels or {}
-    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key.strip()) == value.strip():
-                return False
-        elif "=" in term:
-            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
-            if labels.get(key.strip()) != value.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-class ApiServer(kmock.KubernetesEmulator):
-    """KubernetesEmulator with the real API server's behaviours listed in the module docstring."""
-
-    graceful_pod_deletion: bool = False
-
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
-            # Emulates the API server's defaulting of object metadata on create (generateName included).
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", _now())
-            meta.setdefault("generation", 1)
-            meta["resourceVersion"] = self._next_resource_version()
-            if self.graceful_pod_deletion and str(request.resource) == str(kmock.resource(PODS)):
-                meta.setdefault("finalizers", []).append(KUBELET_FINALIZER)
-        if request.resource is not None and request.action == enums.action.UPDATE:
-            if request.subresource is None:
-                self._bump_generation(request)
-            self._set_resource_version(request)
-        try:
-            return await super()._handle(request)
-        except jsonpatch.JsonPatchTestFailed as error:
-            # Emulates the API server's answer to a JSON patch whose `test` fails: 422 Invalid (kopf
-            # then retries on its next cycle), not kmock's 500.
-            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
-        finally:
-            if request.resource is not None and request.action in (enums.action.DELETE, enums.action.UPDATE):
-                await self._collect_garbage()
-
-    def _next_resource_version(self) -> str:
-        self._resource_version = getattr(self, "_resource_version", 0) + 1
-        return str(self._resource_version)
-
-    def _set_resource_version(self, request: rendering.Request) -> None:
-        """Emulates metadata.resourceVersion: every write gives the object a new one. JSON patches keep
-        their own `test` operations (kopf tests the version it read: optimistic concurrency) and get
-        the new version appended."""
-        version = self._next_resource_version()
-        if isinstance(request.data, dict):
-            request.data.setdefault("metadata", {})["resourceVersion"] = version
-        elif isinstance(request.data, list):
-            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-
-    def _bump_generation(self, request: rendering.Request) -> None:
-        """Emulates metadata.generation: it grows when the spec changes (status has its own endpoint)."""
-        if not isinstance(request.data, dict) or "spec" not in request.data:
-            return
-        key = (request.resource, request.namespace, request.name)
-        if key in self.objects and not self.objects[key].deleted:
-            current = self.objects[key].raw
-            merged = copy.deepcopy(current.get("spec", {}))
-            merged.update(request.data["spec"])
-            if merged != current.get("spec"):
-                generation = int(current.get("metadata", {}).get("generation", 1)) + 1
-                request.data.setdefault("metadata", {})["generation"] = generation
-
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        # Emulates server-side label selectors.
-        result: Any = await super()._serve_list(request)
-        selector = request.params.get("labelSelector")
-        if selector and isinstance(result, dict):
-            result["items"] = [
-                item for item in result["items"] if label_selector_matches(selector, item["metadata"].get("labels"))
-            ]
-        return result  # type: ignore[no-any-return]
-
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
-        # Emulates server-side label selectors on watch streams.
-        selector = request.params.get("labelSelector")
-        async for event in super()._serve_watch(request):
-            if (
-                not selector
-                or not isinstance(event, dict)
-                or label_selector_matches(selector, event.get("object", {}).get("metadata", {}).get("labels"))
-            ):
-                yield event
-
-    async def _collect_garbage(self) -> None:
-        """Emulates the garbage collector (background propagation): dependents of a deleted owner go."""
-        async with self._lock:
-            live_uids = {obj.raw.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
-            for key, obj in list(self.objects.items()):
-                if obj.deleted:
-                    continue
-                meta = obj.raw.get("metadata", {})
-                owners = [ref.get("uid") for ref in meta.get("ownerReferences") or []]
-                if not owners or any(uid in live_uids for uid in owners) or meta.get("deletionTimestamp"):
-                    continue
-                resource = key[0]
-                if meta.get("finalizers"):
-                    obj.patch({"metadata": {"deletionTimestamp": _now()}})
-                    await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
-                else:
-                    raw = obj.raw
-                    obj.delete()
-                    await self._buses[resource].put({"type": "DELETED", "object": raw})
-
-
-def declare_resources(server: ApiServer) -> None:
-    """The resources kopf and kubetune use, with the FineTuneJob CRD itself as an object."""
-    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
-    info = kmock.ResourceInfo
-    server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
-        namespaced=False, kind="CustomResourceDefinition", verbs=verbs
-    )
-    server.resources["v1/namespaces"] = info(namespaced=False, kind="Namespace", verbs=verbs)
-    server.resources["v1/events"] = info(namespaced=True, kind="Event", verbs=verbs)
-    server.resources[PODS] = info(namespaced=True, kind="Pod", verbs=verbs, subresources={"status"})
-    server.resources["v1/services"] = info(namespaced=True, kind="Service", verbs=verbs)
-    server.resources["v1/configmaps"] = info(namespaced=True, kind="ConfigMap", verbs=verbs)
-    server.resources[JOBS] = info(namespaced=True, kind="FineTuneJob", verbs=verbs, subresources={"status"})
-    crd = custom_resource_definition()
-    server.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]] = crd
+__all__ = [
+    "JOBS",
+    "KUBELET_FINALIZER",
+    "PODS",
+    "ApiServer",
+    "Cluster",
+    "OperatorThread",
+    "configuration_for",
+    "declare_resources",
+    "eventually",
+    "fast_settings",
+    "label_selector_matches",
+    "write_kubeconfig",
+]
 
 
 def configuration_for(url: str) -> k8s.Configuration:
@@ -387,14 +241,16 @@ class Cluster:
             {
                 "phase": "Running",
                 "podIP": ip,
-                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
-                "containerStatuses": [{"name": "trainer", "ready": True, "state": {"running": {"startedAt": _now()}}}],
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}],
+                "containerStatuses": [
+                    {"name": "trainer", "ready": True, "state": {"running": {"startedAt": now_rfc3339()}}}
+                ],
             },
         )
 
     async def kubelet_exit(self, pod: str, exit_code: int, message: str = "", reason: str | None = None) -> None:
         """The trainer container terminated (the pod's restartPolicy is Never)."""
-        terminated: dict[str, Any] = {"exitCode": exit_code, "message": message, "finishedAt": _now()}
+        terminated: dict[str, Any] = {"exitCode": exit_code, "message": message, "finishedAt": now_rfc3339()}
         terminated["reason"] = reason or ("Completed" if exit_code == 0 else "Error")
         await self.patch_pod_status(
             pod,
@@ -411,9 +267,9 @@ class Cluster:
             "status": "True",
             "reason": reason,
             "message": f"{reason}: test",
-            "lastTransitionTime": _now(),
+            "lastTransitionTime": now_rfc3339(),
         }
-        terminated = {"exitCode": 143, "reason": "Error", "finishedAt": _now()}
+        terminated = {"exitCode": 143, "reason": "Error", "finishedAt": now_rfc3339()}
         await self.patch_pod_status(
             pod,
             {
