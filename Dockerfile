@@ -33,6 +33,7 @@ COPY <<EOF /constraints.txt
 pydantic==2.14.4
 pyyaml==6.0.4
 kopf==1.45.2
+aiohttp==3.14.5
 kubernetes==37.0.2
 prometheus-client==0.26.0
 torch==2.13.0
