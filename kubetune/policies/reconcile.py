@@ -64,9 +64,7 @@ def _soonest(*waits: float | None) -> float | None:
     return min(present) if present else None
 
 
-def _finish(
-    job: FineTuneJob, status: FineTuneJobStatus, succeeded: bool, reason: str, message: str, now: datetime
-) -> FineTuneJobStatus:
+def _finish(status: FineTuneJobStatus, succeeded: bool, reason: str, message: str, now: datetime) -> FineTuneJobStatus:
     status = with_fields(status, completion_time=now)
     status = clear_condition(status, ConditionType.RUNNING, reason, message, now)
     status = clear_condition(status, ConditionType.RESTARTING, reason, message, now)
@@ -104,7 +102,7 @@ def _fail(
     message: str,
     now: datetime,
 ) -> Decision:
-    status = _finish(job, prev, False, reason, message, now)
+    status = _finish(prev, False, reason, message, now)
     plan = gang.remove_unfinished(workers, prev.attempt)
     return _decision(job, status, plan, now, check_again_in=_ttl_left(job, status, now))
 
@@ -199,10 +197,10 @@ def _succeeded(
     status = apply_result(prev, result)
     if early and result is not None:
         status = set_condition(status, ConditionType.EARLY_STOPPED, "True", Reason.EARLY_STOPPED, result.message, now)
-        status = _finish(job, status, True, Reason.EARLY_STOPPED, f"stopped early: {result.message}", now)
+        status = _finish(status, True, Reason.EARLY_STOPPED, f"stopped early: {result.message}", now)
     else:
         message = result.message if result is not None else "all workers finished"
-        status = _finish(job, status, True, Reason.TRAINING_COMPLETED, message, now)
+        status = _finish(status, True, Reason.TRAINING_COMPLETED, message, now)
     return _decision(
         job, status, gang.remove_unfinished(workers, prev.attempt), now, check_again_in=_ttl_left(job, status, now)
     )
