@@ -166,4 +166,5 @@ def main(args: argparse.Namespace) -> int:
         log.info("serving final metrics for up to %s s (SIGTERM ends the wait)", args.metrics_linger_seconds)
         stop.wait(args.metrics_linger_seconds)
         shell.server.shutdown()
+        shell.server.server_close()
     return code
