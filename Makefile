@@ -44,9 +44,9 @@ lint: venv
 	@# mypy cannot follow setuptools' folder mapping (operator/ -> kubetune.operator), so it reads the
 	@# strictly typed packages through a tree of links laid out as they are imported.
 	@rm -rf build/typecheck && mkdir -p build/typecheck/kubetune
-	@for p in __init__.py py.typed api policies cli.py; do [ -e kubetune/$$p ] && ln -s ../../../kubetune/$$p build/typecheck/kubetune/$$p; done; true
+	@for p in __init__.py py.typed api policies monitoring cli.py; do [ -e kubetune/$$p ] && ln -s ../../../kubetune/$$p build/typecheck/kubetune/$$p; done; true
 	@ln -s ../../../operator build/typecheck/kubetune/operator
-	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../mypy.ini -p kubetune.api -p kubetune.policies -p kubetune.operator
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../mypy.ini -p kubetune.api -p kubetune.policies -p kubetune.operator -p kubetune.monitoring
 
 fmt: venv
 	$(BIN)/ruff check --fix .

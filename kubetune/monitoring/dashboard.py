@@ -19,7 +19,9 @@ from typing import Literal
 from grafana_foundation_sdk.builders import common as gcommon
 from grafana_foundation_sdk.builders import dashboard as gdash
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
 from grafana_foundation_sdk.models import common as gcommon_model
 from grafana_foundation_sdk.models import dashboard as gmodel
 
@@ -216,7 +218,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
 PANEL_HEIGHT = 8
 
 
-def _targets(spec: PanelSpec) -> list[prometheus.Dataquery]:
+def _targets(spec: PanelSpec) -> list[Builder[Dataquery]]:
     return [
         prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(chr(ord("A") + index))
         for index, query in enumerate(spec.queries)
@@ -235,7 +237,7 @@ def _panel(spec: PanelSpec, panel_id: int) -> timeseries.Panel | stat.Panel:
     return panel
 
 
-def _variables() -> list[gdash.DatasourceVariable | gdash.QueryVariable]:
+def _variables() -> list[Builder[gmodel.VariableModel]]:
     namespace = (
         gdash.QueryVariable("namespace")
         .label("Namespace")
