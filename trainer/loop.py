@@ -116,6 +116,8 @@ class Trainer:
         self.state = RunState()
         self.started = time.time()
         self.start_step = 0
+        self.stopping = False
+        """Some rank was asked to stop (agreed at the last step boundary)."""
         self.evaluation = self._settings()
         trace = os.environ.get(TRACE_ENV)
         self.trace = f"{trace}.rank{rank.rank}.jsonl" if trace else None
@@ -176,9 +178,9 @@ class Trainer:
             improved = False
             if self._evaluation_due(step):
                 improved, early_stop_message = self._evaluate(step)
-            if self.stop.requested or improved or step % self.spec.checkpointing.every_steps == 0:
+            if self.stopping or improved or step % self.spec.checkpointing.every_steps == 0:
                 self._checkpoint(step)
-            if self.stop.requested:
+            if self.stopping:
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'a signal'} at step {step}; checkpoint saved")
             if early_stop_message:
                 return self._finish("EarlyStopped", early_stop_message)
@@ -210,7 +212,9 @@ class Trainer:
                 f"training loss became {total_loss} at step {self.state.step}",
                 retryable=self.spec.retry_policy.restart_on_non_finite_loss,
             )
-        self.stop.requested = stops > 0
+        # Decide on the agreed value only; the local request is never cleared (a signal may arrive while
+        # this rank waits in the all-reduce above, and must count at the next boundary).
+        self.stopping = stops > 0
         seconds = time.perf_counter() - began
         self.state.tokens += int(total_tokens)
         self._log_step(total_loss / total_micro, lr, int(total_tokens), seconds)

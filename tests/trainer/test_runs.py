@@ -6,7 +6,9 @@ any launch in the other files of this folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 import signal
 from collections import Counter
@@ -256,3 +258,30 @@ def test_leaky_dataset_fails_as_a_data_error_with_a_report(tmp_path: Path, tiny_
     report = (run.workdir / "data_report.md").read_text()
     assert "Exact duplicates in train: **3**" in report and "(leakage): **2**" in report
     assert not (run.workdir / "output").exists()
+
+
+# ----- SIGTERM ----------------------------------------------------------------------------------------------
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_exits_interrupted(
+    tmp_path: Path, reference_manifest: Path
+) -> None:
+    workdir = tmp_path / "run"
+    checkpoints = workdir / "checkpoints"
+    process, log = launch.start(launch.command(reference_manifest, workdir), workdir, launch.environment())
+    try:
+        launch.wait_for(lambda: newest_step(checkpoints) >= 8, process, log)
+        # As Kubernetes does on pod deletion: every rank's process gets SIGTERM.
+        for pid in launch.descendants(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        launch.kill_group(process)
+    text = log.read_text()
+    result = TrainerResult.model_validate(launch.Finished(workdir, process.returncode, text).result())
+    assert (result.outcome, result.reason, result.retryable) == ("Interrupted", "Interrupted", True), text[-4000:]
+    assert "(exitcode: 8)" in text, "the ranks did not exit with ExitReason.INTERRUPTED's code"
+    assert 8 <= result.step < 60
+    assert newest_step(checkpoints) == result.step, "the checkpoint is not at the step where it stopped"
+    assert not (workdir / "output").exists()
