@@ -7,6 +7,7 @@ any launch in the other files of this folder.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -131,7 +132,7 @@ def test_metrics_endpoint_carries_every_metric(reference_run: ReferenceRun) -> N
 @pytest.mark.parametrize(
     ("fmt", "overrides"),
     [
-        ("text", {"dataset": {"packing": True, "maxSeqLength": 48}}),
+        ("text", {"dataset": {"packing": True, "maxSeqLength": 48}, "hyperparameters": {"epochs": 6}}),
         (
             "chat",
             {
@@ -154,6 +155,9 @@ def test_loss_falls_in_each_format(tmp_path: Path, tiny_model: Path, fmt: str, o
     assert run.returncode == 0, run.log[-4000:]
     assert run.result()["outcome"] == "Succeeded"
     assert_loss_falls(run)
+    report = json.loads((run.workdir / "data_report.json").read_text())
+    if overrides.get("dataset", {}).get("packing"):
+        assert report["sequences"] < report["train"]["examples"] / 3, "packing did not pack"
     from transformers import AutoModelForCausalLM
 
     # LoRA is merged: the export is a plain model, no adapter files.
