@@ -1,0 +1,248 @@
+"""kubetune's trainer against transformers' Trainer: the same job, run alternately, reduced alike.
+
+Each run is a fresh `torchrun --standalone` gang started from the repository root, so both sides pay
+the same launcher, and the order alternates (kubetune first in even repetitions, the baseline first in
+odd ones) so that a drift in the machine's load hits both. kubetune runs exactly as in a pod: `kubetune
+train` with its metrics endpoint on; the baseline is `bench.hf_side`.
+
+kubetune's series come from its own metrics.jsonl (`time` and `tokens` of every `train` record); the
+baseline's from the files `bench.hf_side` writes. `stats.window` reduces both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import stats, workload
+
+SIDES = ("kubetune", "transformers")
+ROOT = Path(__file__).resolve().parent.parent
+_CHECKPOINT_LINE = re.compile(r"checkpoint \S+ saved in ([0-9.]+) s")
+
+
+@dataclass
+class Run:
+    """One run of one trainer on one dataset."""
+
+    side: str
+    dataset: str
+    repetition: int
+    tokens_per_second: float = 0.0
+    step_seconds: float = 0.0
+    steps_measured: int = 0
+    tokens_measured: int = 0
+    process_seconds: float = 0.0
+    """Wall time of the whole torchrun, start-up and end-of-run evaluation/export included."""
+    peak_memory_bytes: float | None = None
+    checkpoint_seconds: list[float] = field(default_factory=list)
+    """Each checkpoint save (kubetune's log), in seconds."""
+    out_of_step_seconds: float | None = None
+    """kubetune only: mean time per step spent outside the timed step (metrics, progress, loop)."""
+    parameters: int | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment(profile: workload.Profile, cache: Path) -> dict[str, str]:
+    """The same environment for both sides."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_DATASETS_CACHE": str(cache / "datasets"),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    if profile.accelerator == "cpu":
+        env.update({"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""})
+    return env
+
+
+def torchrun(profile: workload.Profile) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={profile.processes}"]
+
+
+class MetricsPoller:
+    """Reads chosen gauges from kubetune's /metrics once a second while the run lasts."""
+
+    def __init__(self, port: int, names: tuple[str, ...]) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.names = names
+        self.values: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MetricsPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name in self.names:
+                    self.values[name] = float(line.rsplit(" ", 1)[1])
+
+
+def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> float:
+    began = time.perf_counter()
+    with log.open("w") as handle:
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{' '.join(command[:6])}... failed ({result.returncode}); log {log}:\n{tail}")
+    return time.perf_counter() - began
+
+
+def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: dict[str, str], timeout: float) -> Run:
+    port = free_port()
+    command = [
+        *torchrun(profile),
+        "-m",
+        "kubetune.cli",
+        "train",
+        f"--config={manifest}",
+        f"--workdir={folder}",
+        f"--metrics-port={port}",
+    ]
+    with MetricsPoller(port, ("kubetune_gpu_memory_peak_bytes",)) as poller:
+        seconds = _run(command, env, folder / "run.log", timeout)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("kind") == "train"]
+    measured = stats.window([r["time"] for r in train], [r["tokens"] for r in train], profile.warmup_steps)
+    timed = train[profile.warmup_steps :]
+    inside = sum(r["step_seconds"] for r in timed) / len(timed)
+    log = (folder / "run.log").read_text(errors="replace")
+    return Run(
+        side="kubetune",
+        dataset="",
+        repetition=0,
+        tokens_per_second=measured.tokens_per_second,
+        step_seconds=measured.step_seconds,
+        steps_measured=measured.steps,
+        tokens_measured=measured.tokens,
+        process_seconds=seconds,
+        peak_memory_bytes=poller.values.get("kubetune_gpu_memory_peak_bytes"),
+        checkpoint_seconds=[float(s) for s in _CHECKPOINT_LINE.findall(log)],
+        out_of_step_seconds=measured.seconds / measured.steps - inside,
+    )
+
+
+def run_transformers(
+    profile: workload.Profile, manifest: Path, folder: Path, env: dict[str, str], timeout: float
+) -> Run:
+    command = [*torchrun(profile), "-m", "bench.hf_side", f"--config={manifest}", f"--out={folder}"]
+    seconds = _run(command, env, folder / "run.log", timeout)
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(profile.processes)]
+    times = ranks[0]["step_end_times"]
+    tokens = stats.per_step_tokens([r["micro_batch_tokens"] for r in ranks], ranks[0]["accumulation"], len(times))
+    measured = stats.window(times, tokens, profile.warmup_steps)
+    peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
+    if ranks[0]["engine"] != "DeepSpeedEngine" or ranks[0]["world"] != profile.processes:
+        raise RuntimeError(f"the baseline did not run as a DeepSpeed gang of {profile.processes}: {ranks[0]}")
+    return Run(
+        side="transformers",
+        dataset="",
+        repetition=0,
+        tokens_per_second=measured.tokens_per_second,
+        step_seconds=measured.step_seconds,
+        steps_measured=measured.steps,
+        tokens_measured=measured.tokens,
+        process_seconds=seconds,
+        peak_memory_bytes=max(peaks) if peaks else None,
+        parameters=ranks[0]["parameters"],
+    )
+
+
+RUNNERS = {"kubetune": run_kubetune, "transformers": run_transformers}
+
+
+def prepare(profile: workload.Profile, folder: Path) -> dict[str, Path]:
+    """Model, datasets and manifests of `profile` under `folder`; manifest path per dataset."""
+    dtype = "bfloat16" if profile.precision == "bf16" else "float32"
+    model = workload.build_model(folder / "model", profile.model, dtype)
+    manifests = {}
+    for dataset in profile.datasets:
+        train = workload.write_dataset(folder / "data", profile, dataset)
+        manifests[dataset] = workload.write_manifest(folder / f"{dataset}.yaml", profile, dataset, model, train)
+    return manifests
+
+
+def order(repetition: int) -> tuple[str, ...]:
+    """Who goes first alternates between repetitions."""
+    return SIDES if repetition % 2 == 0 else SIDES[::-1]
+
+
+def compare(profile: workload.Profile, folder: Path, timeout: float = 600.0, progress: Any = print) -> list[Run]:
+    """Every run of the comparison, alternating sides, repetitions outermost."""
+    manifests = prepare(profile, folder)
+    env = environment(profile, folder)
+    runs = []
+    for repetition in range(profile.repetitions):
+        for dataset in profile.datasets:
+            for side in order(repetition):
+                run_folder = folder / f"{dataset}-{side}-{repetition}"
+                run_folder.mkdir(parents=True, exist_ok=True)
+                run = RUNNERS[side](profile, manifests[dataset], run_folder, env, timeout)
+                run.dataset, run.repetition = dataset, repetition
+                progress(
+                    f"  {dataset:8s} {side:12s} rep {repetition}: {run.tokens_per_second:9.0f} tokens/s, "
+                    f"step {run.step_seconds * 1000:7.1f} ms ({run.process_seconds:.0f} s in all)"
+                )
+                runs.append(run)
+    return runs
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    """Medians per dataset and side, and the ratios kubetune / transformers."""
+    summary: dict[str, Any] = {}
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        sides = {}
+        for side in SIDES:
+            mine = [r for r in runs if r.dataset == dataset and r.side == side]
+            peaks = [r.peak_memory_bytes for r in mine if r.peak_memory_bytes is not None]
+            sides[side] = {
+                "tokens_per_second": stats.median([r.tokens_per_second for r in mine]),
+                "step_seconds": stats.median([r.step_seconds for r in mine]),
+                "runs": len(mine),
+                "peak_memory_bytes": max(peaks) if peaks else None,
+            }
+        summary[dataset] = {
+            **sides,
+            "tokens_per_second_ratio": sides["kubetune"]["tokens_per_second"]
+            / sides["transformers"]["tokens_per_second"],
+            "step_time_ratio": sides["kubetune"]["step_seconds"] / sides["transformers"]["step_seconds"],
+        }
+    return summary
+
+
+def as_records(runs: list[Run]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in runs]
