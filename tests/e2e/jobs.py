@@ -1,0 +1,152 @@
+"""Test builders for end-to-end jobs: a tiny model, learnable data and a FineTuneJob, submitted to the
+emulated cluster, with the waits and reads the scenarios share.
+
+The model and datasets are plain absolute paths on this machine: for the process kubelet the machine is
+the container image, so they stand for files baked into the image (the API allows "a path in the image").
+Checkpoints and the export go to a PersistentVolumeClaim (`pvc://<claim>/<job>`), which the kubelet maps
+to a folder that outlives pods, as a claim outlives them in a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import E2ECluster, dump_folder, wait_for
+from tests.e2e.kubelet import ProcessKubelet
+from tests.support import tiny
+from tests.support.apiserver import JOBS, PODS
+
+CLAIM = "checkpoints"
+#: Steps of every scenario run: long enough (about a second) that a test can act between the first
+#: checkpoint and the end.
+MAX_STEPS = 48
+#: The spec every scenario starts from: 2 workers x 1 process, ZeRO-2 on CPU, fp32, a checkpoint every
+#: 8 steps, restarts without waiting.
+SCENARIO_SPEC: dict[str, Any] = {
+    "hyperparameters": {"maxSteps": MAX_STEPS, "microBatchSize": 4, "epochs": 5},  # 12 steps per epoch
+    "distributed": {"workers": 2, "processesPerWorker": 1, "accelerator": "cpu", "zeroStage": 2, "precision": "fp32"},
+    "checkpointing": {"everySteps": 8, "keep": 2},
+    "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 0},
+}
+
+
+@dataclass
+class Job:
+    """One submitted FineTuneJob and the cluster it runs in."""
+
+    cluster: E2ECluster
+    kubelet: ProcessKubelet
+    namespace: str
+    name: str
+
+    def status(self) -> dict[str, Any]:
+        return self.cluster.status(self.namespace, self.name)
+
+    def phase(self) -> str | None:
+        return self.status().get("phase")
+
+    def pods(self, attempt: int | None = None) -> list[dict[str, Any]]:
+        return self.cluster.pods(self.namespace, self.name, attempt)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.cluster.events(self.namespace, self.name)
+
+    @property
+    def storage(self) -> Path:
+        """The job's folder on the checkpoint claim (checkpoints; the export is in `output/`)."""
+        return self.kubelet.claim_dir(self.namespace, CLAIM) / self.name
+
+    def condition(self, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status().get("conditions") or [] if c["type"] == type_), None)
+
+    def wait_phase(self, *phases: str, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the job's phase is one of `phases`; returns the status. On timeout the failure
+        message carries the status and the tails of the pods' logs."""
+        try:
+            wait_for(lambda: self.phase() in phases, timeout, f"{self.name} to reach {phases}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
+        return self.status()
+
+    def wait_running(self, attempt: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until both processes of `attempt` run; returns its pods."""
+
+        def running() -> list[dict[str, Any]] | None:
+            pods = self.pods(attempt)
+            alive = self.kubelet.running()
+            ok = len(pods) == 2 and all((self.namespace, p["metadata"]["name"]) in alive for p in pods)
+            return pods if ok else None
+
+        pods: list[dict[str, Any]] = wait_for(running, timeout, f"attempt {attempt} of {self.name} to run")
+        return pods
+
+    def wait_checkpoint(self, step: int, timeout: float = 120) -> None:
+        """Wait until a complete checkpoint of at least `step` is on the claim."""
+
+        def latest() -> int:
+            steps = [int(p.name.split("-")[-1]) for p in self.storage.glob("step-*") if p.is_dir()]
+            complete = [s for s in steps if s >= step and (self.storage / f"step-{s:08d}").is_dir()]
+            return max(complete, default=0)
+
+        try:
+            wait_for(latest, timeout, f"a checkpoint at step {step} of {self.name}", interval=0.02)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
+
+    def wait_gone(self, timeout: float = 60) -> None:
+        try:
+            wait_for(lambda: not self.pods(), timeout, f"every pod of {self.name} to be gone")
+        except AssertionError as error:
+            left = [(p["metadata"]["name"], p.get("status", {}).get("phase"), p["metadata"]) for p in self.pods()]
+            raise AssertionError(f"{error}\npods: {left}\nstatus: {self.status()}") from None
+
+    def logs(self) -> str:
+        return dump_folder(self.kubelet.root / "pods" / self.namespace)
+
+    def kill_worker(self, attempt: int, index: int, oom: bool = False) -> str:
+        name = f"{self.name}-a{attempt}-w{index}"
+        if oom:
+            self.kubelet.oom_kill(self.namespace, name)
+        else:
+            self.kubelet.kill(self.namespace, name)
+        return name
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The tiny model and the dataset files, shared by every scenario of a session."""
+
+    model: Path
+    train: Path
+    validation: Path
+
+
+def make_inputs(root: Path, model: Path) -> Inputs:
+    train, validation = tiny.write_dataset(root, "prompt-completion", train=96, validation=16)
+    assert validation is not None
+    return Inputs(model=model, train=train, validation=validation)
+
+
+def manifest(name: str, inputs: Inputs, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A FineTuneJob for the scenarios, validated by the API models."""
+    spec = tiny.deep_merge(SCENARIO_SPEC, {"storage": {"checkpoints": f"pvc://{CLAIM}/{name}"}})
+    spec = tiny.deep_merge(spec, overrides or {})
+    return tiny.manifest(inputs.model, inputs.train, inputs.validation, spec, name=name)
+
+
+def submit(
+    cluster: E2ECluster,
+    kubelet: ProcessKubelet,
+    namespace: str,
+    name: str,
+    inputs: Inputs,
+    overrides: Mapping[str, Any] | None = None,
+) -> Job:
+    cluster.create(JOBS, namespace, manifest(name, inputs, overrides))
+    return Job(cluster, kubelet, namespace, name)
+
+
+__all__ = ["JOBS", "PODS", "Inputs", "Job", "make_inputs", "manifest", "submit"]

@@ -1,0 +1,93 @@
+"""Bad manifests are refused before anything is created.
+
+Each row is a FineTuneJob with one mistake. `kubetune validate` (what a user or CI runs before applying)
+must refuse it naming the field; and when it reaches the API server anyway (the emulator, like a
+cluster without the CRD's schema, stores whatever it is given) the operator must mark it Failed naming
+the field, with no pod, Service or ConfigMap created for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.cli import EXIT_BAD_INPUT
+from kubetune.cli import main as kubetune
+from tests.e2e.harness import E2ECluster, wait_for
+from tests.e2e.jobs import JOBS, Inputs, make_inputs, manifest
+from tests.support import tiny
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+NAMESPACE = "bad-manifests"
+
+#: (job name, the mistake merged into a valid spec, text the refusal must contain; `a|b`: either)
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("workers-zero", {"distributed": {"workers": 0}}, "workers"),
+    ("zero-learning-rate", {"hyperparameters": {"learningRate": 0}}, "learningRate"),
+    ("early-stop-without-eval", {"earlyStopping": {"patience": 2}}, "earlyStopping|early stopping"),
+    ("lora-block-on-full", {"method": {"type": "full", "lora": {"rank": 4}}}, "lora"),
+    ("checkpoints-not-on-a-pvc", {"storage": {"checkpoints": "/tmp/checkpoints"}}, "checkpoints"),
+    ("unknown-field", {"bogus": True}, "bogus"),
+    ("offload-without-zero", {"distributed": {"zeroStage": 0, "offloadOptimizer": True}}, "offloadOptimizer"),
+    ("memory-not-a-quantity", {"resources": {"limits": {"memory": "lots"}}}, "memory"),
+    ("negative-max-restarts", {"retryPolicy": {"maxRestarts": -1}}, "maxRestarts"),
+]
+
+
+def names(field: str, text: str) -> bool:
+    return any(alternative in text for alternative in field.split("|"))
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    # the files need not exist: nothing may get as far as reading them
+    root = tmp_path_factory.mktemp("bad")
+    return Inputs(model=root / "model", train=root / "train.jsonl", validation=root / "validation.jsonl")
+
+
+def bad_manifest(name: str, mistake: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
+    """A valid scenario manifest with `mistake` merged in after validation (so it stays wrong)."""
+    document = manifest(name, inputs)
+    document["spec"] = tiny.deep_merge(document["spec"], mistake)
+    return document
+
+
+@pytest.mark.parametrize(("name", "mistake", "field"), BAD, ids=[row[0] for row in BAD])
+def test_validate_refuses(
+    name: str, mistake: dict[str, Any], field: str, bad_inputs: Inputs, tmp_path: Path, capsys: Any
+) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(bad_manifest(name, mistake, bad_inputs)))
+    assert kubetune(["validate", str(path)]) == EXIT_BAD_INPUT
+    refusal = capsys.readouterr().err
+    assert names(field, refusal) and str(path) in refusal, refusal
+
+
+def test_the_operator_refuses_before_creating_anything(cluster: E2ECluster, bad_inputs: Inputs) -> None:
+    for name, mistake, _ in BAD:
+        cluster.create(JOBS, NAMESPACE, bad_manifest(name, mistake, bad_inputs))
+
+    def refused() -> dict[str, str] | None:
+        statuses = {name: cluster.status(NAMESPACE, name) for name, _, _ in BAD}
+        failed = all(status.get("phase") == "Failed" for status in statuses.values())
+        return {name: status.get("message") or "" for name, status in statuses.items()} if failed else None
+
+    messages = wait_for(refused, 30, "every bad job to be refused")
+    for name, _, field in BAD:
+        assert names(field, messages[name]), (name, messages[name])
+    for resource in ("v1/pods", "v1/services", "v1/configmaps"):
+        assert cluster.objects(resource, NAMESPACE) == [], resource
+    reasons = {e.get("reason") for e in cluster.objects("v1/events", NAMESPACE)}
+    assert "InvalidSpec" in reasons, reasons
+
+
+def test_a_valid_manifest_passes_the_same_check(tmp_path: Path, tiny_model: Path, capsys: Any) -> None:
+    """The control row: the base manifest of the table is valid, so each row fails for its mistake."""
+    inputs = make_inputs(tmp_path, tiny_model)
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump(manifest("good", inputs)))
+    assert kubetune(["validate", str(path)]) == 0, capsys.readouterr().err

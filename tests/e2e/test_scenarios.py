@@ -1,0 +1,270 @@
+"""End-to-end scenarios: the real operator, real DeepSpeed trainer processes (a tiny model, two workers of
+one CPU process each) run by the process kubelet, against the emulated API server.
+
+Every scenario has its own namespace; they share one emulator, operator and kubelet for the session and
+run one after another (two cores: concurrent jobs only slow each other's start-up). Scenario 3 compares
+its final weights with scenario 1's run (same seed, data and spec), so it reuses that run as its
+uninterrupted reference instead of training one of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import E2ECluster, Fault, wait_for
+from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, make_inputs, submit
+from tests.e2e.kubelet import ProcessKubelet
+from tests.support.apiserver import write_kubeconfig
+
+pytestmark = [pytest.mark.e2e]
+
+RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("data"), tiny_model)
+
+
+def load_weights(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no safetensors in {folder}"
+    weights: dict[str, Any] = {}
+    for file in files:
+        weights |= load_file(str(file))
+    return weights
+
+
+def resumed_step(job: Job, attempt: int) -> int | None:
+    """The step rank 0 of `attempt` resumed from, as its log says; None when it started fresh."""
+    match = RESUMED.search(job.kubelet.log(job.namespace, f"{job.name}-a{attempt}-w0"))
+    return int(match.group(1)) if match else None
+
+
+def starts(kubelet: ProcessKubelet, namespace: str) -> list[str]:
+    """Names of the pods whose container the kubelet started in `namespace`, in order."""
+    return [name for ns, name, what in kubelet.history if ns == namespace and what == "started"]
+
+
+@pytest.fixture(scope="session")
+def succeeded(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> Job:
+    """Scenario 1's run; also the uninterrupted reference of scenario 3."""
+    job = submit(cluster, kubelet, "s1-success", "tiny", inputs)
+    job.wait_phase("Succeeded", "Failed", timeout=180)
+    return job
+
+
+@pytest.mark.timeout(240)
+def test_1_success(succeeded: Job) -> None:
+    status = succeeded.status()
+    assert status["phase"] == "Succeeded", status
+    assert status["attempt"] == 1 and status["restarts"] == 0
+    assert status["progress"]["step"] == MAX_STEPS == status["progress"]["totalSteps"]
+    metrics = status.get("metrics") or {}
+    assert metrics.get("trainLoss", 0) > 0 and metrics.get("learningRate", 0) > 0, status
+    assert status["evaluation"]["fineTuned"]["evalLoss"] > 0, status
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output = succeeded.storage / "output"
+    assert status["output"]["path"]
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert model.config.num_hidden_layers == 2 and len(tokenizer) > 0
+    assert starts(succeeded.kubelet, "s1-success") == ["tiny-a1-w0", "tiny-a1-w1"]
+
+
+@pytest.mark.timeout(240)
+def test_2_early_stop(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+    # minDelta far above any change of the loss: the second evaluation never counts as an improvement
+    early = {"evaluation": {"everySteps": 2}, "earlyStopping": {"patience": 1, "minDelta": 100.0}}
+    job = submit(cluster, kubelet, "s2-early-stop", "tiny", inputs, early)
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    condition = job.condition("EarlyStopped")
+    assert condition is not None and condition["status"] == "True", status
+    assert status["progress"]["step"] < MAX_STEPS, status
+    assert (job.storage / "output" / "config.json").exists()
+
+
+@pytest.mark.timeout(240)
+def test_3_sigkill_replaces_the_gang_and_resumes(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, succeeded: Job
+) -> None:
+    job = submit(cluster, kubelet, "s3-sigkill", "tiny", inputs)
+    job.wait_running(attempt=1)
+    job.wait_checkpoint(step=8)
+    job.kill_worker(attempt=1, index=1)
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempt"] == 2 and status["restarts"] == 1, status
+    step = resumed_step(job, attempt=2)
+    assert step is not None and 8 <= step < MAX_STEPS, job.logs()
+    assert starts(kubelet, "s3-sigkill") == ["tiny-a1-w0", "tiny-a1-w1", "tiny-a2-w0", "tiny-a2-w1"]
+    import torch
+
+    ours, reference = load_weights(job.storage / "output"), load_weights(succeeded.storage / "output")
+    assert ours.keys() == reference.keys()
+    for key, value in ours.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.timeout(240)
+def test_4_oom_killed_worker_is_retried_with_a_memory_hint(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+) -> None:
+    job = submit(cluster, kubelet, "s4-oom", "tiny", inputs)
+    job.wait_running(attempt=1)
+    job.kill_worker(attempt=1, index=0, oom=True)
+    wait_for(lambda: job.status().get("attempt") == 2, 60, "attempt 2")
+    texts = [job.status().get("message") or ""] + [c.get("message", "") for c in job.status()["conditions"]]
+    texts += [e.get("message", "") for e in job.events()]
+    hinted = [t for t in texts if "OOMKilled" in t and "resources.limits.memory" in t]
+    assert hinted, texts
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded" and status["restarts"] == 1, status
+
+
+@pytest.mark.timeout(240)
+def test_5_disruption_is_replaced_without_counting(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+) -> None:
+    # maxRestarts 0: the job can only finish if the disruption is not counted as a restart
+    job = submit(cluster, kubelet, "s5-disruption", "tiny", inputs, {"retryPolicy": {"maxRestarts": 0}})
+    pods = job.wait_running(attempt=1)
+    victim = pods[1]
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "PreemptionByScheduler",
+        "message": "preempted by a higher-priority pod",
+    }
+    conditions = [*victim["status"]["conditions"], condition]
+    cluster.patch(PODS, job.namespace, victim["metadata"]["name"], {"status": {"conditions": conditions}}, "status")
+    cluster.delete(PODS, job.namespace, victim["metadata"]["name"])
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempt"] == 2 and status["restarts"] == 0, status
+
+
+@pytest.mark.timeout(120)
+def test_6_missing_dataset_fails_at_once(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+    missing = "/nonexistent/e2e/train.jsonl"
+    job = submit(cluster, kubelet, "s6-permanent", "tiny", inputs, {"dataset": {"train": missing}})
+    status = job.wait_phase("Failed", "Succeeded", timeout=90)
+    assert status["phase"] == "Failed", status
+    assert status["restarts"] == 0 and status["attempt"] == 1, status
+    failed = job.condition("Failed")
+    assert failed is not None and failed["reason"] == "DataError", status
+    assert missing in failed["message"], failed
+    assert {name for name in starts(kubelet, "s6-permanent")} == {"tiny-a1-w0", "tiny-a1-w1"}
+
+
+@pytest.mark.timeout(120)
+def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+) -> None:
+    job = submit(cluster, kubelet, "s7-exhausted", "tiny", inputs, {"retryPolicy": {"maxRestarts": 1}})
+    for attempt in (1, 2):
+        job.wait_running(attempt=attempt)
+        job.kill_worker(attempt=attempt, index=1)
+    status = job.wait_phase("Failed", "Succeeded", timeout=90)
+    assert status["phase"] == "Failed" and status["restarts"] == 1, status
+    assert job.condition("Failed")["reason"] == "MaxRestartsExceeded", status  # type: ignore[index]
+    job.wait_gone(timeout=60)
+    assert not [key for key in kubelet.running() if key[0] == job.namespace]
+
+
+@pytest.fixture
+def operator_process(cluster: E2ECluster, tmp_path: Path) -> Iterator[Any]:
+    """`kubetune operator` as a process with a kubeconfig pointing at the emulator, in place of the
+    in-process operator for the duration of a test."""
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    command = [sys.executable, "-m", "kubetune.cli", "operator", "-A", "--metrics-port", "0", "--health-port", "0"]
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"operator-{len(processes)}.log").open("wb")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        processes.append(process)
+        return process
+
+    cluster.stop_operator()
+    try:
+        yield start
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        cluster.start_operator()
+
+
+@pytest.mark.timeout(240)
+def test_8_operator_killed_mid_run(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, operator_process: Any
+) -> None:
+    first = operator_process()
+    job = submit(cluster, kubelet, "s8-operator-restart", "tiny", inputs)
+    job.wait_running(attempt=1, timeout=90)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    operator_process()
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded" and status["attempt"] == 1, status
+    assert starts(kubelet, job.namespace) == ["tiny-a1-w0", "tiny-a1-w1"]
+    names = [p["metadata"]["name"] for p in cluster.objects(PODS, job.namespace)]
+    assert len(names) == len(set(names)) <= 2
+
+
+@pytest.mark.timeout(240)
+def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+    namespace = "s9-api-faults"
+    faults = [
+        Fault("CREATE", status, 1, plural=plural, namespace=namespace)
+        for plural in ("pods", "configmaps", "services")
+        for status in (409, 429, 500)
+    ]
+    faults += [Fault("UPDATE", status, 1, plural="finetunejobs", namespace=namespace) for status in (409, 429, 500)]
+    for fault in faults:
+        cluster.server.inject(fault)
+    job = submit(cluster, kubelet, namespace, "tiny", inputs)
+    try:
+        status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    finally:
+        served = [(f.action, f.plural, f.status, f.served) for f in faults]
+        for fault in faults:
+            fault.times = 0
+    assert status["phase"] == "Succeeded", status
+    assert all(count == 1 for *_, count in served), served
+    names = [p["metadata"]["name"] for p in cluster.objects(PODS, namespace)]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.timeout(240)
+def test_10_suspend_and_resume(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+    job = submit(cluster, kubelet, "s10-suspend", "tiny", inputs)
+    job.wait_running(attempt=1)
+    job.wait_checkpoint(step=8)
+    cluster.patch(JOBS, job.namespace, job.name, {"spec": {"suspend": True}})
+    job.wait_phase("Suspended", timeout=60)
+    job.wait_gone(timeout=60)
+    kept = sorted(p.name for p in job.storage.glob("step-*"))
+    assert kept, "the checkpoints must survive the suspension"
+    cluster.patch(JOBS, job.namespace, job.name, {"spec": {"suspend": False}})
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    assert status["restarts"] == 0 and status["attempt"] == 2, status
+    step = resumed_step(job, attempt=2)
+    assert step is not None and 8 <= step < MAX_STEPS, job.logs()
