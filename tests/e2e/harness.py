@@ -32,7 +32,7 @@ import aiohttp.web
 import kmock
 from kmock._internal import rendering
 
-from tests.e2e.kubectl_compat import KubectlCompatible
+from tests.e2e.kubectl_compat import KubectlCompatible, declare_names
 from tests.support.apiserver import JOBS, PODS, ApiServer, Cluster, declare_resources, fast_settings
 
 T = TypeVar("T")
@@ -126,6 +126,7 @@ class E2ECluster:
         server.faults = []
         server.graceful_pod_deletion = True
         declare_resources(server)
+        declare_names(server)
         self.cluster.server = server
         self.server = server
 

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.e2e import kubectl
 from tests.e2e.harness import E2ECluster, Fault, wait_for
-from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, make_inputs, submit
+from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, make_inputs, manifest, submit
 from tests.e2e.kubelet import ProcessKubelet
 from tests.support.apiserver import write_kubeconfig
 
@@ -58,9 +60,20 @@ def starts(kubelet: ProcessKubelet, namespace: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def succeeded(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> Job:
-    """Scenario 1's run; also the uninterrupted reference of scenario 3."""
-    job = submit(cluster, kubelet, "s1-success", "tiny", inputs)
+def succeeded(
+    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
+) -> Job:
+    """Scenario 1's run, submitted with the real `kubectl apply` where kubectl is installed; also the
+    uninterrupted reference of scenario 3."""
+    if kubectl.available():
+        folder = tmp_path_factory.mktemp("kubectl")
+        path = folder / "tiny.yaml"
+        path.write_text(yaml.safe_dump(manifest("tiny", inputs)))
+        applied = kubectl.Kubectl(cluster.url, folder)("apply", kubectl.NO_OPENAPI, "-n", "s1-success", "-f", str(path))
+        assert "created" in applied.stdout, applied
+        job = Job(cluster, kubelet, "s1-success", "tiny")
+    else:
+        job = submit(cluster, kubelet, "s1-success", "tiny", inputs)
     job.wait_phase("Succeeded", "Failed", timeout=180)
     return job
 
@@ -268,3 +281,19 @@ def test_10_suspend_and_resume(cluster: E2ECluster, kubelet: ProcessKubelet, inp
     assert status["restarts"] == 0 and status["attempt"] == 2, status
     step = resumed_step(job, attempt=2)
     assert step is not None and 8 <= step < MAX_STEPS, job.logs()
+
+
+@pytest.mark.skipif(not kubectl.available(), reason="needs the kubectl client")
+@pytest.mark.timeout(120)
+def test_kubectl_gets_and_deletes_the_succeeded_job(succeeded: Job, tmp_path: Path) -> None:
+    """Runs last: it deletes scenario 1's job (its exported weights stay on the claim)."""
+    run = kubectl.Kubectl(succeeded.cluster.url, tmp_path)
+    namespace = ["-n", succeeded.namespace]
+    assert "tiny" in run("get", "ftj", *namespace).stdout
+    assert run("get", "finetunejob", "tiny", *namespace, "-o", "jsonpath={.status.phase}").stdout == "Succeeded"
+    pods = run("get", "pods", *namespace, "-l", "kubetune.io/job-name=tiny", "-o", "name").stdout.split()
+    assert sorted(pods) == [f"pod/tiny-a1-w{i}" for i in (0, 1)] or pods == [], pods
+    assert "deleted" in run("delete", "ftj", "tiny", *namespace, "--timeout=60s").stdout
+    missing = run("get", "ftj", "tiny", *namespace, check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr, missing
+    wait_for(lambda: not succeeded.pods(), 60, "the job's pods to be collected with it")
