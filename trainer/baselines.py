@@ -9,12 +9,23 @@ the parameter count, and one sentence says which approach won on quality and at 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from kubetune.api.status import ApproachResult
-from kubetune.trainer.data import Record
+from kubetune.api.job import FineTuneJobSpec
+from kubetune.api.operations import BaselinesSpec
+from kubetune.api.status import ApproachResult, EvaluationResult, EvaluationSummary
+from kubetune.api.training import MethodSpec
+from kubetune.trainer import distributed, retrieval
+from kubetune.trainer.data import Example, GenerationCase, Record, generation_case, tokenize_record
+from kubetune.trainer.dataset import PreparedData
+from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+
+log = logging.getLogger(__name__)
 
 
 def few_shot_record(record: Record, shots: Sequence[Record], fmt: str) -> Record:
@@ -86,3 +97,126 @@ def verdict(rows: Sequence[ApproachResult]) -> str:
     slowest = max(rows, key=lambda r: r.latency_seconds or 0.0)
     latency = _latency_ratio(winner, slowest) if slowest is not winner else _latency_ratio(winner, runner_up)
     return f"{sentence}, {latency}" if latency else sentence
+
+
+@dataclass(frozen=True)
+class Split:
+    """The raw records baselines are built from, and the format they are in."""
+
+    train: list[Record]
+    validation: list[Record]
+    format: str
+
+
+def similar_train_examples(split: Split, spec: BaselinesSpec, base_model: Any, tokenizer: Any) -> list[list[int]]:
+    """For each validation record, the indexes of the k most similar training records."""
+    if spec.few_shot_examples == 0 or split.format == "text":
+        return [[] for _ in split.validation]
+    queries = [retrieval.query_text(r, split.format) for r in split.validation]
+    keys = [retrieval.query_text(r, split.format) for r in split.train]
+    if spec.embeddings == "base-model":
+        embed = lambda texts: retrieval.model_embeddings(base_model, tokenizer, texts)  # noqa: E731
+    else:
+        embed = retrieval.sentence_embeddings
+    return retrieval.nearest(embed(queries), embed(keys), spec.few_shot_examples)
+
+
+def _cases(
+    records: list[Record], fmt: str, tokenizer: Any, max_length: int
+) -> tuple[list[Example], list[GenerationCase]]:
+    examples, cases = [], []
+    for record in records:
+        example = tokenize_record(record, fmt, tokenizer, max_length, train_on_inputs=False)
+        case = generation_case(record, fmt, tokenizer)
+        if example is not None:
+            examples.append(example)
+            if case is not None:
+                cases.append(case)
+    return examples, cases
+
+
+def approach_rows(
+    model: Any,
+    tokenizer: Any,
+    label: str,
+    split: Split,
+    spec: BaselinesSpec,
+    neighbours: list[list[int]],
+    settings: EvaluationSettings,
+    rank: distributed.Rank,
+    max_seq_length: int,
+) -> list[ApproachResult]:
+    """Zero-shot and few-shot rows of one model (call on every rank: evaluation is collective)."""
+    validation = split.validation[: settings.max_examples]
+    parameters = sum(p.numel() for p in model.parameters())
+    answers = split.format != "text"
+    runs: list[tuple[str, str, list[Record], int]] = []
+    if spec.zero_shot:
+        runs.append((f"{label} zero-shot", "zero-shot", validation, max_seq_length))
+    if spec.few_shot_examples and answers:
+        shots = [
+            few_shot_record(r, [split.train[i] for i in near], split.format)
+            for r, near in zip(validation, neighbours, strict=False)
+        ]
+        runs.append(
+            (f"{label} {spec.few_shot_examples}-shot", "few-shot", shots, max_seq_length * (spec.few_shot_examples + 1))
+        )
+    rows = []
+    for name, approach, records, length in runs:
+        examples, cases = _cases(records, split.format, tokenizer, length)
+        result = evaluate(model, tokenizer, examples, cases, replace(settings, exact_match=answers), rank)
+        log.info("baseline %s: %s", name, result.model_dump_json(exclude_none=True))
+        rows.append(
+            ApproachResult(
+                name=name, approach=approach, model=label, **(result.model_dump() | {"parameters": parameters})
+            )
+        )  # type: ignore[arg-type]
+    return rows
+
+
+def parameter_count(model: Any) -> int:
+    """Parameters of the model as deployed: LoRA adapters excluded (they are merged on export)."""
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+
+
+def prompting_baselines(
+    spec: FineTuneJobSpec,
+    data: PreparedData,
+    model: Any,
+    tokenizer: Any,
+    settings: EvaluationSettings,
+    rank: distributed.Rank,
+    manifest_dir: Path,
+) -> list[ApproachResult]:
+    """The base model's (and the reference model's) prompting baselines, before training."""
+    from kubetune.trainer.model import load_model, load_tokenizer
+
+    evaluation = spec.evaluation
+    assert evaluation is not None and evaluation.baselines is not None
+    plan = evaluation.baselines
+    split = Split(data.train_records, data.validation_records, data.format)
+    neighbours = similar_train_examples(split, plan, model, tokenizer)
+    length = spec.dataset.max_seq_length
+    rows = approach_rows(model, tokenizer, "base", split, plan, neighbours, settings, rank, length)
+    if evaluation.reference_model is not None:
+        reference_spec = spec.model_copy(update={"model": evaluation.reference_model, "method": MethodSpec()})
+        reference_tokenizer = load_tokenizer(evaluation.reference_model, manifest_dir)
+        reference = load_model(reference_spec, manifest_dir, next(model.parameters()).dtype).to(rank.device)
+        rows += approach_rows(
+            reference, reference_tokenizer, "reference", split, plan, neighbours, settings, rank, length
+        )
+        del reference
+    return rows
+
+
+def summary(
+    base: EvaluationResult | None, fine_tuned: EvaluationResult | None, baselines: list[ApproachResult], parameters: int
+) -> EvaluationSummary:
+    """Base vs fine-tuned, and — when baselines ran — every approach and the verdict."""
+    if not baselines:
+        return EvaluationSummary(base_model=base, fine_tuned=fine_tuned)
+    rows = list(baselines)
+    if fine_tuned is not None:
+        fields = fine_tuned.model_dump() | {"parameters": parameters}
+        rows.append(ApproachResult(name="fine-tuned", approach="fine-tuned", model="fine-tuned", **fields))
+    return EvaluationSummary(base_model=base, fine_tuned=fine_tuned, approaches=rows, verdict=verdict(rows))

@@ -43,6 +43,10 @@ class PreparedData:
     generation_cases: list[GenerationCase]
     """Exact-match cases of the validation examples (same order; empty for `text`)."""
     report: reports.DataReport
+    train_records: list[Record]
+    """The raw training records (few-shot baselines pick solved examples from them)."""
+    validation_records: list[Record]
+    """The raw validation records behind `validation`, in the same order."""
 
 
 def held_out_split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -102,6 +106,8 @@ def prepare(spec: DatasetSpec, base: Path, seed: int, tokenizer: Any) -> Prepare
         validation=[e for _, e in kept_validation],
         generation_cases=[c for c in cases if c is not None],
         report=report,
+        train_records=train_records,
+        validation_records=[r for r, _ in kept_validation],
     )
 
 

@@ -17,6 +17,7 @@ all ranks.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,14 +139,28 @@ def is_exact_match(prediction: str, expected: str) -> bool:
     return prediction.strip() == expected.strip()
 
 
+@dataclass(frozen=True)
+class GenerationTotals:
+    """Sums over this rank's generated answers (add across ranks)."""
+
+    matched: int = 0
+    scored: int = 0
+    seconds: float = 0.0
+    """Wall time spent generating the scored answers."""
+    tokens: int = 0
+    """Tokens generated for the scored answers."""
+
+
 def exact_match_count(
     model: Any, tokenizer: Any, cases: list[GenerationCase], settings: EvaluationSettings, rank: distributed.Rank
-) -> tuple[int, int]:
-    """(matched, scored) over this rank's share of `cases`."""
+) -> GenerationTotals:
+    """Exact matches, answers, generation time and generated tokens over this rank's share of `cases`."""
     stop_ids = stop_token_ids(tokenizer, model)
-    matched = scored = 0
+    matched = scored = tokens = 0
+    seconds = 0.0
     for batch in shard(cases, rank.rank, rank.world, 1):
         case, weight = batch[0]
+        began = time.perf_counter()
         answer = generate_greedy(
             model,
             case.prompt_ids,
@@ -156,9 +171,11 @@ def exact_match_count(
             synced=settings.synced_generation,
         )
         if weight > 0:
+            seconds += time.perf_counter() - began
             scored += 1
+            tokens += len(answer)
             matched += is_exact_match(decode_answer(tokenizer, answer), case.target)
-    return matched, scored
+    return GenerationTotals(matched, scored, seconds, tokens)
 
 
 def evaluate(
@@ -180,19 +197,24 @@ def evaluate(
         with torch.no_grad():
             batches = shard(examples, rank.rank, rank.world, settings.batch_size)
             totals = loss_totals(model, batches, rank.device, tokenizer.pad_token_id)
-            matched = scored = 0
+            generated = GenerationTotals()
             if settings.exact_match and cases:
-                matched, scored = exact_match_count(model, tokenizer, cases, settings, rank)
+                generated = exact_match_count(model, tokenizer, cases, settings, rank)
     finally:
         model.train(was_training)
-    loss_sum, tokens, correct, matched_all, scored_all = distributed.all_reduce_sum(
-        [totals.loss_sum, totals.tokens, totals.correct, matched, scored], rank.device
+    g = generated
+    loss_sum, tokens, correct, matched, scored, seconds, new_tokens = distributed.all_reduce_sum(
+        [totals.loss_sum, totals.tokens, totals.correct, g.matched, g.scored, g.seconds, g.tokens], rank.device
     )
     loss = loss_sum / tokens if tokens else math.nan
     return EvaluationResult(
         eval_loss=loss,
         perplexity=math.exp(min(loss, 700.0)) if math.isfinite(loss) else None,
         token_accuracy=correct / tokens if tokens else None,
-        exact_match=matched_all / scored_all if scored_all else None,
+        exact_match=matched / scored if scored else None,
         examples=len(examples),
+        # Per process: each rank answers its share in parallel, so the mean latency of one answer is the
+        # summed generation time over the answers, and the rate is one process's.
+        latency_seconds=seconds / scored if scored else None,
+        tokens_per_second=new_tokens / seconds if seconds else None,
     )

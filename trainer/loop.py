@@ -15,80 +15,32 @@ import json
 import logging
 import math
 import os
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import EarlyStoppingSpec
 from kubetune.api.outcome import ExitReason, TrainerResult
-from kubetune.api.status import EvaluationResult, EvaluationSummary, Progress
-from kubetune.policies.early_stopping import EarlyStoppingState, observe
-from kubetune.trainer import distributed
+from kubetune.api.status import ApproachResult, EvaluationResult, Progress
+from kubetune.policies.early_stopping import observe
+from kubetune.trainer import baselines, distributed
 from kubetune.trainer.checkpoint import Checkpointer, step_name
 from kubetune.trainer.config import RunPaths
 from kubetune.trainer.dataset import PreparedData
+from kubetune.trainer.diagnostics import suspected
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
 from kubetune.trainer.evaluation import EvaluationSettings, evaluate
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
 from kubetune.trainer.outputs import Recorder
 from kubetune.trainer.packing import BatchPlan, collate, token_count
+from kubetune.trainer.state import RunState, StopRequest
 
 log = logging.getLogger(__name__)
 TRACE_ENV = "KUBETUNE_TRACE_DATA"
 #: The early-stopping metric's EvaluationResult field.
 METRIC_FIELDS = {"evalLoss": "eval_loss", "evalPerplexity": "perplexity", "evalTokenAccuracy": "token_accuracy"}
-
-
-@dataclass
-class StopRequest:
-    """Set by the SIGTERM/SIGINT handler; read at step boundaries."""
-
-    requested: bool = False
-    signal_name: str = ""
-    _event: threading.Event = field(default_factory=threading.Event)
-
-    def request(self, signal_name: str) -> None:
-        self.requested, self.signal_name = True, signal_name
-        self._event.set()
-
-    def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, less when a stop is requested."""
-        self._event.wait(seconds)
-
-
-@dataclass
-class RunState:
-    """What a checkpoint's sidecar carries besides DeepSpeed's files."""
-
-    step: int = 0
-    tokens: int = 0
-    """Non-padding training tokens of the whole gang so far."""
-    early_stopping: EarlyStoppingState = field(default_factory=EarlyStoppingState)
-    best_evaluation: dict[str, Any] | None = None
-    base_evaluation: dict[str, Any] | None = None
-    last_evaluation: dict[str, Any] | None = None
-    last_evaluated_step: int | None = None
-
-    def to_sidecar(self, plan: BatchPlan) -> dict[str, Any]:
-        data = {"sequences": plan.items, "global_batch": plan.global_batch, "seed": plan.seed, "next_step": self.step}
-        return {**asdict(self), "data": data}
-
-    @classmethod
-    def from_sidecar(cls, sidecar: dict[str, Any], plan: BatchPlan) -> RunState:
-        data = sidecar.get("data", {})
-        if (data.get("sequences"), data.get("global_batch"), data.get("seed")) != (
-            plan.items,
-            plan.global_batch,
-            plan.seed,
-        ):
-            log.warning("the checkpoint's data order (%s) differs from this run's; examples may repeat", data)
-        names = {f for f in cls.__dataclass_fields__ if f != "early_stopping"}
-        state = cls(**{k: v for k, v in sidecar.items() if k in names})
-        state.early_stopping = EarlyStoppingState(**sidecar.get("early_stopping", {}))
-        return state
 
 
 class Trainer:
@@ -119,6 +71,10 @@ class Trainer:
         self.stopping = False
         """Some rank was asked to stop (agreed at the last step boundary)."""
         self.evaluation = self._settings()
+        # Periodic evaluations score loss and token accuracy only: generating every answer at every
+        # evaluation would cost more than training on a CPU. Exact match is scored on the base model,
+        # the baselines and the final (or best) model.
+        self.periodic = replace(self.evaluation, exact_match=False)
         trace = os.environ.get(TRACE_ENV)
         self.trace = f"{trace}.rank{rank.rank}.jsonl" if trace else None
         self.parameters = sum(p.numel() for p in engine.module.parameters())
@@ -129,7 +85,9 @@ class Trainer:
         synced = self.spec.distributed.zero_stage == 3
         if spec is None:
             return EvaluationSettings(batch_size=batch, synced_generation=synced)
-        return EvaluationSettings(spec.max_examples, spec.exact_match, spec.max_new_tokens, batch, synced)
+        # Baselines are compared on the task metric, so they turn answer scoring on for the final model too.
+        exact_match = spec.exact_match or spec.baselines is not None
+        return EvaluationSettings(spec.max_examples, exact_match, spec.max_new_tokens, batch, synced)
 
     # ----- start -----------------------------------------------------------------------------------
 
@@ -164,6 +122,24 @@ class Trainer:
         self.state.base_evaluation = result.model_dump()
         log.info("base model: %s", result.model_dump_json(exclude_none=True))
         self.recorder.log_metrics({"kind": "eval", "model": "base", "step": 0, **result.model_dump(exclude_none=True)})
+
+    def evaluate_baselines(self) -> None:
+        """evaluation.baselines: the base (and reference) model prompted zero- and few-shot, before step 1."""
+        spec = self.spec.evaluation
+        if not (spec and spec.baselines) or self.state.step > 0:
+            return
+        self.recorder.publish(phase="Evaluating")
+        rows = baselines.prompting_baselines(
+            self.spec,
+            self.data,
+            self.engine.module,
+            self.tokenizer,
+            self.evaluation,
+            self.rank,
+            self.paths.manifest.parent,
+        )
+        self.state.baseline_rows = [row.model_dump() for row in rows]
+        self.engine.train()
 
     # ----- the loop --------------------------------------------------------------------------------
 
@@ -230,6 +206,7 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None else None
         epoch = self.plan.epoch_at(self.state.step)
         self.metrics.record_step(loss, lr, grad_norm, epoch, tokens, seconds)
+        self.state.fit.record_train_loss(loss)
         progress = self._progress()
         self.metrics.record_progress(self.state.step / self.total_steps, progress.eta_seconds)
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
@@ -282,15 +259,12 @@ class Trainer:
     def _evaluate(self, step: int) -> tuple[bool, str | None]:
         """Evaluate at `step`; (improved, early-stop message or None)."""
         self.recorder.publish(phase="Evaluating")
+        settings = self.evaluation if step == self.total_steps else self.periodic
         result = evaluate(
-            self.engine.module,
-            self.tokenizer,
-            self.data.validation,
-            self.data.generation_cases,
-            self.evaluation,
-            self.rank,
+            self.engine.module, self.tokenizer, self.data.validation, self.data.generation_cases, settings, self.rank
         )
         self.engine.train()
+        self._diagnose(step, result.eval_loss)
         policy = self.spec.early_stopping or EarlyStoppingSpec()
         value = getattr(result, METRIC_FIELDS[policy.metric])
         decision = observe(policy, self.state.early_stopping, math.nan if value is None else value, step)
@@ -311,6 +285,17 @@ class Trainer:
             return False, None
         return decision.improved, decision.message if decision.stop else None
 
+    def _diagnose(self, step: int, eval_loss: float | None) -> None:
+        """Fit diagnostics after an evaluation: gauges and the progress snapshot."""
+        self.state.fit.record_evaluation(step, eval_loss, self.recorder.snapshot.metrics.train_loss)
+        rising = self.spec.evaluation.overfitting_evaluations if self.spec.evaluation else 3
+        reports = self.state.fit.reports(rising, step / self.total_steps if self.total_steps else 1.0)
+        self.metrics.record_fit(suspected(reports, "OverfittingSuspected"), suspected(reports, "UnderfittingSuspected"))
+        self.recorder.publish(fit=reports)
+        for report in reports:
+            if report.status == "True":
+                log.warning("%s: %s", report.type, report.message)
+
     def _checkpoint(self, step: int) -> None:
         self.recorder.publish(phase="Checkpointing")
         began = time.perf_counter()
@@ -329,6 +314,8 @@ class Trainer:
             self.checkpointer.load_weights(self.engine, self.paths.checkpoints / step_name(best or 0))
             fine_tuned = self.state.best_evaluation
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
+            if self.evaluation.exact_match:  # periodic evaluations did not generate: score the exported weights
+                fine_tuned = self._final_evaluation().model_dump()
         self.recorder.publish(phase="Exporting")
         lora = self.spec.method.lora
         merge = lora.merge if lora else True
@@ -342,9 +329,11 @@ class Trainer:
         )
         distributed.barrier()
         self.recorder.publish(phase="Finished")
-        evaluation = EvaluationSummary(
-            base_model=EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None,
-            fine_tuned=EvaluationResult(**fine_tuned) if fine_tuned else None,
+        evaluation = baselines.summary(
+            EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None,
+            EvaluationResult(**fine_tuned) if fine_tuned else None,
+            [ApproachResult(**row) for row in self.state.baseline_rows or []],
+            baselines.parameter_count(self.engine.module),
         )
         reason = ExitReason.EARLY_STOPPED if outcome == "EarlyStopped" else ExitReason.SUCCEEDED
         return TrainerResult(
@@ -358,4 +347,17 @@ class Trainer:
             best_step=self.state.early_stopping.best_step,
             output_path=str(self.paths.output),
             evaluation=evaluation,
+            fit=self.recorder.snapshot.fit,
         )
+
+    def _final_evaluation(self) -> EvaluationResult:
+        result = evaluate(
+            self.engine.module,
+            self.tokenizer,
+            self.data.validation,
+            self.data.generation_cases,
+            self.evaluation,
+            self.rank,
+        )
+        self.engine.train()
+        return result

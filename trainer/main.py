@@ -23,8 +23,9 @@ from kubetune.api.outcome import ExitReason, TrainerResult
 from kubetune.trainer import distributed
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
-from kubetune.trainer.loop import StopRequest, Trainer
+from kubetune.trainer.loop import Trainer
 from kubetune.trainer.outputs import Recorder
+from kubetune.trainer.state import StopRequest
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -115,6 +116,7 @@ def _train(args: argparse.Namespace, job: FineTuneJob, stop: StopRequest, shell:
     trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder)
     trainer.resume()
     trainer.evaluate_base_model()
+    trainer.evaluate_baselines()
     log.info(
         "training %d steps (%d per epoch, global batch %d)",
         trainer.total_steps,

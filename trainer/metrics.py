@@ -49,6 +49,12 @@ class TrainerMetrics:
         self.checkpoint_seconds = gauge(
             "kubetune_checkpoint_save_duration_seconds", "Wall time of the latest checkpoint save, in seconds."
         )
+        self.overfitting = gauge(
+            "kubetune_overfitting_suspected", "1 while eval loss rises and train loss falls (OverfittingSuspected)."
+        )
+        self.underfitting = gauge(
+            "kubetune_underfitting_suspected", "1 while both losses stay near their start (UnderfittingSuspected)."
+        )
         self.steps = Counter(
             "kubetune_optimizer_steps", "Optimizer steps completed.", LABELS, registry=self.registry
         ).labels(**labels)
@@ -99,6 +105,10 @@ class TrainerMetrics:
         if best is not None:
             self.best_eval_loss.set(best)
         self.evals_without_improvement.set(evals_without_improvement)
+
+    def record_fit(self, overfitting: bool, underfitting: bool) -> None:
+        self.overfitting.set(int(overfitting))
+        self.underfitting.set(int(underfitting))
 
     def record_checkpoint(self, seconds: float) -> None:
         self.checkpoint_seconds.set(seconds)

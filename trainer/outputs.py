@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.outcome import ProgressSnapshot, TrainerResult
+from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
 
 ATTEMPT_ENV = "KUBETUNE_ATTEMPT"
@@ -52,10 +52,16 @@ class Recorder:
             workdir.mkdir(parents=True, exist_ok=True)
 
     def publish(
-        self, progress: Progress | None = None, metrics: Metrics | None = None, phase: str | None = None
+        self,
+        progress: Progress | None = None,
+        metrics: Metrics | None = None,
+        phase: str | None = None,
+        fit: list[FitReport] | None = None,
     ) -> None:
         """Update the snapshot (only the given parts) and rewrite progress.json."""
         update: dict[str, Any] = {"updated_at": time.time()}
+        if fit is not None:
+            update["fit"] = fit
         if progress is not None:
             update["progress"] = progress
         if metrics is not None:

@@ -68,6 +68,16 @@ class ExitReason(Enum):
         return next((reason for reason in cls if reason.exit_code == code and code != 0), None)
 
 
+class FitReport(ApiModel):
+    """A fit diagnostic the trainer reports (see kubetune.policies.fit), to become a job condition."""
+
+    type: Literal["OverfittingSuspected", "UnderfittingSuspected"] = doc("type of the condition.")
+    status: Literal["True", "False"] = doc("status: True while the sign is present.")
+    reason: str = doc("reason: EvalLossRising, LossPlateauHigh or FitLooksHealthy.")
+    message: str = doc("message: what was seen and the usual remedies.")
+    since_step: int | None = doc("sinceStep: optimizer step where the sign began.", default=None)
+
+
 class TrainerResult(ApiModel):
     """What a finished trainer reports (rank 0's `result.json`; the termination message is its JSON)."""
 
@@ -81,13 +91,14 @@ class TrainerResult(ApiModel):
     best_step: int | None = doc("bestStep: step of the best evaluation.", default=None)
     output_path: str | None = doc("outputPath: where the model was exported.", default=None)
     evaluation: EvaluationSummary | None = doc("evaluation: base vs fine-tuned.", default=None)
+    fit: list[FitReport] = doc("fit: over- and under-fitting diagnostics at the end.", default=[])
 
     def termination_message(self) -> str:
         """The result as a single JSON line that fits Kubernetes' termination message."""
         text = self.model_dump_json(by_alias=True, exclude_none=True)
         if len(text) <= TERMINATION_MESSAGE_LIMIT:
             return text
-        short = self.model_copy(update={"message": self.message[:512], "evaluation": None})
+        short = self.model_copy(update={"message": self.message[:512], "evaluation": None, "fit": []})
         return short.model_dump_json(by_alias=True, exclude_none=True)[:TERMINATION_MESSAGE_LIMIT]
 
 
@@ -101,3 +112,4 @@ class ProgressSnapshot(ApiModel):
         "phase: what rank 0 is doing now.", default="Training"
     )
     updated_at: float = doc("updatedAt: Unix time of this snapshot, in seconds.")
+    fit: list[FitReport] = doc("fit: over- and under-fitting diagnostics so far.", default=[])

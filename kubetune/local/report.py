@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
-from kubetune.api.status import ConditionType, EvaluationResult, FineTuneJobStatus
+from kubetune.api.status import ApproachResult, ConditionType, EvaluationResult, FineTuneJobStatus
 from kubetune.local.workdir import Workdir
 
 
@@ -91,6 +91,20 @@ def evaluation_table(base: EvaluationResult | None, tuned: EvaluationResult | No
     return lines
 
 
+def approaches_table(rows: list[ApproachResult]) -> list[str]:
+    """Every approach on the same validation set: quality, latency, speed, size."""
+    lines = [
+        "| approach | exact match | eval loss | token accuracy | latency (s/answer) | generated tokens/s | parameters |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.name} | {_cell(row.exact_match, True)} | {_cell(row.eval_loss)} | {_cell(row.token_accuracy, True)} | "
+            f"{_cell(row.latency_seconds)} | {_cell(row.tokens_per_second)} | {_cell(row.parameters)} |"
+        )
+    return lines
+
+
 def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: float) -> None:
     """report.md: outcome, evaluation (base vs fine-tuned), time and throughput, the data report."""
     condition = next((c for c in status.conditions if c.type == status.phase), None)
@@ -103,6 +117,8 @@ def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: floa
     ]
     if early is not None:
         lines.append(f"- **Early stopping**: {early.message}")
+    for fit in (c for c in status.conditions if c.type.endswith("FittingSuspected") and c.status == "True"):
+        lines.append(f"- **{fit.type}**: {fit.message}")
     lines += [
         f"- **Steps**: {progress.step if progress else 0} of {progress.total_steps if progress else '?'}",
         f"- **Restarts**: {status.restarts} (attempts: {status.attempt})",
@@ -116,7 +132,11 @@ def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: floa
         "",
     ]
     evaluation = status.evaluation
-    if evaluation is not None and (evaluation.base_model or evaluation.fine_tuned):
+    if evaluation is not None and evaluation.approaches:
+        lines += ["## Was fine-tuning worth it? (validation set)", "", f"**{evaluation.verdict}**", ""]
+        lines += approaches_table(evaluation.approaches)
+        lines.append("")
+    elif evaluation is not None and (evaluation.base_model or evaluation.fine_tuned):
         lines += ["## Base model vs fine-tuned (validation set)", ""]
         lines += evaluation_table(evaluation.base_model, evaluation.fine_tuned)
         lines.append("")

@@ -57,6 +57,18 @@ TRAINER_METRICS: tuple[Metric, ...] = (
         "Wall time of the latest checkpoint save, in seconds.",
     ),
     Metric(
+        "kubetune_overfitting_suspected",
+        "gauge",
+        "trainer",
+        "1 while eval loss rises and train loss falls (the OverfittingSuspected condition), else 0.",
+    ),
+    Metric(
+        "kubetune_underfitting_suspected",
+        "gauge",
+        "trainer",
+        "1 while both losses stay near their start late in training (UnderfittingSuspected), else 0.",
+    ),
+    Metric(
         "kubetune_gpu_memory_peak_bytes",
         "gauge",
         "trainer",

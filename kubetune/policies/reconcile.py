@@ -194,7 +194,7 @@ def _succeeded(
 ) -> Decision:
     result = next((w.result for w in of_attempt(workers, prev.attempt) if w.index == 0), None)
     early = result is not None and (result.outcome == "EarlyStopped" or result.reason == "EarlyStopped")
-    status = apply_result(prev, result)
+    status = apply_result(prev, result, now)
     if early and result is not None:
         status = set_condition(status, ConditionType.EARLY_STOPPED, "True", Reason.EARLY_STOPPED, result.message, now)
         status = _finish(status, True, Reason.EARLY_STOPPED, f"stopped early: {result.message}", now)
@@ -220,7 +220,7 @@ def _active(
     current = of_attempt(workers, attempt)
     if len(current) == size and all(w.state == "succeeded" for w in current):
         return _succeeded(job, prev, workers, now)
-    status = apply_progress(prev, progress, attempt)
+    status = apply_progress(prev, progress, attempt, now)
     running = len(current) == size and all(w.state in ("running", "succeeded") for w in current)
     if running:
         message = f"attempt {attempt}: {size} worker(s) training"

@@ -8,11 +8,12 @@ from rank 0 of the current attempt, and every transition is also an event (`tran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubetune.api.outcome import ProgressSnapshot, TrainerResult
+from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import (
     Condition,
     ConditionType,
@@ -79,15 +80,29 @@ def with_phase(status: FineTuneJobStatus, phase: Phase, message: str) -> FineTun
     return with_fields(status, phase=phase, message=message)
 
 
-def apply_progress(status: FineTuneJobStatus, snapshot: ProgressSnapshot | None, attempt: int) -> FineTuneJobStatus:
-    """Progress and metrics from rank 0's snapshot, if it belongs to the current attempt (a snapshot of
-    an older attempt, or none, leaves the last known figures in place)."""
+def apply_fit(status: FineTuneJobStatus, reports: Sequence[FitReport], now: datetime) -> FineTuneJobStatus:
+    """Fit diagnostics as conditions: a sign that is present is set True; one that went away is set False
+    only if its condition exists (conditions that never applied are not listed)."""
+    for report in reports:
+        if report.status == "True":
+            status = set_condition(status, report.type, "True", report.reason, report.message, now)
+        else:
+            status = clear_condition(status, report.type, report.reason, report.message, now)
+    return status
+
+
+def apply_progress(
+    status: FineTuneJobStatus, snapshot: ProgressSnapshot | None, attempt: int, now: datetime
+) -> FineTuneJobStatus:
+    """Progress, metrics and fit diagnostics from rank 0's snapshot, if it belongs to the current attempt
+    (a snapshot of an older attempt, or none, leaves the last known figures in place)."""
     if snapshot is None or (snapshot.attempt is not None and snapshot.attempt != attempt):
         return status
-    return with_fields(status, progress=snapshot.progress, metrics=snapshot.metrics)
+    status = with_fields(status, progress=snapshot.progress, metrics=snapshot.metrics)
+    return apply_fit(status, snapshot.fit, now)
 
 
-def apply_result(status: FineTuneJobStatus, result: TrainerResult | None) -> FineTuneJobStatus:
+def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: datetime) -> FineTuneJobStatus:
     """Final figures from the trainer's result: steps, best metric, output path, evaluation."""
     if result is None:
         return status
@@ -105,7 +120,8 @@ def apply_result(status: FineTuneJobStatus, result: TrainerResult | None) -> Fin
         fields["output"] = OutputStatus(path=result.output_path)
     if result.evaluation is not None:
         fields["evaluation"] = result.evaluation
-    return with_fields(status, **fields)
+    status = with_fields(status, **fields)
+    return apply_fit(status, result.fit, now)
 
 
 def transition_events(previous: FineTuneJobStatus, current: FineTuneJobStatus) -> list[Event]:

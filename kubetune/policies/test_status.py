@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kubetune.api.outcome import TrainerResult
+from kubetune.api.outcome import FitReport, TrainerResult
 from kubetune.api.status import ConditionType, FineTuneJobStatus, Reason
-from kubetune.policies.status import apply_result, find_condition, set_condition, transition_events
+from kubetune.policies.status import apply_fit, apply_result, find_condition, set_condition, transition_events
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -64,7 +64,28 @@ def test_apply_result_reports_final_figures() -> None:
         best_step=20,
         output_path="/o",
     )
-    status = apply_result(FineTuneJobStatus(), result)
+    status = apply_result(FineTuneJobStatus(), result, T0)
     assert status.progress is not None and (status.progress.step, status.progress.percent) == (30, 100)
     assert status.metrics is not None and status.metrics.best_step == 20
     assert status.output is not None and status.output.path == "/o"
+
+
+def _fit(status: str, reason: str) -> FitReport:
+    return FitReport(type="OverfittingSuspected", status=status, reason=reason, message=reason, since_step=20)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("before", "reports", "after"),
+    [
+        ([], [], None),
+        ([], [_fit("False", "FitLooksHealthy")], None),  # never suspected: no condition listed
+        ([], [_fit("True", "EvalLossRising")], ("True", "EvalLossRising")),
+        ([_fit("True", "EvalLossRising")], [_fit("False", "FitLooksHealthy")], ("False", "FitLooksHealthy")),
+    ],
+)
+def test_fit_reports_become_conditions(
+    before: list[FitReport], reports: list[FitReport], after: tuple[str, str] | None
+) -> None:
+    status = apply_fit(apply_fit(FineTuneJobStatus(), before, T0), reports, T0 + timedelta(seconds=5))
+    condition = find_condition(status, "OverfittingSuspected")
+    assert (None if condition is None else (condition.status, condition.reason)) == after
