@@ -77,7 +77,8 @@ class EvaluationSpec(ApiModel):
     )
     exact_match: bool = doc(
         "exactMatch: also generate an answer for each validation example (greedy) and score exact match "
-        "against its completion / last assistant turn, after trimming whitespace. Default false.",
+        "against its completion / last assistant turn, after trimming whitespace; scored on the base model "
+        "and the final (or best) model, not at every periodic evaluation. Default false.",
         default=False,
     )
     max_new_tokens: int = doc(
