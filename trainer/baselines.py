@@ -145,10 +145,14 @@ def approach_rows(
     settings: EvaluationSettings,
     rank: distributed.Rank,
     max_seq_length: int,
+    zero_shot: EvaluationResult | None = None,
 ) -> list[ApproachResult]:
-    """Zero-shot and few-shot rows of one model (call on every rank: evaluation is collective)."""
+    """Zero-shot and few-shot rows of one model (call on every rank: evaluation is collective).
+
+    `zero_shot`: the model's zero-shot result when it was already scored the same way (compareBaseModel
+    with answers scored), so that it is not computed twice."""
     validation = split.validation[: settings.max_examples]
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = parameter_count(model)
     answers = split.format != "text"
     runs: list[tuple[str, str, list[Record], int]] = []
     if spec.zero_shot:
@@ -164,7 +168,13 @@ def approach_rows(
     rows = []
     for name, approach, records, length in runs:
         examples, cases = _cases(records, split.format, tokenizer, length)
-        result = evaluate(model, tokenizer, examples, cases, replace(settings, exact_match=answers), rank)
+        reusable = (
+            zero_shot is not None and approach == "zero-shot" and (zero_shot.exact_match is not None or not answers)
+        )
+        if reusable and zero_shot is not None:
+            result = zero_shot
+        else:
+            result = evaluate(model, tokenizer, examples, cases, replace(settings, exact_match=answers), rank)
         log.info("baseline %s: %s", name, result.model_dump_json(exclude_none=True))
         rows.append(
             ApproachResult(
@@ -187,6 +197,7 @@ def prompting_baselines(
     settings: EvaluationSettings,
     rank: distributed.Rank,
     manifest_dir: Path,
+    base_zero_shot: EvaluationResult | None = None,
 ) -> list[ApproachResult]:
     """The base model's (and the reference model's) prompting baselines, before training."""
     from kubetune.trainer.model import load_model, load_tokenizer
@@ -197,7 +208,7 @@ def prompting_baselines(
     split = Split(data.train_records, data.validation_records, data.format)
     neighbours = similar_train_examples(split, plan, model, tokenizer)
     length = spec.dataset.max_seq_length
-    rows = approach_rows(model, tokenizer, "base", split, plan, neighbours, settings, rank, length)
+    rows = approach_rows(model, tokenizer, "base", split, plan, neighbours, settings, rank, length, base_zero_shot)
     if evaluation.reference_model is not None:
         reference_spec = spec.model_copy(update={"model": evaluation.reference_model, "method": MethodSpec()})
         reference_tokenizer = load_tokenizer(evaluation.reference_model, manifest_dir)

@@ -129,14 +129,10 @@ class Trainer:
         if not (spec and spec.baselines) or self.state.step > 0:
             return
         self.recorder.publish(phase="Evaluating")
+        base = EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None
+        module, manifest_dir = self.engine.module, self.paths.manifest.parent
         rows = baselines.prompting_baselines(
-            self.spec,
-            self.data,
-            self.engine.module,
-            self.tokenizer,
-            self.evaluation,
-            self.rank,
-            self.paths.manifest.parent,
+            self.spec, self.data, module, self.tokenizer, self.evaluation, self.rank, manifest_dir, base
         )
         self.state.baseline_rows = [row.model_dump() for row in rows]
         self.engine.train()

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from kubetune.api.outcome import ProgressSnapshot
 
-#: Seconds between two plain progress lines at most once per this interval.
+#: A plain progress line is printed when the step or phase changes, at most once per this many seconds.
 PLAIN_LINE_INTERVAL_SECONDS = 5.0
 #: Seconds between two reads of progress.json.
 POLL_SECONDS = 1.0
@@ -91,10 +91,10 @@ class ProgressDisplay:
                 live.update(Text(describe(read_snapshot(self.progress_file), self.attempt, self.restarts)))
 
     def _run_plain(self) -> None:
-        last_step, last_time = -1, 0.0
+        last, last_time = (-1, ""), 0.0
         while not self._stop.wait(POLL_SECONDS):
             snapshot = read_snapshot(self.progress_file)
-            step = snapshot.progress.step if snapshot else -1
-            if step != last_step and time.monotonic() - last_time >= PLAIN_LINE_INTERVAL_SECONDS:
+            state = (snapshot.progress.step, snapshot.phase) if snapshot else (-1, "")
+            if state != last and time.monotonic() - last_time >= PLAIN_LINE_INTERVAL_SECONDS:
                 print(describe(snapshot, self.attempt, self.restarts), file=self.stream, flush=True)
-                last_step, last_time = step, time.monotonic()
+                last, last_time = state, time.monotonic()

@@ -9,6 +9,7 @@ policy code the operator uses, one level up in the runner.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,10 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+# The launcher runs off the main thread (the runner keeps the main thread for its own signal handling and
+# status updates), where torch warns on every attempt that it installs no signal handlers: expected here.
+logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.ERROR)
 
 #: Seconds the ranks get to checkpoint after Ctrl-C / SIGTERM before they are killed.
 GRACEFUL_SHUTDOWN_SECONDS = 300
@@ -99,7 +104,9 @@ def run_attempt(
     os.environ.update(env)  # the agent passes its own environment on to the ranks
     logs = {rank: log_folder / f"rank-{rank}.log" for rank in range(processes)}
     try:
-        elastic_launch(config, sys.executable)("-m", "kubetune.local.rank", *trainer_args)
+        # -P: never put the current folder on sys.path; in a source checkout `operator/` would shadow the
+        # standard library's `operator` module.
+        elastic_launch(config, sys.executable)("-P", "-m", "kubetune.local.rank", *trainer_args)
         return AttemptOutcome([RankExit(rank, 0, logs[rank]) for rank in range(processes)])
     except ChildFailedError as error:
         codes = {rank: _shell_code(failure.exitcode) for rank, failure in error.failures.items()}

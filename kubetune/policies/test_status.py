@@ -71,7 +71,7 @@ def test_apply_result_reports_final_figures() -> None:
 
 
 def _fit(status: str, reason: str) -> FitReport:
-    return FitReport(type="OverfittingSuspected", status=status, reason=reason, message=reason, since_step=20)  # type: ignore[arg-type]
+    return FitReport(type="OverfittingSuspected", status=status, reason=reason, message=reason, since_step=20)
 
 
 @pytest.mark.parametrize(
