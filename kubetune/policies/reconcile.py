@@ -90,7 +90,13 @@ def _finished(
     job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime
 ) -> Decision:
     left = _ttl_left(job, prev, now)
-    plan = gang.remove_unfinished(workers, prev.attempt)
+    # A failed job leaves no pod behind (its cause is in the status and events); a succeeded job keeps its
+    # terminated pods, which hold no resources, for their logs.
+    plan = (
+        gang.remove_all(workers, prev.attempt)
+        if prev.phase == "Failed"
+        else gang.remove_unfinished(workers, prev.attempt)
+    )
     return _decision(job, prev, plan, now, delete_job=left is not None and left <= 0, check_again_in=_soonest(left))
 
 
@@ -103,8 +109,9 @@ def _fail(
     now: datetime,
 ) -> Decision:
     status = _finish(prev, False, reason, message, now)
-    plan = gang.remove_unfinished(workers, prev.attempt)
-    return _decision(job, status, plan, now, check_again_in=_ttl_left(job, status, now))
+    return _decision(
+        job, status, gang.remove_all(workers, prev.attempt), now, check_again_in=_ttl_left(job, status, now)
+    )
 
 
 def _suspend(

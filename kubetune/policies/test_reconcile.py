@@ -125,8 +125,8 @@ def test_failures_of_an_attempt(observed: list[WorkerObservation], phase: str, r
     kind = ConditionType.FAILED if phase == "Failed" else ConditionType.RESTARTING
     condition = find_condition(decision.status, kind)
     assert condition is not None and condition.reason == reason
-    expected_delete = {WorkerRef(1, o.index) for o in observed if phase == "Restarting" or not o.terminated}
-    assert set(decision.plan.delete) == expected_delete
+    # Restarting or Failed: the whole gang goes (a failed job leaves no pod behind)
+    assert set(decision.plan.delete) == {WorkerRef(1, o.index) for o in observed}
     assert decision.plan.create == ()
 
 
@@ -150,7 +150,7 @@ def test_max_restarts_exhausted_fails_the_job() -> None:
     _, decision = step(make_job(status), [w(0, "failed", exit_code=1, attempt=3), w(1, attempt=3)])
     failed = find_condition(decision.status, ConditionType.FAILED)
     assert decision.status.phase == "Failed" and failed is not None and failed.reason == Reason.RESTARTS_EXHAUSTED
-    assert decision.plan.delete == (WorkerRef(3, 1),)
+    assert decision.plan.delete == (WorkerRef(3, 0), WorkerRef(3, 1))  # a failed job leaves no pod behind
 
 
 def test_active_deadline_fails_and_removes_every_worker() -> None:

@@ -198,11 +198,6 @@ def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(
     assert starts(kubelet, job.namespace) == ["tiny-a1-w0", "tiny-a1-w1", "tiny-a2-w0", "tiny-a2-w1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the issue asks for 'Failed, all pods gone'; the gang policy keeps terminated pods of a finished job "
-    "for their logs (kubetune/policies/gang.py remove_unfinished, used by reconcile.py on Failed): to be decided",
-)
 @pytest.mark.timeout(60)
 def test_7_exhausted_job_has_no_pods_left(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
     """Scenario 7's job (run by the test above): every pod deleted, not only stopped."""
