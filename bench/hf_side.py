@@ -160,6 +160,10 @@ def run(config: Path, out: Path) -> None:
         "engine": type(trainer.model_wrapped).__name__,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    # As kubetune does at its end: without it, a gloo thread can abort the process at exit.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
