@@ -161,7 +161,8 @@ def main(args: argparse.Namespace) -> int:
     progress = recorder.snapshot.progress
     if code != 0:
         result = result.model_copy(update={"step": progress.step, "total_steps": progress.total_steps})
-    recorder.finish(result, args.termination_message_path)
+    result = result.model_copy(update={"metrics": recorder.snapshot.metrics})
+    recorder.finish(result, args.termination_message_path, pod_leader=os.environ.get("LOCAL_RANK", "0") == "0")
     log.info("finished: %s", result.termination_message())
     distributed.shutdown()
     if shell.server is not None and args.metrics_linger_seconds > 0:

@@ -89,11 +89,13 @@ class Recorder:
             with (self.workdir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
-    def finish(self, result: TrainerResult, termination_path: str | None) -> None:
-        """Write result.json and the termination message."""
-        if not self.enabled:
+    def finish(self, result: TrainerResult, termination_path: str | None, pod_leader: bool = False) -> None:
+        """Write result.json (rank 0) and the termination message (rank 0 and the first process of every
+        pod: a supervisor that sees worker N fail first must learn why from worker N's own message)."""
+        if self.enabled:
+            write_atomically(self.workdir / "result.json", result.model_dump_json(by_alias=True, indent=2) + "\n")
+        if not (self.enabled or pod_leader):
             return
-        write_atomically(self.workdir / "result.json", result.model_dump_json(by_alias=True, indent=2) + "\n")
         if termination_path and Path(termination_path).parent.is_dir():
             # OSError: e.g. /dev/termination-log outside a pod, where /dev is not writable.
             with contextlib.suppress(OSError):

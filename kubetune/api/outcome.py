@@ -91,6 +91,11 @@ class TrainerResult(ApiModel):
     best_step: int | None = doc("bestStep: step of the best evaluation.", default=None)
     output_path: str | None = doc("outputPath: where the model was exported.", default=None)
     evaluation: EvaluationSummary | None = doc("evaluation: base vs fine-tuned.", default=None)
+    metrics: Metrics | None = doc(
+        "metrics: the last training and validation figures, so the final status has them even when no "
+        "progress poll landed during a short run.",
+        default=None,
+    )
     fit: list[FitReport] = doc("fit: over- and under-fitting diagnostics at the end.", default=[])
 
     def termination_message(self) -> str:

@@ -112,9 +112,9 @@ def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: d
     progress = previous.model_copy(
         update={"step": result.step, "total_steps": total, "percent": percent, "eta_seconds": 0}
     )
-    metrics = (status.metrics or Metrics()).model_copy(
-        update={k: v for k, v in {"best_step": result.best_step}.items() if v is not None}
-    )
+    figures = {k: v for k, v in (result.metrics or Metrics()).model_dump().items() if v is not None}
+    figures |= {"best_step": result.best_step} if result.best_step is not None else {}
+    metrics = (status.metrics or Metrics()).model_copy(update=figures)
     fields: dict[str, Any] = {"progress": progress, "metrics": metrics}
     if result.output_path:
         fields["output"] = OutputStatus(path=result.output_path)
