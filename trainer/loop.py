@@ -111,14 +111,7 @@ class Trainer:
         if not (self.spec.evaluation and self.spec.evaluation.compare_base_model) or self.state.step > 0:
             return
         self.recorder.publish(phase="Evaluating")
-        result = evaluate(
-            self.engine.module,
-            self.tokenizer,
-            self.data.validation,
-            self.data.generation_cases,
-            self.evaluation,
-            self.rank,
-        )
+        result = self._score(self.evaluation)
         self.state.base_evaluation = result.model_dump()
         log.info("base model: %s", result.model_dump_json(exclude_none=True))
         self.recorder.log_metrics({"kind": "eval", "model": "base", "step": 0, **result.model_dump(exclude_none=True)})
@@ -255,11 +248,7 @@ class Trainer:
     def _evaluate(self, step: int) -> tuple[bool, str | None]:
         """Evaluate at `step`; (improved, early-stop message or None)."""
         self.recorder.publish(phase="Evaluating")
-        settings = self.evaluation if step == self.total_steps else self.periodic
-        result = evaluate(
-            self.engine.module, self.tokenizer, self.data.validation, self.data.generation_cases, settings, self.rank
-        )
-        self.engine.train()
+        result = self._score(self.evaluation if step == self.total_steps else self.periodic)
         self._diagnose(step, result.eval_loss)
         policy = self.spec.early_stopping or EarlyStoppingSpec()
         value = getattr(result, METRIC_FIELDS[policy.metric])
@@ -311,7 +300,7 @@ class Trainer:
             fine_tuned = self.state.best_evaluation
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
             if self.evaluation.exact_match:  # periodic evaluations did not generate: score the exported weights
-                fine_tuned = self._final_evaluation().model_dump()
+                fine_tuned = self._score(self.evaluation).model_dump()
         self.recorder.publish(phase="Exporting")
         lora = self.spec.method.lora
         merge = lora.merge if lora else True
@@ -346,14 +335,10 @@ class Trainer:
             fit=self.recorder.snapshot.fit,
         )
 
-    def _final_evaluation(self) -> EvaluationResult:
+    def _score(self, settings: EvaluationSettings) -> EvaluationResult:
+        """The model as it is now on the validation set (all ranks); training mode is restored."""
         result = evaluate(
-            self.engine.module,
-            self.tokenizer,
-            self.data.validation,
-            self.data.generation_cases,
-            self.evaluation,
-            self.rank,
+            self.engine.module, self.tokenizer, self.data.validation, self.data.generation_cases, settings, self.rank
         )
         self.engine.train()
         return result

@@ -59,6 +59,9 @@ def plot_losses(workdir: Workdir, status: FineTuneJobStatus) -> None:
             axes.axvline(event["step"], color="red", linestyle=":", label=f"restart (attempt {event['attempt']})")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss")
+    if all(v > 0 for line in axes.get_lines() for v in line.get_ydata() if isinstance(v, float)) and records:
+        axes.set_yscale("log")  # fine-tuning losses span orders of magnitude
+        axes.set_ylabel("loss (log scale)")
     axes.set_title("kubetune: training and validation loss")
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
@@ -91,6 +94,10 @@ def evaluation_table(base: EvaluationResult | None, tuned: EvaluationResult | No
     return lines
 
 
+def _millions(count: int | None) -> str:
+    return "-" if count is None else f"{count / 1e6:.1f} M"
+
+
 def approaches_table(rows: list[ApproachResult]) -> list[str]:
     """Every approach on the same validation set: quality, latency, speed, size."""
     lines = [
@@ -100,7 +107,7 @@ def approaches_table(rows: list[ApproachResult]) -> list[str]:
     for row in rows:
         lines.append(
             f"| {row.name} | {_cell(row.exact_match, True)} | {_cell(row.eval_loss)} | {_cell(row.token_accuracy, True)} | "
-            f"{_cell(row.latency_seconds)} | {_cell(row.tokens_per_second)} | {_cell(row.parameters)} |"
+            f"{_cell(row.latency_seconds)} | {_cell(row.tokens_per_second)} | {_millions(row.parameters)} |"
         )
     return lines
 
@@ -141,7 +148,8 @@ def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: floa
         lines += evaluation_table(evaluation.base_model, evaluation.fine_tuned)
         lines.append("")
     if workdir.data_report.exists():
-        lines += ["## Data report", "", workdir.data_report.read_text().strip(), ""]
+        body = workdir.data_report.read_text().strip().removeprefix("# Data report").strip()
+        lines += ["## Data report", "", body, ""]
     temporary = workdir.report.with_suffix(".tmp")
     temporary.write_text("\n".join(lines) + "\n")
     temporary.replace(workdir.report)
