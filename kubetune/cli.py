@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--metrics-port", type=int, default=8080, help="operator Prometheus port")
     operator.add_argument("--health-port", type=int, default=8081, help="liveness/readiness endpoint port")
     operator.add_argument("--trainer-image", default=None, help="trainer image for jobs that set none")
+    operator.add_argument(
+        "--trainer-resources",
+        default=None,
+        metavar="JSON",
+        help='default worker-pod resources for jobs that set no spec.resources, e.g. \'{"requests": {"cpu": "4"}}\'',
+    )
     operator.set_defaults(handler=_lazy("kubetune.operator.main"))
     return parser
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.job import FineTuneJob
+from kubetune.api.operations import ResourcesSpec
 from kubetune.policies.suspension import QUEUE_LABEL
 
 JOB_LABEL = "kubetune.io/job-name"
@@ -52,6 +53,9 @@ class BuildSettings:
     shm_size: str = "8Gi"
     """Size limit of the memory-backed /dev/shm (NCCL and DataLoader workers need more than 64 MiB)."""
     image_pull_policy: str = "IfNotPresent"
+    default_resources: ResourcesSpec | None = None
+    """Requests and limits of worker pods whose job sets no `spec.resources` (the chart's
+    `trainer.resources`)."""
 
 
 def service_name(job: FineTuneJob) -> str:
@@ -213,11 +217,12 @@ def _env(job: FineTuneJob, attempt: int, index: int) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(job: FineTuneJob) -> dict[str, Any]:
+def _resources(job: FineTuneJob, settings: BuildSettings) -> dict[str, Any]:
     spec = job.spec
+    chosen = spec.resources or settings.default_resources
     # Quantities as strings, their canonical wire form (the client library insists on it).
-    requests = {k: str(v) for k, v in ((spec.resources.requests or {}) if spec.resources else {}).items()}
-    limits = {k: str(v) for k, v in ((spec.resources.limits or {}) if spec.resources else {}).items()}
+    requests = {k: str(v) for k, v in ((chosen.requests or {}) if chosen else {}).items()}
+    limits = {k: str(v) for k, v in ((chosen.limits or {}) if chosen else {}).items()}
     if spec.distributed.accelerator == "nvidia-gpu":
         limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(spec.distributed.processes_per_worker)
     return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
@@ -270,7 +275,7 @@ def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: Build
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
-        "resources": _resources(job),
+        "resources": _resources(job, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import threading
 from typing import Any
 
 import kopf
 from kubernetes import client as k8s
+from pydantic import ValidationError
 
+from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
 from kubetune.operator.kube import Kube, load_configuration
 from kubetune.operator.progress import HttpProgressSource, ProgressSource
@@ -63,9 +66,11 @@ async def run_operator(
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces: tuple[str, ...] = () if args.all_namespaces else tuple(args.namespace)
     image = args.trainer_image
+    resources = getattr(args, "trainer_resources", None)
     return OperatorSettings(
         namespaces=namespaces,
         **({"trainer_image": image} if image else {}),
+        trainer_resources=ResourcesSpec.model_validate_json(resources) if resources else None,
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
     )
@@ -73,7 +78,12 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        print(f"error: --trainer-resources: {problems}", file=sys.stderr)
+        return 2
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
     logger.info(
         "kubetune operator: watching %s; trainer image %s (default %s, env %s)",

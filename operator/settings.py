@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
+from kubetune.api.operations import ResourcesSpec
 from kubetune.operator.builders import METRICS_PORT, BuildSettings
 from kubetune.operator.kube import RetrySettings
 
@@ -56,8 +57,11 @@ class OperatorSettings:
     watch_client_timeout: int = 330
     """Seconds kopf waits on a silent watch before reconnecting (more than the server's)."""
 
+    trainer_resources: ResourcesSpec | None = None
+    """Worker-pod resources for jobs that set no `spec.resources`; None: none requested."""
+
     def build_settings(self) -> BuildSettings:
-        return BuildSettings(trainer_image=self.trainer_image)
+        return BuildSettings(trainer_image=self.trainer_image, default_resources=self.trainer_resources)
 
     def kopf_settings(self) -> kopf.OperatorSettings:
         """kopf's settings, every one that matters set explicitly."""

@@ -32,7 +32,7 @@ def _quantity(value: int | str) -> int | str:
 
 
 Quantity = Annotated[
-    int | str,
+    str | int,  # "8" stays a string (its canonical wire form); 8 stays a number
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}, union_mode="left_to_right"),
     AfterValidator(_quantity),
 ]

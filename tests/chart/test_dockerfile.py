@@ -126,6 +126,18 @@ def test_operator_entry_point_takes_the_charts_arguments() -> None:
     ]
 
 
+def test_default_trainer_resources_reach_the_operator_and_its_pod_builder() -> None:
+    from kubetune.operator.main import settings_from_args
+
+    values = {"trainer": {"resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}}}
+    container = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    settings = settings_from_args(build_parser().parse_args(container["args"])).build_settings()
+    assert settings.default_resources is not None
+    assert settings.default_resources.to_wire() == values["trainer"]["resources"]
+    default = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--trainer-resources") for a in default)  # none unless configured
+
+
 def test_trainer_image_has_what_the_operators_pods_run() -> None:
     job = FineTuneJob.model_validate(yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text()))
     pod = builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="img"))

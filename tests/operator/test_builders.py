@@ -195,3 +195,30 @@ def test_service_is_headless_and_publishes_not_ready_workers() -> None:
     assert service["metadata"]["name"] == "llama"
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {"kubetune.io/job-name": "llama"}
+
+
+@pytest.mark.parametrize(
+    ("own", "default", "expected"),
+    [
+        (None, None, {}),
+        (None, {"requests": {"cpu": 4, "memory": "16Gi"}}, {"requests": {"cpu": "4", "memory": "16Gi"}}),
+        ({"limits": {"memory": "8Gi"}}, {"requests": {"cpu": 4}}, {"limits": {"memory": "8Gi"}}),  # the job's own win
+    ],
+)
+def test_default_trainer_resources_apply_to_jobs_without_their_own(
+    own: dict[str, Any] | None, default: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    from kubetune.api.operations import ResourcesSpec
+
+    settings = BuildSettings(
+        trainer_image="kubetune/trainer:1", default_resources=ResourcesSpec.model_validate(default) if default else None
+    )
+    job = make_job(distributed={"accelerator": "cpu"}, **({"resources": own} if own else {}))
+    assert container(build_worker_pod(job, 1, 0, settings)).get("resources", {}) == expected
+
+
+def test_operator_refuses_bad_default_resources(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune.cli import main
+
+    assert main(["operator", "--trainer-resources", '{"requests": {"cpu": "lots"}}']) == 2
+    assert "--trainer-resources: requests.cpu" in capsys.readouterr().err
