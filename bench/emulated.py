@@ -206,7 +206,7 @@ class Harness:
         kubeconfig = write_kubeconfig(self.folder / "kubeconfig", self.url, NAMESPACE)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONWARNINGS": "ignore"}
         command = [sys.executable, "-m", "kubetune.cli", "operator", "-A", "--metrics-port=0", "--health-port=0"]
-        log = (self.folder / "operator.log").open("wb")
+        log = self._exit.enter_context((self.folder / "operator.log").open("wb"))
         self.operator = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         # kopf lists each resource before it watches it (a watch is recorded only when it ends).
         await self._wait(lambda: any(not s.ours and s.action == "LIST" and s.resource == "pods" for s in self.served))

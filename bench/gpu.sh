@@ -25,8 +25,7 @@ PY=${PYTHON:-python3}
 [[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && PY=.venv/bin/python
 WHEELS=${KUBETUNE_WHEELS:-.cache/gpu-wheels}
 # import name -> distribution, for what the run needs beyond torch and transformers
-NEEDED=(deepspeed:deepspeed hjson:hjson ninja:ninja cpuinfo:py-cpuinfo msgpack:msgpack pynvml:nvidia-ml-py
-        einops:einops accelerate:accelerate datasets:datasets pydantic:pydantic pydantic_core:pydantic-core
+NEEDED=(deepspeed:deepspeed hjson:hjson ninja:ninja cpuinfo:py-cpuinfo msgpack:msgpack einops:einops accelerate:accelerate datasets:datasets pydantic:pydantic pydantic_core:pydantic-core
         annotated_types:annotated-types typing_inspection:typing-inspection yaml:pyyaml
         prometheus_client:prometheus-client psutil:psutil pytest:pytest pluggy:pluggy iniconfig:iniconfig
         peft:peft tokenizers:tokenizers safetensors:safetensors)
@@ -36,6 +35,7 @@ if [[ "${1:-}" == "--build-wheelhouse" ]]; then
   "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "deepspeed==0.19.8"
   dists=()
   for pair in "${NEEDED[@]}"; do [[ ${pair#*:} != deepspeed ]] && dists+=("${pair#*:}"); done
+  dists+=(nvidia-ml-py)  # deepspeed's GPU-side dependency; installed with it where missing
   "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" "${dists[@]}"
   # datasets' own dependencies are large (pyarrow, pandas): fetched too, used only where missing
   "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" "datasets>=5,<6" --no-deps
@@ -47,6 +47,7 @@ missing=()
 for pair in "${NEEDED[@]}"; do
   "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
 done
+"$PY" -c "import deepspeed" 2>/dev/null || "$PY" -c "import pynvml" 2>/dev/null || missing+=(nvidia-ml-py)
 if ((${#missing[@]})); then
   echo "installing from $WHEELS: ${missing[*]}"
   "$PY" -m pip install -q --no-index --find-links "$WHEELS" "${missing[@]}"
