@@ -14,7 +14,9 @@ import json
 import random
 from pathlib import Path
 
-INSTRUCTION = "Triage this support ticket. Answer only as: category=<refund|shipping|account|technical> order=<number|none>"
+INSTRUCTION = (
+    "Triage this support ticket. Answer only as: category=<refund|shipping|account|technical> order=<number|none>"
+)
 
 TEMPLATES = {
     "refund": [
@@ -47,9 +49,21 @@ TEMPLATES = {
     ],
 }
 THINGS = [
-    "the blue kettle", "my headphones", "the standing desk", "the coffee grinder", "my new phone",
-    "the winter jacket", "the smart watch", "the desk lamp", "the robot vacuum", "the camping tent",
-    "the e-reader", "my keyboard", "the baby monitor", "the air fryer", "the running shoes",
+    "the blue kettle",
+    "my headphones",
+    "the standing desk",
+    "the coffee grinder",
+    "my new phone",
+    "the winter jacket",
+    "the smart watch",
+    "the desk lamp",
+    "the robot vacuum",
+    "the camping tent",
+    "the e-reader",
+    "my keyboard",
+    "the baby monitor",
+    "the air fryer",
+    "the running shoes",
 ]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
@@ -59,11 +73,16 @@ def example(rng: random.Random, category: str) -> dict[str, object]:
     order_part = rng.choice([f" (order {order})", f", order #{order}", f" from order {order}"]) if order else ""
     thing = rng.choice(THINGS)
     text = rng.choice(TEMPLATES[category]).format(
-        thing=thing, thing_cap=thing[0].upper() + thing[1:], order_part=order_part, day=rng.choice(DAYS),
+        thing=thing,
+        thing_cap=thing[0].upper() + thing[1:],
+        order_part=order_part,
+        day=rng.choice(DAYS),
         code=rng.randint(100, 999),
     )
     answer = f"category={category} order={order or 'none'}"
-    return {"messages": [{"role": "user", "content": f"{INSTRUCTION}\n\n{text}"}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": f"{INSTRUCTION}\n\n{text}"}, {"role": "assistant", "content": answer}]
+    }
 
 
 def main() -> None:

@@ -44,7 +44,12 @@ def test_a_healthy_run_reports_baselines_and_no_overfitting(tmp_path: Path, mode
     train, validation = tiny.write_dataset(tmp_path / "data", "prompt-completion", train=64, validation=8)
     spec = {
         "hyperparameters": {"maxSteps": 12, "epochs": 3},
-        "evaluation": {"everySteps": 4, "compareBaseModel": True, "maxNewTokens": 4, "baselines": {"fewShotExamples": 2}},
+        "evaluation": {
+            "everySteps": 4,
+            "compareBaseModel": True,
+            "maxNewTokens": 4,
+            "baselines": {"fewShotExamples": 2},
+        },
     }
     manifest = tiny.write_manifest(tmp_path / "job.yaml", model, train, validation, spec, name="healthy")
     code, output = finish(kubetune_run(manifest, tmp_path / "run"))
