@@ -166,6 +166,8 @@ def _forward_stop(supervisor: Supervisor) -> None:
 
 
 def _pick_metrics_port(port: int) -> int:
+    if port == 0:
+        return 0  # off
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -228,10 +230,11 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{'resuming' if resuming else 'starting'} FineTuneJob {job.name}: {processes} rank(s), workdir {workdir.root}"
     )
-    print(
-        f"Prometheus metrics (rank 0): http://127.0.0.1:{port}/metrics  progress: http://127.0.0.1:{port}/progress",
-        flush=True,
-    )
+    if port:
+        address = f"http://127.0.0.1:{port}"
+        print(f"Prometheus metrics (rank 0): {address}/metrics  progress: {address}/progress", flush=True)
+    else:
+        print("Prometheus metrics: off (--metrics-port 0)", flush=True)
     supervisor = Supervisor(local, workdir, port, ProgressDisplay(workdir.progress, plain=args.plain))
     _forward_stop(supervisor)
     status = supervise(supervisor, processes)

@@ -20,15 +20,16 @@ import psutil
 import pytest
 
 from kubetune.api.status import FineTuneJobStatus
+from kubetune.local.launch import free_port
 from tests.support import tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def kubetune_run(manifest: Path, workdir: Path, *extra: str) -> subprocess.Popen[str]:
+def kubetune_run(manifest: Path, workdir: Path, *extra: str, metrics_port: int = 0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "kubetune.cli", "run", str(manifest), "--workdir", str(workdir), "--plain"]
-    command += ["--metrics-port", "0", *extra]
+    command += ["--metrics-port", str(metrics_port), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -80,7 +81,8 @@ def job(tmp_path: Path, model: Path, overrides: dict[str, Any] | None = None, **
 
 def test_a_run_succeeds_and_leaves_every_output(tmp_path: Path, model: Path) -> None:
     manifest = job(tmp_path, model, {"evaluation": {"everySteps": 4, "compareBaseModel": True}})
-    code, output = finish(kubetune_run(manifest, tmp_path / "run"))
+    port = free_port()
+    code, output = finish(kubetune_run(manifest, tmp_path / "run", metrics_port=port))
     run = tmp_path / "run"
     assert code == 0, output
     status = status_of(run)
@@ -91,7 +93,8 @@ def test_a_run_succeeds_and_leaves_every_output(tmp_path: Path, model: Path) -> 
     assert (run / "output" / "config.json").exists() and (run / "loss.png").stat().st_size > 10_000
     assert "Succeeded" in (run / "report.md").read_text() and (run / "metrics.jsonl").read_text()
     assert sorted(p.name for p in (run / "logs" / "attempt-1").glob("rank-*.log")) == ["rank-0.log", "rank-1.log"]
-    assert "Prometheus metrics (rank 0): http://127.0.0.1:" in output and "step " in output
+    assert f"Prometheus metrics (rank 0): http://127.0.0.1:{port}/metrics" in output and "step " in output
+    assert "serving /metrics and /progress on port" in (run / "logs" / "attempt-1" / "rank-0.log").read_text()
 
 
 def test_permanent_failure_is_not_retried_and_exits_2(tmp_path: Path, model: Path) -> None:
