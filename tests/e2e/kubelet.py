@@ -33,17 +33,22 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.e2e import podexec
+from tests.e2e.pod_status import (
+    PodRuntime,
+    forward_connection,
+    free_port,
+    now,
+    pod_status,
+    shell_exit_code,
+)
 from tests.support.apiserver import KUBELET_FINALIZER
 
 logger = logging.getLogger(__name__)
@@ -52,41 +57,6 @@ logger = logging.getLogger(__name__)
 FINALIZER = KUBELET_FINALIZER
 DEFAULT_GRACE_SECONDS = 30.0
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
-#: Condition types the kubelet owns and rewrites; others (e.g. DisruptionTarget) are kept.
-KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled")
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def shell_exit_code(returncode: int) -> int:
-    """Python's -N for "killed by signal N" as a container runtime reports it (128 + N)."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-@dataclass
-class PodRuntime:
-    """What the kubelet keeps about one pod."""
-
-    namespace: str
-    name: str
-    pod: dict[str, Any]
-    dir: Path
-    deleted: asyncio.Event = field(default_factory=asyncio.Event)
-    """The pod has a deletionTimestamp, or vanished."""
-    vanished: bool = False
-    """The pod is gone from the API (force-deleted or never bound)."""
-    process: asyncio.subprocess.Process | None = None
-    oom: bool = False
-    started_at: str | None = None
-    exit_code: int | None = None
-    task: asyncio.Task[None] | None = None
-    forwarders: list[asyncio.Server] = field(default_factory=list)
-
-    @property
-    def log_file(self) -> Path:
-        return self.dir / "container.log"
 
 
 class ProcessKubelet:
@@ -289,7 +259,7 @@ class ProcessKubelet:
         for container in spec.get("containers") or []:
             for port in container.get("ports") or []:
                 if port["containerPort"] not in gang:
-                    gang[port["containerPort"]] = _free_port()
+                    gang[port["containerPort"]] = free_port()
         ip = podexec.pod_ip(namespace, hostname, subdomain, metadata.get("name", ""))
         return podexec.Network(namespace=namespace, ip=ip, subdomain=subdomain, ports=gang)
 
@@ -386,7 +356,10 @@ class ProcessKubelet:
                 target = network.ports[port]
                 try:
                     server = await asyncio.start_server(
-                        lambda r, w, target=target: _forward(r, w, target), network.ip, port, reuse_address=True
+                        lambda r, w, target=target: forward_connection(r, w, target),
+                        network.ip,
+                        port,
+                        reuse_address=True,
                     )
                 except OSError as error:
                     logger.warning("kubelet: cannot serve %s:%s for %s: %s", network.ip, port, runtime.name, error)
@@ -422,63 +395,5 @@ class ProcessKubelet:
         self, runtime: PodRuntime, phase: str, state: Mapping[str, Any], ip: str, ready: bool = False
     ) -> None:
         current = await self._get(self._pod_url(runtime)) or runtime.pod
-        stamp = now()
-        kept = [c for c in (current.get("status") or {}).get("conditions") or [] if c["type"] not in KUBELET_CONDITIONS]
-        started = phase != "Pending"
-        conditions = [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
-            {"type": "PodReadyToStartContainers", "status": str(started), "lastTransitionTime": stamp},
-            {"type": "ContainersReady", "status": str(ready), "lastTransitionTime": stamp},
-            {"type": "Ready", "status": str(ready), "lastTransitionTime": stamp},
-        ]
-        container = runtime.pod["spec"]["containers"][0]
-        status = {
-            "phase": phase,
-            "hostIP": "127.0.0.1",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "startTime": runtime.started_at or stamp,
-            "conditions": conditions + kept,
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container.get("image", ""),
-                    "imageID": "",
-                    "ready": ready,
-                    "started": "running" in state,
-                    "restartCount": 0,
-                    "state": dict(state),
-                }
-            ],
-        }
+        status = pod_status(runtime, current, phase, state, ip, ready)
         await self._patch(self._pod_url(runtime, "status"), {"status": status})
-
-
-async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-    """Pass one connection on to 127.0.0.1:`port`, both ways, until either side closes."""
-    try:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        writer.close()
-        return
-
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                sink.close()
-
-    await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
