@@ -141,15 +141,10 @@ def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: d
     timed = train[profile.warmup_steps :]
     inside = sum(r["step_seconds"] for r in timed) / len(timed)
     log = (folder / "run.log").read_text(errors="replace")
-    return Run(
-        side="kubetune",
-        dataset="",
-        repetition=0,
-        tokens_per_second=measured.tokens_per_second,
-        step_seconds=measured.step_seconds,
-        steps_measured=measured.steps,
-        tokens_measured=measured.tokens,
-        process_seconds=seconds,
+    return _measured(
+        "kubetune",
+        measured,
+        seconds,
         peak_memory_bytes=poller.values.get("kubetune_gpu_memory_peak_bytes"),
         checkpoint_seconds=[float(s) for s in _CHECKPOINT_LINE.findall(log)],
         out_of_step_seconds=measured.seconds / measured.steps - inside,
@@ -168,8 +163,19 @@ def run_transformers(
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
     if ranks[0]["engine"] != "DeepSpeedEngine" or ranks[0]["world"] != profile.processes:
         raise RuntimeError(f"the baseline did not run as a DeepSpeed gang of {profile.processes}: {ranks[0]}")
+    return _measured(
+        "transformers",
+        measured,
+        seconds,
+        peak_memory_bytes=max(peaks) if peaks else None,
+        parameters=ranks[0]["parameters"],
+    )
+
+
+def _measured(side: str, measured: Any, seconds: float, **extra: Any) -> Run:
+    """A Run of one side from its measured window (dataset and repetition are set by the caller)."""
     return Run(
-        side="transformers",
+        side=side,
         dataset="",
         repetition=0,
         tokens_per_second=measured.tokens_per_second,
@@ -177,8 +183,7 @@ def run_transformers(
         steps_measured=measured.steps,
         tokens_measured=measured.tokens,
         process_seconds=seconds,
-        peak_memory_bytes=max(peaks) if peaks else None,
-        parameters=ranks[0]["parameters"],
+        **extra,
     )
 
 
