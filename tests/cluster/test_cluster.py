@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.timeout(1200)]
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"

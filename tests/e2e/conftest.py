@@ -12,7 +12,6 @@ import pytest
 
 from tests.e2e.harness import E2ECluster
 from tests.e2e.kubelet import ProcessKubelet
-from tests.support.tiny import tiny_model  # noqa: F401  (a session fixture used by the scenarios)
 
 
 def image_environment() -> dict[str, str]:

@@ -20,7 +20,7 @@ from tests.e2e.harness import E2ECluster, wait_for
 from tests.e2e.jobs import JOBS, Inputs, make_inputs, manifest
 from tests.support import tiny
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 NAMESPACE = "bad-manifests"
 

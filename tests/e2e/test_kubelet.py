@@ -17,7 +17,7 @@ from tests.e2e.harness import E2ECluster, wait_for
 from tests.e2e.kubelet import ProcessKubelet
 from tests.e2e.podexec import Network, PathMap, expand, pod_ip, rewrite
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 PODS = "v1/pods"
 NS = "kubelet-tests"

@@ -27,8 +27,6 @@ from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, make_inputs, mani
 from tests.e2e.kubelet import ProcessKubelet
 from tests.support.apiserver import write_kubeconfig
 
-pytestmark = [pytest.mark.e2e]
-
 RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
 
 

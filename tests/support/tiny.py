@@ -132,7 +132,7 @@ def build_tokenizer(directory: Path) -> Any:
         show_progress=False,
     )
     core.train_from_iterator(_corpus(), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
@@ -174,12 +174,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         build_tiny_model(partial)
         partial.rename(directory)
     return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fixture form of `tiny_model_dir`: `from tests.support.tiny import tiny_model` in a conftest."""
-    return tiny_model_dir(tmp_path_factory)
 
 
 def record(fmt: str, source: str, target: str) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""The test tiers, decided by where a test lives (docs/testing.md), and the opt-in hardware tiers.
+
+One rule: a unit test lives beside what it tests (`test_<module>.py` next to the module in its
+distribution's src tree, the chart's tests in the chart, the bench's in bench/); every other test lives
+in `tests/<tier>/`. This hook gives each test the marker of its tier, so `-m unit` or
+`-m "unit or integration"` (make test-fast) selects by tier and no test can carry the wrong one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+#: tests/<folder>/ -> the marker of the tier that folder holds
+TIER_FOLDERS = {"integration": "integration", "e2e": "e2e", "slow": "slow", "cluster": "cluster"}
+
+
+def tier_of(path: Path) -> str:
+    """The tier of a test file from its location; a test under tests/ outside a tier folder is an error."""
+    relative = path.resolve().relative_to(ROOT).parts
+    if relative[0] != "tests":
+        return "unit"
+    if len(relative) > 2 and relative[1] in TIER_FOLDERS:
+        return TIER_FOLDERS[relative[1]]
+    raise pytest.UsageError(f"{path}: tests under tests/ live in a tier folder ({', '.join(TIER_FOLDERS)})")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with its tokenizer (tests/support/tiny.py), built once per session."""
+    from tests.support import tiny  # transformers: imported only by the tests that need the model
+
+    return tiny.tiny_model_dir(tmp_path_factory)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_gpu = shutil.which("nvidia-smi") is not None
+    cluster = os.environ.get("KUBETUNE_CLUSTER_TESTS") == "1"
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item.path)))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+        if "cluster" in item.keywords and not cluster:
+            item.add_marker(pytest.mark.skip(reason="real-cluster suite: set KUBETUNE_CLUSTER_TESTS=1 and KUBECONFIG"))

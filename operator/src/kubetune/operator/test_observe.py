@@ -1,0 +1,147 @@
+"""Pods as a kubelet reports them -> what the policies are told (a table of pod states)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kubetune.api.outcome import TrainerResult
+from kubetune.operator.observe import observe_pod, owned_by
+from kubetune.policies.observed import WorkerObservation
+
+pytestmark = pytest.mark.timeout(10)
+
+T = "2026-01-01T00:00:00Z"
+T_DT = datetime(2026, 1, 1, tzinfo=UTC)
+RESULT = TrainerResult(outcome="Failed", reason="DataError", message="bad line 3", retryable=False)
+
+
+def pod(status: dict[str, Any] | None = None, deleting: bool = False, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "j-a2-w1",
+        "creationTimestamp": T,
+        "labels": {"kubetune.io/job-name": "j", "kubetune.io/worker-index": "1", "kubetune.io/attempt": "2", **labels},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = T
+    return {"metadata": meta, "status": status or {}}
+
+
+def container(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": "trainer", "state": state}]
+
+
+def obs(**kw: Any) -> WorkerObservation:
+    return WorkerObservation(index=1, attempt=2, **kw)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, obs(state="pending", waiting_since=T_DT)),
+        (
+            {"phase": "Pending", "containerStatuses": container({"waiting": {"reason": "ContainerCreating"}})},
+            obs(state="pending", waiting_reason="ContainerCreating", waiting_since=T_DT),
+        ),
+        (
+            {"phase": "Running", "containerStatuses": container({"running": {}})},
+            obs(state="running", waiting_since=T_DT),
+        ),
+        (
+            {"phase": "Succeeded", "containerStatuses": container({"terminated": {"exitCode": 0}})},
+            obs(state="succeeded", exit_code=0, waiting_since=T_DT),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": container({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+            },
+            obs(state="failed", exit_code=137, oom_killed=True, waiting_since=T_DT),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": container(
+                    {"terminated": {"exitCode": 3, "message": RESULT.termination_message()}}
+                ),
+            },
+            obs(state="failed", exit_code=3, result=RESULT, waiting_since=T_DT),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": container({"terminated": {"exitCode": 1, "message": "Traceback: boom"}}),
+            },
+            obs(state="failed", exit_code=1, message="Traceback: boom", waiting_since=T_DT),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "node low on memory",
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": "evicted",
+                    }
+                ],
+            },
+            obs(
+                state="failed",
+                message="node low on memory",
+                disrupted=True,
+                disruption_message="evicted",
+                waiting_since=T_DT,
+            ),
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes",
+                        "lastTransitionTime": T,
+                    }
+                ],
+            },
+            obs(state="pending", unschedulable_since=T_DT, unschedulable_message="0/3 nodes", waiting_since=T_DT),
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:05:00Z"}
+                ],
+                "containerStatuses": container({"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}),
+            },
+            obs(
+                state="pending",
+                waiting_reason="ImagePullBackOff",
+                waiting_message="not found",
+                waiting_since=datetime(2026, 1, 1, 0, 5, tzinfo=UTC),
+            ),
+        ),
+        ({"phase": "Unknown"}, obs(state="running", waiting_since=T_DT)),  # node unreachable: not a failure yet
+    ],
+)
+def test_observe_pod(status: dict[str, Any], expected: WorkerObservation) -> None:
+    assert observe_pod(pod(status)) == expected
+
+
+def test_a_pod_being_deleted_says_so() -> None:
+    assert observe_pod(pod({"phase": "Running"}, deleting=True)).deleting
+
+
+@pytest.mark.parametrize(
+    ("labels", "owned"),
+    [({}, True), ({"kubetune.io/job-name": "j2"}, False), ({"kubetune.io/job-name": "jj"}, False)],
+)
+def test_owned_by_checks_labels_client_side(labels: dict[str, str], owned: bool) -> None:
+    assert owned_by(pod(None, False, **labels), "j") is owned

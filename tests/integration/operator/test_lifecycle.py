@@ -1,0 +1,258 @@
+"""The real operator (kopf, handlers, reconciler, client) against the emulated API server, driven by
+patching pod statuses as a kubelet would. Each test is one story of a job's life."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+
+from kubetune.api.outcome import ProgressSnapshot, TrainerResult
+from kubetune.api.status import Metrics, Progress
+from tests.support.apiserver import Cluster, eventually, fast_settings
+from tests.support.operator_helpers import FakeRankZero, job_manifest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def names(pods: list[dict[str, Any]]) -> list[str]:
+    return [pod["metadata"]["name"] for pod in pods]
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def result(outcome: str, reason: str, message: str, retryable: bool = False, **kw: Any) -> str:
+    return TrainerResult(
+        outcome=outcome, reason=reason, message=message, retryable=retryable, **kw
+    ).termination_message()  # type: ignore[arg-type]
+
+
+async def launched(
+    cluster: Cluster, name: str = "demo", workers: int = 2, running: bool = True, **spec: Any
+) -> list[str]:
+    await cluster.create_job(job_manifest(name, workers, **spec))
+    pods = names(await eventually(lambda: len(cluster.pods(name)) == workers and cluster.pods(name)))
+    if running:
+        for pod in pods:
+            await cluster.kubelet_run(pod)
+        await eventually(lambda: cluster.status(name).get("phase") == "Running")
+    return pods
+
+
+async def test_launch_creates_service_configmap_and_a_labelled_gang_then_runs_and_reports_progress(
+    rank_zero: FakeRankZero,
+) -> None:
+    async with Cluster(fast_settings(progress_port=rank_zero.port)) as cluster:
+        pods = await launched(cluster, running=False)
+        assert pods == ["demo-a1-w0", "demo-a1-w1"]
+        job = cluster.job("demo")
+        uid = job["metadata"]["uid"]
+        for pod in cluster.pods("demo"):
+            labels = pod["metadata"]["labels"]
+            assert labels["kubetune.io/job-name"] == "demo" and labels["kubetune.io/attempt"] == "1"
+            assert pod["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert [
+            labels["kubetune.io/worker-index"] for labels in (p["metadata"]["labels"] for p in cluster.pods("demo"))
+        ] == ["0", "1"]
+        assert cluster.get("v1/services", "demo")["spec"]["clusterIP"] == "None"  # type: ignore[index]
+        configmap = cluster.get("v1/configmaps", "demo-config")
+        assert configmap is not None and "/mnt/pvc/data/train.jsonl" in configmap["data"]["job.yaml"]
+        assert cluster.status("demo")["phase"] == "Pending"
+
+        rank_zero.snapshot = ProgressSnapshot(
+            attempt=1,
+            progress=Progress(step=5, total_steps=20, percent=25),
+            metrics=Metrics(train_loss=2.5),
+            updated_at=0,
+        )
+        for pod in pods:
+            await cluster.kubelet_run(pod)
+        status = await eventually(
+            lambda: cluster.status("demo").get("progress", {}).get("percent") == 25 and cluster.status("demo")
+        )
+        assert status["phase"] == "Running" and status["metrics"]["trainLoss"] == 2.5
+        assert condition(status, "Running")["status"] == "True"
+        reasons = [event["reason"] for event in cluster.events("demo")]
+        assert "GangCreated" in reasons and "WorkersRunning" in reasons
+
+
+async def test_success_reports_completion_and_the_trainers_result() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster)
+        done = result(
+            "Succeeded",
+            "Succeeded",
+            "trained 40 steps",
+            step=40,
+            total_steps=40,
+            output_path="/mnt/pvc/ckpt/demo/output",
+        )
+        await cluster.kubelet_exit(pods[1], 0)
+        await cluster.kubelet_exit(pods[0], 0, done)
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo"))
+        assert status["completionTime"] and status["progress"]["percent"] == 100
+        assert status["output"]["path"] == "/mnt/pvc/ckpt/demo/output"
+        assert condition(status, "Succeeded")["reason"] == "TrainingCompleted"
+        assert len(cluster.pods("demo")) == 2  # finished pods are kept for their logs
+
+
+async def test_early_stop_succeeds_with_the_early_stopped_condition() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster)
+        stopped = result("EarlyStopped", "EarlyStopped", "evalLoss did not improve for 3 evaluations", best_step=30)
+        await cluster.kubelet_exit(pods[0], 0, stopped)
+        await cluster.kubelet_exit(pods[1], 0)
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo"))
+        assert condition(status, "EarlyStopped")["message"] == "evalLoss did not improve for 3 evaluations"
+        assert condition(status, "Succeeded")["reason"] == "EarlyStopped"
+
+
+async def test_retryable_failure_removes_the_gang_before_attempt_2_which_counts_a_restart() -> None:
+    async with Cluster(graceful_pod_deletion=True) as cluster:
+        pods = await launched(cluster)
+        await cluster.kubelet_exit(pods[1], 137, reason="OOMKilled")
+        status = await eventually(
+            lambda: cluster.status("demo").get("phase") == "Restarting" and cluster.status("demo")
+        )
+        assert status["restarts"] == 1 and condition(status, "Restarting")["reason"] == "OutOfMemory"
+        assert "memory" in condition(status, "Restarting")["message"]
+        # Both pods are being deleted, but not gone: attempt 2 must wait.
+        await eventually(lambda: all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("demo")))
+        assert cluster.pods("demo", attempt=2) == []
+        await cluster.kubelet_finish_deletion(pods[0])
+        assert cluster.pods("demo", attempt=2) == []
+        await cluster.kubelet_finish_deletion(pods[1])
+        new = names(
+            await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2))
+        )
+        assert new == ["demo-a2-w0", "demo-a2-w1"] and cluster.pods("demo") == cluster.pods("demo", attempt=2)
+        env = {e["name"]: e.get("value") for e in cluster.pods("demo", attempt=2)[0]["spec"]["containers"][0]["env"]}
+        assert env["KUBETUNE_ATTEMPT"] == "2"
+        for pod in new:
+            await cluster.kubelet_run(pod)
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Running" and cluster.status("demo"))
+        assert (status["attempt"], status["restarts"]) == (2, 1)
+        assert "OutOfMemory" in [event["reason"] for event in cluster.events("demo")]
+
+
+async def test_disruption_restarts_without_counting() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster)
+        await cluster.kubelet_disrupt(pods[0])
+        await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2)
+        status = cluster.status("demo")
+        assert (status["attempt"], status["restarts"]) == (2, 0)
+        assert condition(status, "Restarting")["reason"] == "Disrupted"
+
+
+async def test_permanent_failure_fails_at_once_with_the_trainers_message() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster)
+        await cluster.kubelet_exit(pods[0], 3, result("Failed", "DataError", "train.jsonl:7: not valid JSON"))
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        failed = condition(status, "Failed")
+        assert failed["reason"] == "DataError" and "train.jsonl:7: not valid JSON" in failed["message"]
+        assert status["restarts"] == 0 and status["completionTime"]
+        await eventually(lambda: names(cluster.pods("demo")) == [])  # a failed job leaves no pod behind
+
+
+async def test_max_restarts_exhausted_fails_the_job() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster, retryPolicy={"maxRestarts": 1})
+        await cluster.kubelet_exit(pods[0], 1, "Traceback: boom")
+        new = names(
+            await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2))
+        )
+        for pod in new:
+            await cluster.kubelet_run(pod)
+        await cluster.kubelet_exit(new[1], 7, result("Failed", "PeerLost", "rank 3 vanished", retryable=True))
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        assert condition(status, "Failed")["reason"] == "MaxRestartsExceeded" and status["restarts"] == 1
+        await eventually(lambda: cluster.pods("demo") == [])  # all pods gone
+
+
+async def test_image_pull_beyond_the_startup_deadline_fails() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster, running=False, retryPolicy={"startupTimeoutSeconds": 10})
+        long_ago = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=11)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await cluster.kubelet_waiting(pods[1], "ImagePullBackOff", since=long_ago)
+        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        assert condition(status, "Failed")["reason"] == "ImagePullFailed"
+        await eventually(lambda: cluster.pods("demo") == [])
+
+
+async def test_active_deadline_fails_and_removes_the_pods() -> None:
+    async with Cluster() as cluster:
+        await launched(cluster, activeDeadlineSeconds=1)
+        status = await eventually(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"), timeout=10
+        )
+        assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+        await eventually(lambda: cluster.pods("demo") == [])
+
+
+async def test_suspend_removes_the_gang_and_resume_continues_with_the_next_attempt() -> None:
+    async with Cluster() as cluster:
+        await launched(cluster)
+        await cluster.patch_job("demo", {"spec": {"suspend": True}})
+        await eventually(lambda: cluster.status("demo").get("phase") == "Suspended" and cluster.pods("demo") == [])
+        assert cluster.get("v1/configmaps", "demo-config") is not None  # the configuration (and PVCs) stay
+        await cluster.patch_job("demo", {"spec": {"suspend": False}})
+        await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2)
+        status = cluster.status("demo")
+        assert (status["attempt"], status["restarts"]) == (2, 0)
+        assert condition(status, "Suspended")["reason"] == "JobResumed"
+
+
+async def test_a_kueue_job_created_suspended_waits_for_admission() -> None:
+    async with Cluster() as cluster:
+        manifest = job_manifest("queued", suspend=True, scheduling={"queueName": "team-a"})
+        manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+        await cluster.create_job(manifest)
+        status = await eventually(
+            lambda: cluster.status("queued").get("phase") == "Suspended" and cluster.status("queued")
+        )
+        assert "waiting for admission by queue team-a" in status["message"] and "startTime" not in status
+        assert cluster.pods("queued") == []
+        # Kueue admits: it may set scheduling first, then unsuspends.
+        await cluster.patch_job(
+            "queued", {"spec": {"scheduling": {"queueName": "team-a", "nodeSelector": {"pool": "gpu"}}}}
+        )
+        await cluster.patch_job("queued", {"spec": {"suspend": False}})
+        pods = await eventually(lambda: len(cluster.pods("queued")) == 2 and cluster.pods("queued"))
+        assert pods[0]["spec"]["nodeSelector"] == {"pool": "gpu"}
+        assert pods[0]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+async def test_spec_changes_after_start_are_refused() -> None:
+    async with Cluster() as cluster:
+        await launched(cluster)
+        await cluster.patch_job("demo", {"spec": {"distributed": {"workers": 4, "accelerator": "cpu"}}})
+        events = await eventually(lambda: [e for e in cluster.events("demo") if e["reason"] == "SpecChangeRefused"])
+        assert "spec.distributed" in events[0]["message"]
+        await cluster.kubelet_disrupt("demo-a1-w0")  # the next attempt still has the launched shape
+        await eventually(lambda: len(cluster.pods("demo", attempt=2)) >= 2)
+        await asyncio.sleep(0.3)  # a few more reconciles: no third or fourth worker appears
+        assert names(cluster.pods("demo", attempt=2)) == ["demo-a2-w0", "demo-a2-w1"]
+
+
+async def test_deleting_a_job_removes_its_children() -> None:
+    async with Cluster() as cluster:
+        await launched(cluster)
+        await cluster.delete_job("demo")
+        await eventually(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
+        await eventually(lambda: cluster.pods("demo") == [] and cluster.get("v1/services", "demo") is None)
+        assert cluster.get("v1/configmaps", "demo-config") is None
+
+
+async def test_ttl_after_finished_deletes_the_job() -> None:
+    async with Cluster() as cluster:
+        pods = await launched(cluster, ttlSecondsAfterFinished=0)
+        for pod in pods:
+            await cluster.kubelet_exit(pod, 0)
+        await eventually(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
+        await eventually(lambda: cluster.pods("demo") == [])

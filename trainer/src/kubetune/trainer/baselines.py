@@ -1,0 +1,235 @@
+"""Was fine-tuning worth it? Prompting baselines beside the fine-tuned model, and the verdict.
+
+Before training, the untouched base model (and an optional stronger reference model) answers the
+validation prompts zero-shot and few-shot — with the k training examples most similar to each prompt
+placed before it (see `retrieval`). After training the fine-tuned model answers the same prompts. Every
+row carries the task metric (exact match), eval loss, mean latency per answer, generated tokens/s and
+the parameter count, and one sentence says which approach won on quality and at what latency and size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.job import FineTuneJobSpec
+from kubetune.api.operations import BaselinesSpec
+from kubetune.api.status import ApproachResult, EvaluationResult, EvaluationSummary
+from kubetune.api.training import MethodSpec
+from kubetune.trainer import distributed, retrieval
+from kubetune.trainer.data import Example, GenerationCase, Record, generation_case, tokenize_record
+from kubetune.trainer.dataset import PreparedData
+from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+
+log = logging.getLogger(__name__)
+
+
+def few_shot_record(record: Record, shots: Sequence[Record], fmt: str) -> Record:
+    """`record` with `shots` put before it as solved examples, in the record's own format.
+
+    chat: the shots' user/assistant turns precede the record's turns (after its system message, if any);
+    prompt-completion: each shot's prompt and completion, separated by blank lines, precede the prompt.
+    """
+    fields = dict(record.fields)
+    if fmt == "chat":
+        messages = list(fields["messages"])
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        examples = [m for shot in shots for m in shot.fields["messages"] if m["role"] in ("user", "assistant")]
+        fields["messages"] = system + examples + messages[len(system) :]
+    elif fmt == "prompt-completion":
+        solved = "".join(f"{s.fields['prompt']}{s.fields['completion']}\n\n" for s in shots)
+        fields["prompt"] = solved + str(fields["prompt"])
+    else:
+        raise ValueError(f"few-shot prompting needs answers to show: format {fmt!r} has none")
+    return replace(record, fields=fields)
+
+
+def _size(parameters: int | None) -> str:
+    if parameters is None:
+        return "?"
+    if parameters >= 1e9:
+        return f"{parameters / 1e9:.1f} B"
+    if parameters >= 1e6:
+        return f"{parameters / 1e6:.0f} M"
+    return f"{parameters / 1e3:.0f} k"
+
+
+def _quality(row: ApproachResult) -> float:
+    """Exact match where answers were scored, else negative eval loss (higher is better either way)."""
+    if row.exact_match is not None:
+        return row.exact_match
+    return -row.eval_loss if row.eval_loss is not None and math.isfinite(row.eval_loss) else -math.inf
+
+
+def _latency_ratio(row: ApproachResult, other: ApproachResult) -> str | None:
+    if not row.latency_seconds or not other.latency_seconds:
+        return None
+    ratio = row.latency_seconds / other.latency_seconds
+    if ratio < 1:
+        return f"at 1/{1 / ratio:.1f} of {other.name}'s latency"
+    return f"at {ratio:.1f}x {other.name}'s latency"
+
+
+def verdict(rows: Sequence[ApproachResult]) -> str:
+    """One sentence: which approach won on quality, against the best other one, at what latency and size."""
+    if not rows:
+        return "no approach was evaluated"
+    ranked = sorted(rows, key=_quality, reverse=True)
+    winner = ranked[0]
+    metric = "exact match" if winner.exact_match is not None else "eval loss"
+
+    def score(row: ApproachResult) -> str:
+        if row.exact_match is not None:
+            return f"{row.exact_match:.2f}"
+        return f"{row.eval_loss:.3g}" if row.eval_loss is not None else "?"
+
+    if len(ranked) == 1:
+        return f"{winner.name} ({_size(winner.parameters)}) reaches {score(winner)} {metric}"
+    runner_up = ranked[1]
+    sentence = (
+        f"{winner.name} ({_size(winner.parameters)}) reaches {score(winner)} {metric} vs {score(runner_up)} "
+        f"for {runner_up.name} ({_size(runner_up.parameters)})"
+    )
+    slowest = max(rows, key=lambda r: r.latency_seconds or 0.0)
+    latency = _latency_ratio(winner, slowest) if slowest is not winner else _latency_ratio(winner, runner_up)
+    return f"{sentence}, {latency}" if latency else sentence
+
+
+@dataclass(frozen=True)
+class Split:
+    """The raw records baselines are built from, and the format they are in."""
+
+    train: list[Record]
+    validation: list[Record]
+    format: str
+
+
+def similar_train_examples(split: Split, spec: BaselinesSpec, base_model: Any, tokenizer: Any) -> list[list[int]]:
+    """For each validation record, the indexes of the k most similar training records."""
+    if spec.few_shot_examples == 0 or split.format == "text":
+        return [[] for _ in split.validation]
+    queries = [retrieval.query_text(r, split.format) for r in split.validation]
+    keys = [retrieval.query_text(r, split.format) for r in split.train]
+
+    def embed(texts: list[str]) -> Any:
+        if spec.embeddings == "base-model":
+            return retrieval.model_embeddings(base_model, tokenizer, texts)
+        return retrieval.sentence_embeddings(texts)
+
+    return retrieval.nearest(embed(queries), embed(keys), spec.few_shot_examples)
+
+
+def _cases(
+    records: list[Record], fmt: str, tokenizer: Any, max_length: int
+) -> tuple[list[Example], list[GenerationCase]]:
+    examples, cases = [], []
+    for record in records:
+        example = tokenize_record(record, fmt, tokenizer, max_length, train_on_inputs=False)
+        case = generation_case(record, fmt, tokenizer)
+        if example is not None:
+            examples.append(example)
+            if case is not None:
+                cases.append(case)
+    return examples, cases
+
+
+def approach_rows(
+    model: Any,
+    tokenizer: Any,
+    label: str,
+    split: Split,
+    spec: BaselinesSpec,
+    neighbours: list[list[int]],
+    settings: EvaluationSettings,
+    rank: distributed.Rank,
+    max_seq_length: int,
+    zero_shot: EvaluationResult | None = None,
+) -> list[ApproachResult]:
+    """Zero-shot and few-shot rows of one model (call on every rank: evaluation is collective).
+
+    `zero_shot`: the model's zero-shot result when it was already scored the same way (compareBaseModel
+    with answers scored), so that it is not computed twice."""
+    validation = split.validation[: settings.max_examples]
+    parameters = parameter_count(model)
+    answers = split.format != "text"
+    runs: list[tuple[str, str, list[Record], int]] = []
+    if spec.zero_shot:
+        runs.append((f"{label} zero-shot", "zero-shot", validation, max_seq_length))
+    if spec.few_shot_examples and answers:
+        shots = [
+            few_shot_record(r, [split.train[i] for i in near], split.format)
+            for r, near in zip(validation, neighbours, strict=False)
+        ]
+        runs.append(
+            (f"{label} {spec.few_shot_examples}-shot", "few-shot", shots, max_seq_length * (spec.few_shot_examples + 1))
+        )
+    rows = []
+    for name, approach, records, length in runs:
+        examples, cases = _cases(records, split.format, tokenizer, length)
+        reusable = (
+            zero_shot is not None and approach == "zero-shot" and (zero_shot.exact_match is not None or not answers)
+        )
+        if reusable and zero_shot is not None:
+            result = zero_shot
+        else:
+            result = evaluate(model, tokenizer, examples, cases, replace(settings, exact_match=answers), rank)
+        log.info("baseline %s: %s", name, result.model_dump_json(exclude_none=True))
+        rows.append(
+            ApproachResult(
+                name=name, approach=approach, model=label, **(result.model_dump() | {"parameters": parameters})
+            )
+        )
+    return rows
+
+
+def parameter_count(model: Any) -> int:
+    """Parameters of the model as deployed: LoRA adapters excluded (they are merged on export)."""
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+
+
+def prompting_baselines(
+    spec: FineTuneJobSpec,
+    data: PreparedData,
+    model: Any,
+    tokenizer: Any,
+    settings: EvaluationSettings,
+    rank: distributed.Rank,
+    manifest_dir: Path,
+    base_zero_shot: EvaluationResult | None = None,
+) -> list[ApproachResult]:
+    """The base model's (and the reference model's) prompting baselines, before training."""
+    from kubetune.trainer.model import load_model, load_tokenizer
+
+    evaluation = spec.evaluation
+    assert evaluation is not None and evaluation.baselines is not None
+    plan = evaluation.baselines
+    split = Split(data.train_records, data.validation_records, data.format)
+    neighbours = similar_train_examples(split, plan, model, tokenizer)
+    length = spec.dataset.max_seq_length
+    rows = approach_rows(model, tokenizer, "base", split, plan, neighbours, settings, rank, length, base_zero_shot)
+    if evaluation.reference_model is not None:
+        reference_spec = spec.model_copy(update={"model": evaluation.reference_model, "method": MethodSpec()})
+        reference_tokenizer = load_tokenizer(evaluation.reference_model, manifest_dir)
+        reference = load_model(reference_spec, manifest_dir, next(model.parameters()).dtype).to(rank.device)
+        rows += approach_rows(
+            reference, reference_tokenizer, "reference", split, plan, neighbours, settings, rank, length
+        )
+        del reference
+    return rows
+
+
+def summary(
+    base: EvaluationResult | None, fine_tuned: EvaluationResult | None, baselines: list[ApproachResult], parameters: int
+) -> EvaluationSummary:
+    """Base vs fine-tuned, and — when baselines ran — every approach and the verdict."""
+    if not baselines:
+        return EvaluationSummary(base_model=base, fine_tuned=fine_tuned)
+    rows = list(baselines)
+    if fine_tuned is not None:
+        fields = fine_tuned.model_dump() | {"parameters": parameters}
+        rows.append(ApproachResult(name="fine-tuned", approach="fine-tuned", model="fine-tuned", **fields))
+    return EvaluationSummary(base_model=base, fine_tuned=fine_tuned, approaches=rows, verdict=verdict(rows))
