@@ -11,8 +11,8 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 #
 # Versions are pinned: base images by exact tag (pin digests in the release pipeline), Python packages
-# by the constraints below (tests/chart checks each pin lies in pyproject.toml's range). The users and
-# entry points agree with the chart and the operator's pod builder (tests/chart/test_dockerfile.py).
+# by the constraints below (charts/kubetune/tests checks each pin lies in pyproject.toml's range). The users and
+# entry points agree with the chart and the operator's pod builder (charts/kubetune/tests/test_dockerfile.py).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG TRAINER_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +37,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support import tiny  # transformers: imported only by the tests that need the model
 
     return tiny.tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The real control plane (tests/support/controlplane.py) with the FineTuneJob CRD applied, shared by
+    the session's integration and end-to-end tests; its components' logs are kept in build/ on failure."""
+    from tests.support.controlplane import ControlPlane
+
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane")).start(crds=ROOT / "crds")
+    try:
+        yield plane
+    finally:
+        plane.stop()
+        if request.session.testsfailed:
+            kept = ROOT / "build" / "control-plane-logs"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(plane.folder / "logs", kept)
+            print(f"\ncontrol plane logs kept in {kept}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -30,7 +30,9 @@ from kmock._internal import enums, rendering
 from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator.builders import JOB_LABEL
 from tests.support.apiserver import write_kubeconfig
+from tests.support.builders import a_job
 from tests.support.emulator import ApiServer, declare_resources, now_rfc3339
+from tests.support.waiting import GiveUp, eventually_async
 
 AGENT = "kubetune-bench"
 NAMESPACE = "bench"
@@ -141,18 +143,8 @@ class MeasuredApiServer(ApiServer):
 
 
 def job_manifest(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"source": "hf://org/model"},
-            "dataset": {"train": "pvc://data/train.jsonl"},
-            "distributed": {"workers": WORKERS, "accelerator": "cpu"},
-            "storage": {"checkpoints": f"pvc://ckpt/{name}"},
-            "retryPolicy": {"maxRestarts": 3, "backoffSeconds": 0},
-        },
-    }
+    job = a_job(name).in_namespace(NAMESPACE).workers(WORKERS).accelerator("cpu")
+    return job.storage(f"pvc://ckpt/{name}").retry(max_restarts=3, backoff_seconds=0).build()
 
 
 class Sampler:
@@ -226,13 +218,16 @@ class Harness:
         return self.server.served
 
     async def _wait(self, check: Any, timeout: float = 300.0, interval: float = 0.05) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
+        """Until `check()`; fails at once when the operator process exits."""
+
+        def done() -> bool:
+            if check():
+                return True
             if self.operator is not None and self.operator.poll() is not None:
-                raise RuntimeError(f"the operator exited ({self.operator.returncode}); see {self.folder}/operator.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the operator did not get there in time")
-            await asyncio.sleep(interval)
+                raise GiveUp(f"the operator exited ({self.operator.returncode}); see {self.folder}/operator.log")
+            return False
+
+        await eventually_async(done, timeout, interval, message="the operator to get there")
 
     async def call(self, method: str, path: str, body: Any = None) -> None:
         assert self.session is not None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import stats, workload
+from tests.support.ports import free_port
 
 SIDES = ("kubetune", "transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +50,6 @@ class Run:
     out_of_step_seconds: float | None = None
     """kubetune only: mean time per step spent outside the timed step (metrics, progress, loop)."""
     parameters: int | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def environment(profile: workload.Profile, cache: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from tests.support import tiny
+from tests.support.builders import a_job, deep_merge
 
 DATASETS = ("uniform", "chat")
 #: Tokens per random word in a chat turn with the tests' tokenizer (measured: 9,300 tokens for 6,008
@@ -208,7 +209,7 @@ def write_dataset(directory: Path, profile: Profile, dataset: str) -> Path:
 
 def spec_overrides(profile: Profile, dataset: str, model: Path, train: Path) -> dict[str, Any]:
     """The FineTuneJob spec of one benchmark run (both trainers read it)."""
-    return tiny.deep_merge(
+    return deep_merge(
         {
             "model": {"source": str(model)},
             "dataset": {
@@ -246,15 +247,7 @@ def spec_overrides(profile: Profile, dataset: str, model: Path, train: Path) -> 
 
 def write_manifest(path: Path, profile: Profile, dataset: str, model: Path, train: Path) -> Path:
     """A validated FineTuneJob manifest for one run; returns its path."""
-    from kubetune.api import FineTuneJob
-
-    document = {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": f"bench-{dataset}"},
-        "spec": spec_overrides(profile, dataset, model, train),
-    }
-    FineTuneJob.model_validate(document)
+    document = a_job(f"bench-{dataset}").spec(spec_overrides(profile, dataset, model, train)).build(validate=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

@@ -12,8 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-#: Exit code for bad input (a manifest, file or flag that is wrong), as for command-line usage errors.
-EXIT_BAD_INPUT = 2
+from kubetune.api.invocation import EXIT_BAD_INPUT, TrainerInvocation
 
 
 def _crd(args: argparse.Namespace) -> int:
@@ -65,23 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_lazy("kubetune.local.runner"))
 
     train = commands.add_parser("train", help="run one rank of a job (inside a pod, under torchrun)")
-    train.add_argument("--config", required=True, metavar="FILE", help="the FineTuneJob manifest")
-    train.add_argument("--workdir", default=".", help="base for checkpoints and output when storage is unset")
-    train.add_argument("--checkpoint-dir", help="checkpoint directory (overrides the manifest)")
-    train.add_argument("--output-dir", help="export directory (overrides the manifest)")
-    train.add_argument("--metrics-port", type=int, default=9400, help="rank 0's Prometheus/progress port; 0 = off")
-    train.add_argument(
-        "--metrics-linger-seconds",
-        type=float,
-        default=0.0,
-        help="keep serving /metrics and /progress this many seconds after the run ends, so that a scraper "
-        "sees the final values; SIGTERM ends the wait. 0 = exit at once",
-    )
-    train.add_argument(
-        "--termination-message-path",
-        default="/dev/termination-log",
-        help="where the final one-line result goes for Kubernetes (written when the path's folder exists)",
-    )
+    TrainerInvocation.add_arguments(train)  # the contract both supervisors build their command lines from
     train.set_defaults(handler=_lazy("kubetune.trainer.main"))
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")

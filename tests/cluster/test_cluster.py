@@ -12,16 +12,19 @@ killed worker is killed inside its container.
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.support.builders import a_job
+from tests.support.waiting import eventually
+
 pytestmark = [pytest.mark.timeout(1200)]
 
-T = TypeVar("T")
+#: Seconds between two checks of the cluster's state.
+POLL = 1.0
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 MAX_STEPS = 48
 #: Claims and contents prepared by run-kind.sh.
@@ -37,17 +40,6 @@ KILL_TRAINER = (
 )
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
 class RealCluster:
     """The few calls the scenarios make, through the official client and the given kubeconfig."""
 
@@ -61,23 +53,18 @@ class RealCluster:
         self.client = client
 
     def submit(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        from tests.support import tiny
-
-        spec: dict[str, Any] = {
-            "model": {"source": MODEL},
-            "dataset": {"train": TRAIN, "validation": VALIDATION, "maxSeqLength": 64},
-            "hyperparameters": {"maxSteps": MAX_STEPS, "epochs": 5, "learningRate": 3e-3, "seed": 7},
-            "distributed": {"workers": 2, "processesPerWorker": 1, "accelerator": "cpu", "precision": "fp32"},
-            "checkpointing": {"everySteps": 8, "keep": 2},
-            "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 1},
-            "storage": {"checkpoints": f"pvc://kubetune-checkpoints/{name}"},
-        }
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "FineTuneJob",
-            "metadata": {"name": name},
-            "spec": tiny.deep_merge(spec, overrides or {}),
-        }
+        body = (
+            a_job(name)
+            .model(MODEL)
+            .dataset(train=TRAIN, validation=VALIDATION, max_seq_length=64)
+            .hyperparameters(max_steps=MAX_STEPS, epochs=5, learning_rate=3e-3, seed=7)
+            .distributed(workers=2, processes_per_worker=1, accelerator="cpu", precision="fp32")
+            .checkpointing(every_steps=8, keep=2)
+            .retry(max_restarts=2, backoff_seconds=1)
+            .storage(f"pvc://kubetune-checkpoints/{name}")
+            .spec(overrides)
+            .build()
+        )
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, body
         )
@@ -88,7 +75,12 @@ class RealCluster:
         return job.get("status") or {}
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 600) -> dict[str, Any]:
-        wait_for(lambda: self.status(name).get("phase") in phases, timeout, f"{name} to reach {phases}")
+        eventually(
+            lambda: self.status(name).get("phase") in phases,
+            timeout,
+            interval=POLL,
+            message=f"{name} to reach {phases}",
+        )
         return self.status(name)
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
@@ -105,12 +97,12 @@ class RealCluster:
             pods = self.pods(name, attempt)
             return pods if len(pods) == 2 and all(p.status.phase == "Running" for p in pods) else None
 
-        pods: list[Any] = wait_for(running, timeout, f"attempt {attempt} of {name} to run")
+        pods: list[Any] = eventually(running, timeout, interval=POLL, message=f"attempt {attempt} of {name} to run")
         return pods
 
     def wait_progress(self, name: str, step: int, timeout: float = 600) -> None:
         progress = lambda: (self.status(name).get("progress") or {}).get("step", 0) >= step  # noqa: E731
-        wait_for(progress, timeout, f"{name} to pass step {step}", interval=0.5)
+        eventually(progress, timeout, interval=0.5, message=f"{name} to pass step {step}")
 
     def kill_trainer(self, pod: str) -> None:
         from kubernetes.stream import stream
@@ -207,7 +199,7 @@ def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(real: RealCluster
         real.kill_trainer(pods[1].metadata.name)
     status = real.wait_phase(name, "Failed", "Succeeded")
     assert real.condition(name, "Failed").get("reason") == "MaxRestartsExceeded", status
-    wait_for(lambda: not real.pods(name), 120, "every pod to be gone")
+    eventually(lambda: not real.pods(name), 120, interval=POLL, message="every pod to be gone")
 
 
 def test_10_suspend_and_resume(real: RealCluster) -> None:
@@ -217,7 +209,7 @@ def test_10_suspend_and_resume(real: RealCluster) -> None:
     real.wait_progress(name, 16)
     real.patch_spec(name, {"suspend": True})
     real.wait_phase(name, "Suspended", timeout=300)
-    wait_for(lambda: not real.pods(name), 300, "the suspended job's pods to be gone")
+    eventually(lambda: not real.pods(name), 300, interval=POLL, message="the suspended job's pods to be gone")
     real.patch_spec(name, {"suspend": False})
     status = real.wait_phase(name, "Succeeded", "Failed")
     assert status["phase"] == "Succeeded" and status["restarts"] == 0, status

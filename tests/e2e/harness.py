@@ -9,7 +9,8 @@ the real operator against it. This module adds what end-to-end tests need on top
   fixes the real `kubectl` needs (see `kubectl_compat.py`).
 - `E2ECluster`: the Cluster in a background thread with its own event loop, so that synchronous tests,
   the kubelet's thread and the operator's thread all talk to one server for a whole pytest session, and
-  a synchronous facade over it (create/patch/delete jobs, read status, pods and events, wait).
+  a synchronous facade over it (create/patch/delete jobs, read status, pods and events;
+  waiting is tests/support/waiting.py).
 - the `ProcessKubelet` from kubelet.py, started against the same server.
 
 Everything talks HTTP to the server except the read helpers, which read the server's memory through
@@ -22,7 +23,6 @@ import asyncio
 import copy
 import json
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,23 +239,6 @@ def api_path(resource: str, namespace: str, name: str = "", subresource: str = "
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll `check()` until it returns something truthy (returned); AssertionError naming `what`
-    and the last value on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except AssertionError as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
 
 
 def dump_folder(path: Path, limit: int = 4000) -> str:

@@ -1,5 +1,6 @@
-"""Test builders for end-to-end jobs: a tiny model, learnable data and a FineTuneJob, submitted to the
-emulated cluster, with the waits and reads the scenarios share.
+"""End-to-end jobs: a tiny model, learnable data and a FineTuneJob (`a_scenario`, a preset of the builder
+in tests/support/builders.py), submitted to the emulated cluster, with the waits and reads the scenarios
+share.
 
 The model and datasets are plain absolute paths on this machine: for the process kubelet the machine is
 the container image, so they stand for files baked into the image (the API allows "a path in the image").
@@ -9,15 +10,16 @@ to a folder that outlives pods, as a claim outlives them in a cluster.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import E2ECluster, dump_folder, wait_for
+from tests.e2e.harness import E2ECluster, dump_folder
 from tests.e2e.kubelet import ProcessKubelet
 from tests.support import tiny
 from tests.support.apiserver import JOBS, PODS
+from tests.support.builders import JobBuilder
+from tests.support.waiting import eventually
 
 CLAIM = "checkpoints"
 #: Steps of every scenario run: long enough (about a second) that a test can act between the first
@@ -66,7 +68,7 @@ class Job:
         """Wait until the job's phase is one of `phases`; returns the status. On timeout the failure
         message carries the status and the tails of the pods' logs."""
         try:
-            wait_for(lambda: self.phase() in phases, timeout, f"{self.name} to reach {phases}")
+            eventually(lambda: self.phase() in phases, timeout, message=f"{self.name} to reach {phases}")
         except AssertionError as error:
             raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
         return self.status()
@@ -80,7 +82,7 @@ class Job:
             ok = len(pods) == 2 and all((self.namespace, p["metadata"]["name"]) in alive for p in pods)
             return pods if ok else None
 
-        pods: list[dict[str, Any]] = wait_for(running, timeout, f"attempt {attempt} of {self.name} to run")
+        pods: list[dict[str, Any]] = eventually(running, timeout, message=f"attempt {attempt} of {self.name} to run")
         return pods
 
     def wait_checkpoint(self, step: int, timeout: float = 120) -> None:
@@ -92,13 +94,13 @@ class Job:
             return max(complete, default=0)
 
         try:
-            wait_for(latest, timeout, f"a checkpoint at step {step} of {self.name}", interval=0.02)
+            eventually(latest, timeout, interval=0.02, message=f"a checkpoint at step {step} of {self.name}")
         except AssertionError as error:
             raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
 
     def wait_gone(self, timeout: float = 60) -> None:
         try:
-            wait_for(lambda: not self.pods(), timeout, f"every pod of {self.name} to be gone")
+            eventually(lambda: not self.pods(), timeout, message=f"every pod of {self.name} to be gone")
         except AssertionError as error:
             left = [(p["metadata"]["name"], p.get("status", {}).get("phase"), p["metadata"]) for p in self.pods()]
             raise AssertionError(f"{error}\npods: {left}\nstatus: {self.status()}") from None
@@ -130,23 +132,17 @@ def make_inputs(root: Path, model: Path) -> Inputs:
     return Inputs(model=model, train=train, validation=validation)
 
 
-def manifest(name: str, inputs: Inputs, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A FineTuneJob for the scenarios, validated by the API models."""
-    spec = tiny.deep_merge(SCENARIO_SPEC, {"storage": {"checkpoints": f"pvc://{CLAIM}/{name}"}})
-    spec = tiny.deep_merge(spec, overrides or {})
-    return tiny.manifest(inputs.model, inputs.train, inputs.validation, spec, name=name)
+def a_scenario(name: str, inputs: Inputs) -> JobBuilder:
+    """The scenarios' FineTuneJob (SCENARIO_SPEC on the tiny model and data, checkpoints on the claim):
+    a builders.JobBuilder to add each scenario's own settings to."""
+    job = tiny.a_tiny_job(inputs.model, inputs.train, inputs.validation, name=name).spec(SCENARIO_SPEC)
+    return job.storage(f"pvc://{CLAIM}/{name}")
 
 
-def submit(
-    cluster: E2ECluster,
-    kubelet: ProcessKubelet,
-    namespace: str,
-    name: str,
-    inputs: Inputs,
-    overrides: Mapping[str, Any] | None = None,
-) -> Job:
-    cluster.create(JOBS, namespace, manifest(name, inputs, overrides))
-    return Job(cluster, kubelet, namespace, name)
+def submit(cluster: E2ECluster, kubelet: ProcessKubelet, namespace: str, job: JobBuilder) -> Job:
+    """Create the job (validated by the API models first) in `namespace`."""
+    cluster.create(JOBS, namespace, job.build(validate=True))
+    return Job(cluster, kubelet, namespace, job.name)
 
 
-__all__ = ["JOBS", "PODS", "Inputs", "Job", "make_inputs", "manifest", "submit"]
+__all__ = ["JOBS", "PODS", "Inputs", "Job", "a_scenario", "make_inputs", "submit"]

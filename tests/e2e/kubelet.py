@@ -44,12 +44,12 @@ from tests.e2e import podexec
 from tests.e2e.pod_status import (
     PodRuntime,
     forward_connection,
-    free_port,
     now,
     pod_status,
     shell_exit_code,
 )
 from tests.support.apiserver import KUBELET_FINALIZER
+from tests.support.ports import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,10 +109,3 @@ async def forward_connection(reader: asyncio.StreamReader, writer: asyncio.Strea
                 sink.close()
 
     await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

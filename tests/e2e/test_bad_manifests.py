@@ -16,9 +16,9 @@ import yaml
 
 from kubetune.cli import EXIT_BAD_INPUT
 from kubetune.cli import main as kubetune
-from tests.e2e.harness import E2ECluster, wait_for
-from tests.e2e.jobs import JOBS, Inputs, make_inputs, manifest
-from tests.support import tiny
+from tests.e2e.harness import E2ECluster
+from tests.e2e.jobs import JOBS, Inputs, a_scenario, make_inputs
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -51,9 +51,9 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 
 def bad_manifest(name: str, mistake: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     """A valid scenario manifest with `mistake` merged in after validation (so it stays wrong)."""
-    document = manifest(name, inputs)
-    document["spec"] = tiny.deep_merge(document["spec"], mistake)
-    return document
+    valid = a_scenario(name, inputs)
+    valid.build(validate=True)
+    return valid.spec(mistake).build()
 
 
 @pytest.mark.parametrize(("name", "mistake", "field"), BAD, ids=[row[0] for row in BAD])
@@ -76,7 +76,7 @@ def test_the_operator_refuses_before_creating_anything(cluster: E2ECluster, bad_
         failed = all(status.get("phase") == "Failed" for status in statuses.values())
         return {name: status.get("message") or "" for name, status in statuses.items()} if failed else None
 
-    messages = wait_for(refused, 30, "every bad job to be refused")
+    messages = eventually(refused, 30, message="every bad job to be refused")
     for name, _, field in BAD:
         assert names(field, messages[name]), (name, messages[name])
     for resource in ("v1/pods", "v1/services", "v1/configmaps"):
@@ -89,5 +89,5 @@ def test_a_valid_manifest_passes_the_same_check(tmp_path: Path, tiny_model: Path
     """The control row: the base manifest of the table is valid, so each row fails for its mistake."""
     inputs = make_inputs(tmp_path, tiny_model)
     path = tmp_path / "good.yaml"
-    path.write_text(yaml.safe_dump(manifest("good", inputs)))
+    path.write_text(yaml.safe_dump(a_scenario("good", inputs).build(validate=True)))
     assert kubetune(["validate", str(path)]) == 0, capsys.readouterr().err

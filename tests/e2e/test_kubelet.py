@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import E2ECluster, wait_for
+from tests.e2e.harness import E2ECluster
 from tests.e2e.kubelet import ProcessKubelet
 from tests.e2e.podexec import Network, PathMap, expand, pod_ip, rewrite
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -44,7 +45,7 @@ def terminated(cluster: E2ECluster, name: str, namespace: str = NS) -> dict[str,
                 return item if "terminated" in state else None
         return None
 
-    found: dict[str, Any] = wait_for(check, 30, f"pod {name} to terminate")
+    found: dict[str, Any] = eventually(check, 30, message=f"pod {name} to terminate")
     return found
 
 
@@ -167,24 +168,24 @@ signal.signal(signal.SIGTERM, stop)
 time.sleep(60)
 """
     cluster.create(PODS, NS, pod("graceful", script, container={"args": ["/dev/termination-log"]}))
-    wait_for(lambda: (NS, "graceful") in kubelet.running(), 20, "the pod to run")
+    eventually(lambda: (NS, "graceful") in kubelet.running(), 20, message="the pod to run")
     cluster.delete(PODS, NS, "graceful")
-    wait_for(lambda: gone(cluster, "graceful"), 20, "the pod to be removed")
+    eventually(lambda: gone(cluster, "graceful"), 20, message="the pod to be removed")
     assert (NS, "graceful", "exited 8") in kubelet.history
 
 
 def test_grace_period_ends_with_sigkill(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     cluster.create(PODS, NS, pod("stubborn", script, terminationGracePeriodSeconds=1))
-    wait_for(lambda: (NS, "stubborn") in kubelet.running(), 20, "the pod to run")
+    eventually(lambda: (NS, "stubborn") in kubelet.running(), 20, message="the pod to run")
     cluster.delete(PODS, NS, "stubborn")
-    wait_for(lambda: gone(cluster, "stubborn"), 20, "the pod to be removed")
+    eventually(lambda: gone(cluster, "stubborn"), 20, message="the pod to be removed")
     assert (NS, "stubborn", f"exited {128 + signal.SIGKILL}") in kubelet.history
 
 
 def test_oom_hook_reports_oomkilled_and_kept_conditions(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
     cluster.create(PODS, NS, pod("hungry", "import time; time.sleep(60)"))
-    wait_for(lambda: (NS, "hungry") in kubelet.running(), 20, "the pod to run")
+    eventually(lambda: (NS, "hungry") in kubelet.running(), 20, message="the pod to run")
     extra = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
     live = next(p for p in cluster.objects(PODS, NS) if p["metadata"]["name"] == "hungry")
     cluster.patch(PODS, NS, "hungry", {"status": {"conditions": [*live["status"]["conditions"], extra]}}, "status")
@@ -204,7 +205,7 @@ def test_missing_configmap_waits_then_starts(cluster: E2ECluster, kubelet: Proce
         statuses = (items[0].get("status") or {}).get("containerStatuses") if items else None
         return bool(statuses) and statuses[0]["state"].get("waiting", {}).get("reason") == "CreateContainerConfigError"
 
-    wait_for(waiting, 20, "CreateContainerConfigError")
+    eventually(waiting, 20, message="CreateContainerConfigError")
     cluster.create("v1/configmaps", NS, {"metadata": {"name": "late"}, "data": {"x": "ok"}})
     assert state_of(terminated(cluster, "waiter"))["exitCode"] == 0
 

@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from tests.e2e import kubectl
-from tests.e2e.harness import E2ECluster, Fault, wait_for
-from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, make_inputs, manifest, submit
+from tests.e2e.harness import E2ECluster, Fault
+from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, a_scenario, make_inputs, submit
 from tests.e2e.kubelet import ProcessKubelet
 from tests.support.apiserver import write_kubeconfig
+from tests.support.waiting import eventually
 
 RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
 
@@ -66,12 +67,12 @@ def succeeded(
     if kubectl.available():
         folder = tmp_path_factory.mktemp("kubectl")
         path = folder / "tiny.yaml"
-        path.write_text(yaml.safe_dump(manifest("tiny", inputs)))
+        path.write_text(yaml.safe_dump(a_scenario("tiny", inputs).build(validate=True)))
         applied = kubectl.Kubectl(cluster.url, folder)("apply", kubectl.NO_OPENAPI, "-n", "s1-success", "-f", str(path))
         assert "created" in applied.stdout, applied
         job = Job(cluster, kubelet, "s1-success", "tiny")
     else:
-        job = submit(cluster, kubelet, "s1-success", "tiny", inputs)
+        job = submit(cluster, kubelet, "s1-success", a_scenario("tiny", inputs))
     job.wait_phase("Succeeded", "Failed", timeout=180)
     return job
 
@@ -98,8 +99,8 @@ def test_1_success(succeeded: Job) -> None:
 @pytest.mark.timeout(240)
 def test_2_early_stop(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
     # minDelta far above any change of the loss: the second evaluation never counts as an improvement
-    early = {"evaluation": {"everySteps": 2}, "earlyStopping": {"patience": 1, "minDelta": 100.0}}
-    job = submit(cluster, kubelet, "s2-early-stop", "tiny", inputs, early)
+    early = a_scenario("tiny", inputs).evaluation(every_steps=2).early_stopping(patience=1, min_delta=100.0)
+    job = submit(cluster, kubelet, "s2-early-stop", early)
     status = job.wait_phase("Succeeded", "Failed", timeout=180)
     assert status["phase"] == "Succeeded", status
     condition = job.condition("EarlyStopped")
@@ -112,7 +113,7 @@ def test_2_early_stop(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
 def test_3_sigkill_replaces_the_gang_and_resumes(
     cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, succeeded: Job
 ) -> None:
-    job = submit(cluster, kubelet, "s3-sigkill", "tiny", inputs)
+    job = submit(cluster, kubelet, "s3-sigkill", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
     job.wait_checkpoint(step=8)
     job.kill_worker(attempt=1, index=1)
@@ -134,10 +135,10 @@ def test_3_sigkill_replaces_the_gang_and_resumes(
 def test_4_oom_killed_worker_is_retried_with_a_memory_hint(
     cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
 ) -> None:
-    job = submit(cluster, kubelet, "s4-oom", "tiny", inputs)
+    job = submit(cluster, kubelet, "s4-oom", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
     job.kill_worker(attempt=1, index=0, oom=True)
-    wait_for(lambda: job.status().get("attempt") == 2, 60, "attempt 2")
+    eventually(lambda: job.status().get("attempt") == 2, 60, message="attempt 2")
     texts = [job.status().get("message") or ""] + [c.get("message", "") for c in job.status()["conditions"]]
     texts += [e.get("message", "") for e in job.events()]
     hinted = [t for t in texts if "OOMKilled" in t and "resources.limits.memory" in t]
@@ -151,7 +152,7 @@ def test_5_disruption_is_replaced_without_counting(
     cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
 ) -> None:
     # maxRestarts 0: the job can only finish if the disruption is not counted as a restart
-    job = submit(cluster, kubelet, "s5-disruption", "tiny", inputs, {"retryPolicy": {"maxRestarts": 0}})
+    job = submit(cluster, kubelet, "s5-disruption", a_scenario("tiny", inputs).retry(max_restarts=0))
     pods = job.wait_running(attempt=1)
     victim = pods[1]
     condition = {
@@ -171,7 +172,7 @@ def test_5_disruption_is_replaced_without_counting(
 @pytest.mark.timeout(120)
 def test_6_missing_dataset_fails_at_once(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
     missing = "/nonexistent/e2e/train.jsonl"
-    job = submit(cluster, kubelet, "s6-permanent", "tiny", inputs, {"dataset": {"train": missing}})
+    job = submit(cluster, kubelet, "s6-permanent", a_scenario("tiny", inputs).train(missing))
     status = job.wait_phase("Failed", "Succeeded", timeout=90)
     assert status["phase"] == "Failed", status
     assert status["restarts"] == 0 and status["attempt"] == 1, status
@@ -181,25 +182,23 @@ def test_6_missing_dataset_fails_at_once(cluster: E2ECluster, kubelet: ProcessKu
     assert {name for name in starts(kubelet, "s6-permanent")} == {"tiny-a1-w0", "tiny-a1-w1"}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(
     cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
 ) -> None:
-    job = submit(cluster, kubelet, "s7-exhausted", "tiny", inputs, {"retryPolicy": {"maxRestarts": 1}})
+    job = submit(cluster, kubelet, "s7-exhausted", a_scenario("tiny", inputs).retry(max_restarts=1))
     for attempt in (1, 2):
         job.wait_running(attempt=attempt)
         job.kill_worker(attempt=attempt, index=1)
     status = job.wait_phase("Failed", "Succeeded", timeout=90)
     assert status["phase"] == "Failed" and status["restarts"] == 1, status
     assert job.condition("Failed")["reason"] == "MaxRestartsExceeded", status  # type: ignore[index]
-    wait_for(lambda: not [key for key in kubelet.running() if key[0] == job.namespace], 60, "no container to run")
+    eventually(
+        lambda: not [key for key in kubelet.running() if key[0] == job.namespace], 60, message="no container to run"
+    )
     assert starts(kubelet, job.namespace) == ["tiny-a1-w0", "tiny-a1-w1", "tiny-a2-w0", "tiny-a2-w1"]
-
-
-@pytest.mark.timeout(60)
-def test_7_exhausted_job_has_no_pods_left(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
-    """Scenario 7's job (run by the test above): every pod deleted, not only stopped."""
-    Job(cluster, kubelet, "s7-exhausted", "tiny").wait_gone(timeout=20)
+    # This namespace had both gangs' pods (above): every one of them deleted, not only stopped.
+    job.wait_gone(timeout=20)
 
 
 @pytest.fixture
@@ -233,7 +232,7 @@ def test_8_operator_killed_mid_run(
     cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, operator_process: Any
 ) -> None:
     first = operator_process()
-    job = submit(cluster, kubelet, "s8-operator-restart", "tiny", inputs)
+    job = submit(cluster, kubelet, "s8-operator-restart", a_scenario("tiny", inputs))
     job.wait_running(attempt=1, timeout=90)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
@@ -256,7 +255,7 @@ def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
     faults += [Fault("UPDATE", status, 1, plural="finetunejobs", namespace=namespace) for status in (409, 429, 500)]
     for fault in faults:
         cluster.server.inject(fault)
-    job = submit(cluster, kubelet, namespace, "tiny", inputs)
+    job = submit(cluster, kubelet, namespace, a_scenario("tiny", inputs))
     try:
         status = job.wait_phase("Succeeded", "Failed", timeout=180)
     finally:
@@ -271,7 +270,7 @@ def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
 
 @pytest.mark.timeout(240)
 def test_10_suspend_and_resume(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
-    job = submit(cluster, kubelet, "s10-suspend", "tiny", inputs)
+    job = submit(cluster, kubelet, "s10-suspend", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
     job.wait_checkpoint(step=8)
     cluster.patch(JOBS, job.namespace, job.name, {"spec": {"suspend": True}})
@@ -300,4 +299,4 @@ def test_kubectl_gets_and_deletes_the_succeeded_job(succeeded: Job, tmp_path: Pa
     assert "deleted" in run("delete", "ftj", "tiny", *namespace, "--timeout=60s").stdout
     missing = run("get", "ftj", "tiny", *namespace, check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr, missing
-    wait_for(lambda: not succeeded.pods(), 60, "the job's pods to be collected with it")
+    eventually(lambda: not succeeded.pods(), 60, message="the job's pods to be collected with it")

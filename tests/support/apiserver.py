@@ -5,7 +5,9 @@ tests/support/emulator.py: kmock's emulator with real API-server semantics) on a
 the resources kopf needs (CRDs, namespaces, events: kopf waits for the CRD resource before it watches
 anything), and starts the operator (`kubetune.operator.main.run_operator`) in a thread with its own
 event loop; `restart_operator()` stops it and starts a fresh one. Its `kubelet_*` helpers patch pod
-statuses the way a kubelet would. `write_kubeconfig` serves `kubetune operator` run as a subprocess.
+statuses the way a kubelet would; `reconciled(name)` waits until the operator has reconciled a job a few
+more times, so that a test can then assert that nothing happened. `write_kubeconfig` serves
+`kubetune operator` run as a subprocess. (Waiting: tests/support/waiting.py.)
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import asyncio
 import contextlib
 import copy
 import threading
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import yaml
 from kmock._internal import rendering
 from kubernetes import client as k8s
 
+from kubetune.operator import metrics
 from kubetune.operator.main import run_operator
 from kubetune.operator.progress import ProgressSource
 from kubetune.operator.settings import OperatorSettings
@@ -37,6 +39,7 @@ from tests.support.emulator import (
     label_selector_matches,
     now_rfc3339,
 )
+from tests.support.waiting import GiveUp, eventually_async
 
 __all__ = [
     "JOBS",
@@ -47,7 +50,6 @@ __all__ = [
     "OperatorThread",
     "configuration_for",
     "declare_resources",
-    "eventually",
     "fast_settings",
     "label_selector_matches",
     "write_kubeconfig",
@@ -97,13 +99,15 @@ class OperatorThread:
 
     async def start(self, timeout: float = 20.0) -> None:
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.is_set():
+
+        def ready() -> bool:
+            if self._ready.is_set():
+                return True
             if self._errors or not self._thread.is_alive():
-                raise RuntimeError(f"the operator did not start: {self._errors}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the operator did not become ready")
-            await asyncio.sleep(0.02)
+                raise GiveUp(f"the operator did not start: {self._errors}")
+            return False
+
+        await eventually_async(ready, timeout, interval=0.02, message="the operator to become ready")
 
     async def stop(self, timeout: float = 20.0) -> None:
         self._stop.set()
@@ -229,6 +233,24 @@ class Cluster:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.list("v1/events") if e.get("involvedObject", {}).get("name") == name]
 
+    # --- The operator's work ------------------------------------------------------------------------
+
+    def reconciles(self, name: str) -> int:
+        """How many times the in-process operator has reconciled the job so far (counted in memory by
+        kubetune.operator.metrics, once per reconcile, when it records the job's phase: after deciding,
+        before creating or deleting pods)."""
+        return metrics.reconciles(self.namespace, name)
+
+    async def reconciled(self, name: str, times: int = 2, timeout: float = 10.0) -> None:
+        """Wait until the operator has run `times` complete reconciles of the job, each begun after this
+        call: only then can a test assert that something did *not* happen. A reconcile counts part-way,
+        so that takes `times + 2` more counts (the first may be one already running, the last one that
+        has only begun)."""
+        wanted = self.reconciles(name) + times + 2
+        await eventually_async(
+            lambda: self.reconciles(name) >= wanted, timeout, message=f"{times} more reconciles of {name}"
+        )
+
     # --- What a kubelet would do --------------------------------------------------------------------
 
     async def patch_pod_status(self, pod: str, status: Mapping[str, Any]) -> None:
@@ -312,24 +334,3 @@ def fast_settings(**overrides: Any) -> OperatorSettings:
     }
     values.update(overrides)
     return OperatorSettings(**values)
-
-
-async def eventually(
-    check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05
-) -> Any:
-    """Wait until `check()` returns something truthy (and return it); on timeout, fail with the last
-    value or error it produced."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if asyncio.iscoroutine(last):
-                last = await last
-            if last:
-                return last
-        except AssertionError as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
-        await asyncio.sleep(interval)

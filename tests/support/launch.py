@@ -1,7 +1,6 @@
 """Launching real trainer processes for tests: `torchrun --nproc_per_node=2 -m kubetune.cli train`.
 
-Processes run with DS_ACCELERATOR=cpu and one thread each, from the run's own folder (never the
-repository root: there `operator/` would shadow the standard library's `operator` module), in their own
+Processes run with DS_ACCELERATOR=cpu and one thread each, from the run's own folder, in their own
 process group so that a test can SIGKILL the whole gang at once.
 """
 
@@ -11,23 +10,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+from tests.support.waiting import GiveUp, eventually
+
 #: Longest a tiny run may take on a busy 2-core machine, in seconds (a hang guard, not a speed goal).
 RUN_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def command(
@@ -89,16 +82,23 @@ def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
             os.kill(pid, sig)
 
 
-def wait_for(condition: Any, process: subprocess.Popen[bytes], log: Path, timeout: float = RUN_TIMEOUT) -> None:
-    """Poll `condition()` until true; fail with the log when the process ends first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
+def wait_for_trainer(condition: Any, process: subprocess.Popen[bytes], log: Path, timeout: float = RUN_TIMEOUT) -> None:
+    """Poll `condition()` until true; fail with the log when the process ends first or time runs out (then
+    the gang is killed first)."""
+
+    def done() -> bool:
+        if condition():
+            return True
         if process.poll() is not None and not condition():
-            raise AssertionError(f"trainer exited with {process.returncode} first:\n{log.read_text()[-6000:]}")
-        if time.monotonic() > deadline:
+            raise GiveUp(f"trainer exited with {process.returncode} first")
+        return False
+
+    try:
+        eventually(done, timeout, interval=0.05, message="the trainer")
+    except AssertionError as error:
+        if process.poll() is None:
             kill_group(process)
-            raise AssertionError(f"gave up waiting after {timeout} s:\n{log.read_text()[-6000:]}")
-        time.sleep(0.05)
+        raise AssertionError(f"{error}:\n{log.read_text()[-6000:]}") from None
 
 
 @dataclass

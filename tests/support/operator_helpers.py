@@ -1,40 +1,11 @@
-"""Manifests and a fake rank 0 for the operator tests."""
+"""A fake rank 0 for the operator tests (their manifests come from tests/support/builders.py)."""
 
 from __future__ import annotations
-
-import copy
-import socket
-from typing import Any
 
 import aiohttp.web
 
 from kubetune.api.outcome import ProgressSnapshot
-
-
-def job_manifest(name: str = "demo", workers: int = 2, **spec: Any) -> dict[str, Any]:
-    """A FineTuneJob manifest: `spec` entries are merged over a small valid spec."""
-    base: dict[str, Any] = {
-        "model": {"source": "hf://org/model"},
-        "dataset": {"train": "pvc://data/train.jsonl"},
-        "distributed": {"workers": workers, "accelerator": "cpu"},
-        "storage": {"checkpoints": "pvc://ckpt/demo"},
-        "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 0},
-    }
-    for key, value in spec.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": copy.deepcopy(base),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.ports import free_port
 
 
 class FakeRankZero:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,15 +17,11 @@ from typing import Any
 
 import yaml
 
+from tests.support.ports import free_port
+from tests.support.waiting import GiveUp, eventually
+
 #: Longest wait for Prometheus to become ready, in seconds (a hang guard).
 READY_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def get(url: str, timeout: float = 10) -> bytes:
@@ -75,16 +69,22 @@ class Prometheus:
         ]
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
+        process = self.process
+
+        def ready() -> bool:
             try:
                 get(f"{self.url}/-/ready", timeout=1)
-                return
+                return True
             except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"Prometheus did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.2)
+                if process.poll() is not None:
+                    raise GiveUp(f"Prometheus exited with {process.returncode}") from None
+                return False
+
+        try:
+            eventually(ready, READY_TIMEOUT, interval=0.2, message="Prometheus to be ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"Prometheus did not start:\n{self.log.read_text()[-3000:]}") from None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -15,7 +15,8 @@ Use from any test area:
     from tests.support import tiny
     model = tiny.tiny_model_dir(tmp_path_factory)             # cached per session
     train, val = tiny.write_dataset(tmp_path, "chat", train=64, validation=16)
-    manifest = tiny.write_manifest(tmp_path / "job.yaml", model, train, val, {"hyperparameters": {"maxSteps": 8}})
+    manifest = tiny.a_tiny_job(model, train, val).hyperparameters(max_steps=8).build()  # builders.JobBuilder
+    path = tiny.write_manifest(tmp_path / "job.yaml", model, train, val, {"hyperparameters": {"maxSteps": 8}})
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.builders import JobBuilder, a_job
 
 #: Special tokens of the tiny tokenizer. `<|im_end|>` closes every chat turn; `<|endoftext|>` ends a
 #: text or prompt-completion example; padding has its own token so that masks are unambiguous.
@@ -254,36 +257,11 @@ BASE_SPEC: dict[str, Any] = {
 }
 
 
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` merged in, recursively for nested mappings; a None value deletes a key."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def manifest(
-    model: Path | str,
-    train: Path | str,
-    validation: Path | str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    name: str = "tiny",
-) -> dict[str, Any]:
-    """A validated FineTuneJob manifest (a dict) for a tiny run; `overrides` is merged into the spec."""
-    from kubetune.api import FineTuneJob
-
-    spec = deep_merge(BASE_SPEC, {"model": {"source": str(model)}, "dataset": {"train": str(train)}})
-    if validation is not None:
-        spec = deep_merge(spec, {"dataset": {"validation": str(validation)}})
-    spec = deep_merge(spec, overrides or {})
-    document = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
-    FineTuneJob.model_validate(document)
-    return document
+def a_tiny_job(
+    model: Path | str, train: Path | str, validation: Path | str | None = None, name: str = "tiny"
+) -> JobBuilder:
+    """The job of a tiny run (BASE_SPEC) on these files: a builders.JobBuilder to add to."""
+    return a_job(name).spec(BASE_SPEC).model(model).train(train).validation(validation)
 
 
 def write_manifest(
@@ -294,8 +272,10 @@ def write_manifest(
     overrides: Mapping[str, Any] | None = None,
     name: str = "tiny",
 ) -> Path:
-    """Write `manifest(...)` as YAML to `path`; returns the path."""
+    """Write the tiny run's manifest, validated, as YAML to `path` (`overrides` merged into its spec by the
+    builder's rule: tests/support/builders.py); returns the path."""
+    manifest = a_tiny_job(model, train, validation, name).spec(overrides).build(validate=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(manifest(model, train, validation, overrides, name), sort_keys=False))
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path

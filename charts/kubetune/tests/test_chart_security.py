@@ -1,5 +1,5 @@
 """The operator runs least-privileged: the restricted Pod Security Standard, and RBAC rules that are
-exactly operator/rbac.py's (the one source), with no wildcards and nothing on Secrets."""
+exactly operator/src/kubetune/operator/rbac.py's (the one source), with no wildcards and nothing on Secrets."""
 
 from __future__ import annotations
 

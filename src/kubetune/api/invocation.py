@@ -13,6 +13,8 @@ The exit codes a user sees from the command line are defined here too, beside th
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -30,8 +32,21 @@ PVC_ROOT_ENV: Final = "KUBETUNE_PVC_ROOT"
 EXIT_BAD_INPUT: Final = ExitReason.INVALID_CONFIG.exit_code
 #: Exit code of `kubetune run` when the job failed for a reason other than bad input.
 EXIT_FAILED: Final = 1
-#: Exit code of `kubetune run` stopped by Ctrl-C or SIGTERM (checkpointed; the same command resumes).
-EXIT_INTERRUPTED: Final = 130
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now: a rank's rendezvous or MASTER_PORT when no launcher
+    chose one (the OS's choice; another process may take it first, as with any such probe)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def attempt_from_environment() -> int | None:
+    """The attempt a supervisor started this rank for (KUBETUNE_ATTEMPT); None when run by hand."""
+    value = os.environ.get(ATTEMPT_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def accelerator_environment(accelerator: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from kubetune.api.crd import open_api_schema
 from kubetune.api.job import FineTuneJobSpec, immutability_cel_rule
 from kubetune.api.operations import EarlyStoppingSpec, EvaluationSpec
 from kubetune.api.training import DistributedSpec, MethodSpec, ModelSpec
+from tests.support.builders import a_job
 
 SPEC = {"model": {"source": "hf://org/m"}, "dataset": {"train": "t.jsonl"}}
 
@@ -93,7 +94,7 @@ def test_name_rules_agree_with_python(name: str, accepted: bool) -> None:
 
     root_rules = [r["rule"] for r in open_api_schema()["x-kubernetes-validations"] if "oldSelf" not in r["rule"]]
     cel_accepts = all(_cel(rule, self={"metadata": {"name": name}}) for rule in root_rules)
-    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": SPEC}
+    manifest = a_job(name).spec(SPEC).build()
     try:
         FineTuneJob.model_validate(manifest)
         python_accepts = True

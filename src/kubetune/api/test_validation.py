@@ -13,16 +13,12 @@ import yaml
 
 from kubetune.api.validation import Document, validate_document, validate_files
 from kubetune.cli import main
+from tests.support.builders import a_job
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
-MINIMAL: dict[str, Any] = {
-    "apiVersion": "kubetune.io/v1alpha1",
-    "kind": "FineTuneJob",
-    "metadata": {"name": "demo"},
-    "spec": {"model": {"source": "hf://org/model"}, "dataset": {"train": "data/train.jsonl"}},
-}
+MINIMAL: dict[str, Any] = a_job("demo").model("hf://org/model").train("data/train.jsonl").build()
 
 
 def with_change(path: str, value: Any) -> dict[str, Any]:

@@ -23,7 +23,6 @@ DATA_PATH_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+|[^:]+)$"
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 ShortString = Annotated[str, Field(min_length=1, max_length=253)]
-PathString = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH)]
 
 
 class SecretKeyRef(ApiModel):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from kubetune.api.invocation import free_port
 
 # The launcher runs off the main thread (the runner keeps the main thread for its own signal handling and
 # status updates), where torch warns on every attempt that it installs no signal handlers: expected here.
@@ -45,8 +45,6 @@ class AttemptOutcome:
     """How one attempt of the gang ended."""
 
     exits: list[RankExit]
-    interrupted_by: int | None = None
-    """The signal number (SIGINT, SIGTERM) that stopped the whole run, if one did."""
 
 
 class AttemptLogs(LogsSpecs):
@@ -70,13 +68,6 @@ class AttemptLogs(LogsSpecs):
         return LogsDest(stdouts=stdouts, stderrs=dict.fromkeys(envs, ""), error_files=errors)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def run_attempt(
     *,
     run_id: str,
@@ -85,7 +76,7 @@ def run_attempt(
     log_folder: Path,
     env: dict[str, str],
 ) -> AttemptOutcome:
-    """Run `kubetune train <trainer_args>` as `processes` ranks until they all end; never raises for a
+    """Run `kubetune <trainer_args>` (`train ...`) as `processes` ranks until they all end; never raises for a
     rank's failure or a signal: both are reported in the outcome."""
     config = LaunchConfig(
         min_nodes=1,
@@ -109,10 +100,8 @@ def run_attempt(
     except ChildFailedError as error:
         codes = {rank: _shell_code(failure.exitcode) for rank, failure in error.failures.items()}
         return AttemptOutcome([RankExit(rank, codes.get(rank, 0), logs[rank]) for rank in range(processes)])
-    except SignalException as stop:
-        return AttemptOutcome(
-            [RankExit(r, 128 + int(stop.sigval), logs[r]) for r in range(processes)], int(stop.sigval)
-        )
+    except SignalException as stop:  # which signal stopped the run, the runner's own handler records
+        return AttemptOutcome([RankExit(r, 128 + int(stop.sigval), logs[r]) for r in range(processes)])
     finally:
         for key, value in saved.items():
             if value is None:
@@ -124,13 +113,3 @@ def run_attempt(
 def _shell_code(exitcode: int) -> int:
     """Python reports death by signal N as -N; shells and Kubernetes as 128+N."""
     return 128 - exitcode if exitcode < 0 else exitcode
-
-
-def signal_name(exit_code: int) -> str | None:
-    """`SIGKILL` for 137 and so on; None when the code is no signal death."""
-    if exit_code <= 128:
-        return None
-    try:
-        return signal.Signals(exit_code - 128).name
-    except ValueError:
-        return None

@@ -1,4 +1,4 @@
-"""Entry point of one local rank: `python -m kubetune.local.rank <kubetune train arguments>`.
+"""Entry point of one local rank: `python -m kubetune.local.rank train ...` (TrainerInvocation.argv()).
 
 The elastic launcher redirects each rank's stdout to its log file; this joins stderr (where logging
 goes) to the same file so that a rank has one log, in order. Ctrl-C reaches every process in the
@@ -23,7 +23,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, _as_sigterm)
     from kubetune.cli import main as kubetune_main
 
-    return kubetune_main(["train", *sys.argv[1:]])
+    return kubetune_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

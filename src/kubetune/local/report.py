@@ -126,7 +126,8 @@ def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: floa
     ]
     if early is not None:
         lines.append(f"- **Early stopping**: {early.message}")
-    for fit in (c for c in status.conditions if c.type.endswith("FittingSuspected") and c.status == "True"):
+    signs = (ConditionType.OVERFITTING_SUSPECTED, ConditionType.UNDERFITTING_SUSPECTED)
+    for fit in (c for c in status.conditions if c.type in signs and c.status == "True"):
         lines.append(f"- **{fit.type}**: {fit.message}")
     lines += [
         f"- **Steps**: {progress.step if progress else 0} of {progress.total_steps if progress else '?'}",

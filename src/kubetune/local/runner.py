@@ -27,18 +27,18 @@ from typing import Literal
 
 import psutil
 
+from kubetune.api.invocation import EXIT_BAD_INPUT, EXIT_FAILED, TrainerInvocation, free_port
 from kubetune.api.job import FineTuneJob
-from kubetune.api.status import FineTuneJobStatus, Reason
+from kubetune.api.status import FINISHED_PHASES, ConditionType, FineTuneJobStatus, Reason
 from kubetune.api.validation import ManifestError, load_job
 from kubetune.local.display import ProgressDisplay, read_snapshot
-from kubetune.local.launch import AttemptOutcome, free_port, run_attempt
+from kubetune.local.launch import AttemptOutcome, run_attempt
 from kubetune.local.report import plot_losses, write_report
 from kubetune.local.workdir import Workdir, WorkdirError, claim, resolve_paths
 from kubetune.policies.observed import WorkerObservation, parse_termination_message
 from kubetune.policies.reconcile import Decision, decide
+from kubetune.policies.status import find_condition
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 #: Failures that mean the input is wrong (exit 2, like any other bad input), not that training failed.
 BAD_INPUT_REASONS = frozenset({Reason.INVALID_SPEC, Reason.DATA_ERROR, Reason.MODEL_ERROR})
 #: Seconds between two status.json refreshes while an attempt runs.
@@ -88,12 +88,9 @@ def append_event(workdir: Workdir, record: dict[str, object]) -> None:
         events.write(json.dumps({"time": now().isoformat(), **record}) + "\n")
 
 
-def _rank_environment(job: FineTuneJob, attempt: int, processes: int) -> dict[str, str]:
+def _rank_environment(invocation: TrainerInvocation, processes: int) -> dict[str, str]:
     threads = max(1, (os.cpu_count() or 1) // processes)
-    env = {"KUBETUNE_ATTEMPT": str(attempt), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    if job.spec.distributed.accelerator == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
+    return invocation.env() | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
 def _observe(outcome: AttemptOutcome, attempt: int, workdir: Workdir) -> list[WorkerObservation]:
@@ -115,14 +112,19 @@ def _run_one_attempt(supervisor: Supervisor, attempt: int, processes: int, confi
     workdir = supervisor.workdir
     for stale in (workdir.result, workdir.progress):
         stale.unlink(missing_ok=True)
-    trainer_args = [
-        "--config", str(config), "--workdir", str(workdir.root),
-        "--checkpoint-dir", str(workdir.checkpoints), "--output-dir", str(workdir.output),
-        "--metrics-port", str(supervisor.metrics_port),
-        "--termination-message-path", str(workdir.attempt_logs(attempt) / "termination-message"),
-    ]  # fmt: skip
+    invocation = TrainerInvocation(
+        config=str(config),
+        workdir=str(workdir.root),
+        checkpoint_dir=str(workdir.checkpoints),
+        output_dir=str(workdir.output),
+        metrics_port=supervisor.metrics_port,
+        termination_message_path=str(workdir.attempt_logs(attempt) / "termination-message"),
+        attempt=attempt,
+        accelerator=supervisor.job.spec.distributed.accelerator,
+    )
+    trainer_args = invocation.argv()
     outcomes: list[AttemptOutcome] = []
-    env = _rank_environment(supervisor.job, attempt, processes)
+    env = _rank_environment(invocation, processes)
     run_id = f"{supervisor.job.name}-{attempt}"
     logs = workdir.attempt_logs(attempt)
     launcher = threading.Thread(
@@ -188,7 +190,7 @@ def supervise(supervisor: Supervisor, processes: int) -> FineTuneJobStatus:
             supervisor.job = supervisor.job.model_copy(update={"spec": stopped})
         decision = supervisor.decide_now()
         supervisor.apply(decision)
-        if decision.status.phase in ("Succeeded", "Failed", "Suspended"):
+        if decision.status.phase in FINISHED_PHASES or decision.status.phase == "Suspended":
             return decision.status
         if decision.plan.delete:
             supervisor.workers = []  # local ranks are gone once their attempt has ended
@@ -259,5 +261,6 @@ def _summarise(status: FineTuneJobStatus, workdir: Workdir, interrupted_by: int 
     if status.phase == "Suspended":
         print("run the same command again to resume from the last checkpoint")
         return 128 + (interrupted_by or signal.SIGINT)
-    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
-    return EXIT_BAD_INPUT if failed and failed.reason in BAD_INPUT_REASONS else EXIT_FAILED
+    failed = find_condition(status, ConditionType.FAILED)
+    bad_input = failed is not None and failed.status == "True" and failed.reason in BAD_INPUT_REASONS
+    return EXIT_BAD_INPUT if bad_input else EXIT_FAILED

@@ -15,19 +15,13 @@ from kubetune.api.status import Condition, EvaluationResult, EvaluationSummary, 
 from kubetune.local.display import describe
 from kubetune.local.report import plot_losses, read_jsonl, write_report
 from kubetune.local.workdir import Workdir, WorkdirError, claim, resolve_paths
+from tests.support.builders import a_job
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _job(train: str = "data/train.jsonl", name: str = "demo", source: str = "model") -> FineTuneJob:
-    return FineTuneJob.model_validate(
-        {
-            "apiVersion": "kubetune.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": name},
-            "spec": {"model": {"source": source}, "dataset": {"train": train}},
-        }
-    )
+    return a_job(name).model(source).train(train).to_job()
 
 
 @pytest.fixture

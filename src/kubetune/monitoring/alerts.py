@@ -3,7 +3,7 @@
 `rule_file()` is a standard Prometheus rule file (what `promtool check rules` and `promtool test
 rules` read); the chart's PrometheusRule embeds the same groups (generated into
 `charts/kubetune/files/prometheus-rules.yaml`). The thresholds are constants here so that the
-promtool unit tests (tests/monitoring) and the README quote the same numbers.
+promtool unit tests (test_alerts.py beside this module) and the README quote the same numbers.
 
 Every trainer alert is keyed by `namespace` and `finetunejob`, the labels the trainer puts on its
 metrics; `on(namespace, finetunejob)` joins ignore whatever target labels (pod, instance, ...) the
@@ -195,5 +195,5 @@ _BlockDumper.add_representer(str, _string)
 
 def render_rule_file() -> str:
     """The rule file checked in at `charts/kubetune/files/prometheus-rules.yaml`."""
-    header = "# Generated from kubetune/monitoring/alerts.py by `make generate`; do not edit by hand.\n"
+    header = "# Generated from src/kubetune/monitoring/alerts.py by `make generate`; do not edit by hand.\n"
     return header + yaml.dump({"groups": rule_groups()}, Dumper=_BlockDumper, sort_keys=False, width=120)

@@ -42,4 +42,10 @@ Modules:
 - status:     set_condition (lastTransitionTime moves only on change), apply_progress, apply_result,
               transition_events -> Event(type Normal|Warning, reason, message)
 - reconcile:  decide(job, workers, now, progress) -> Decision, the state machine composing the above
+- spec_changes: effective_spec / refused_fields: a started job keeps the spec it launched with (only
+              `suspend` and `scheduling` may change)
+- early_stopping: observe(spec, state, value, step) -> improved / stop (patience, minDelta), run by the
+              trainer at every evaluation
+- fit:        overfitting / underfitting(history, ...) -> FitSignal: signs read off the loss curves
+              (conditions and 0/1 gauges)
 """

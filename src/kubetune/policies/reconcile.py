@@ -17,13 +17,13 @@ States (phase) and how they move:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from kubetune.api.job import FineTuneJob
-from kubetune.api.outcome import ProgressSnapshot
-from kubetune.api.status import FINISHED_PHASES, ConditionType, FineTuneJobStatus, Reason
+from kubetune.api.outcome import ExitReason, ProgressSnapshot
+from kubetune.api.status import FINISHED_PHASES, ConditionType, FineTuneJobStatus, Phase, Reason
 from kubetune.policies import deadlines, gang, retry, suspension
 from kubetune.policies.gang import GangPlan
 from kubetune.policies.observed import WorkerObservation, of_attempt
@@ -64,7 +64,10 @@ def _soonest(*waits: float | None) -> float | None:
     return min(present) if present else None
 
 
-def _finish(status: FineTuneJobStatus, succeeded: bool, reason: str, message: str, now: datetime) -> FineTuneJobStatus:
+def _completed_status(
+    status: FineTuneJobStatus, succeeded: bool, reason: str, message: str, now: datetime
+) -> FineTuneJobStatus:
+    """`status` as the job ends: Succeeded or Failed, with its completion time and conditions."""
     status = with_fields(status, completion_time=now)
     status = clear_condition(status, ConditionType.RUNNING, reason, message, now)
     status = clear_condition(status, ConditionType.RESTARTING, reason, message, now)
@@ -80,15 +83,42 @@ def _ttl_left(job: FineTuneJob, status: FineTuneJobStatus, now: datetime) -> flo
     return ttl - (now - status.completion_time).total_seconds()
 
 
-def _decision(job: FineTuneJob, status: FineTuneJobStatus, plan: GangPlan, now: datetime, **kw: object) -> Decision:
+def _conclude(
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    plan: GangPlan,
+    *,
+    delete_job: bool = False,
+    check_again_in: float | None = None,
+    counted_restart: bool = False,
+) -> Decision:
+    """The `Decision` for a new status and plan: stamps observedGeneration and derives the events from the
+    status written last time (`job.status`)."""
     previous = job.status or FineTuneJobStatus()
     status = with_fields(status, observed_generation=job.metadata.generation)
-    return Decision(status=status, plan=plan, events=tuple(transition_events(previous, status)), **kw)  # type: ignore[arg-type]
+    return Decision(
+        status=status,
+        plan=plan,
+        events=tuple(transition_events(previous, status)),
+        delete_job=delete_job,
+        check_again_in=check_again_in,
+        counted_restart=counted_restart,
+    )
 
 
-def _finished(
+def _waiting_for_workers(status: FineTuneJobStatus, attempt: int, waiting: int, now: datetime) -> FineTuneJobStatus:
+    """Pending while the gang of `attempt` starts. A Running condition left False by the previous attempt
+    (its failure, a suspension) now says why the job is not running: WorkersPending. On the first attempt
+    there is none, and none is added (conditions that never applied are not listed)."""
+    message = f"attempt {attempt}: waiting for {waiting} worker(s) to start"
+    status = clear_condition(status, ConditionType.RUNNING, Reason.WORKERS_PENDING, message, now)
+    return with_phase(status, "Pending", message)
+
+
+def _already_finished(
     job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime
 ) -> Decision:
+    """A job that ended earlier: remove what its end left behind, and delete it once its TTL has passed."""
     left = _ttl_left(job, prev, now)
     # A failed job leaves no pod behind (its cause is in the status and events); a succeeded job keeps its
     # terminated pods, which hold no resources, for their logs.
@@ -97,7 +127,7 @@ def _finished(
         if prev.phase == "Failed"
         else gang.remove_unfinished(workers, prev.attempt)
     )
-    return _decision(job, prev, plan, now, delete_job=left is not None and left <= 0, check_again_in=_soonest(left))
+    return _conclude(job, prev, plan, delete_job=left is not None and left <= 0, check_again_in=_soonest(left))
 
 
 def _fail(
@@ -108,10 +138,8 @@ def _fail(
     message: str,
     now: datetime,
 ) -> Decision:
-    status = _finish(prev, False, reason, message, now)
-    return _decision(
-        job, status, gang.remove_all(workers, prev.attempt), now, check_again_in=_ttl_left(job, status, now)
-    )
+    status = _completed_status(prev, False, reason, message, now)
+    return _conclude(job, status, gang.remove_all(workers, prev.attempt), check_again_in=_ttl_left(job, status, now))
 
 
 def _suspend(
@@ -121,13 +149,20 @@ def _suspend(
     status = set_condition(prev, ConditionType.SUSPENDED, "True", Reason.SUSPENDED, message, now)
     status = clear_condition(status, ConditionType.RUNNING, Reason.SUSPENDED, message, now)
     status = with_phase(status, "Suspended", message)
-    return _decision(job, status, gang.remove_all(workers, prev.attempt), now)
+    return _conclude(job, status, gang.remove_all(workers, prev.attempt))
 
 
-def _launch(job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime) -> Decision:
-    """Start attempt N+1 once no worker of an older attempt is left."""
+def _launch(
+    job: FineTuneJob,
+    prev: FineTuneJobStatus,
+    workers: Sequence[WorkerObservation],
+    now: datetime,
+    progress: ProgressSnapshot | None = None,
+) -> Decision:
+    """Start attempt N+1 once no worker of an older attempt is left (a `_Step`; there is no progress of the
+    new attempt to read yet)."""
     if not gang.all_gone(workers):
-        return _decision(job, prev, gang.remove_all(workers, prev.attempt), now)
+        return _conclude(job, prev, gang.remove_all(workers, prev.attempt))
     attempt = prev.attempt + 1
     size = job.spec.distributed.workers
     message = f"attempt {attempt}: created {size} worker(s)"
@@ -137,20 +172,26 @@ def _launch(job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerO
         status = clear_condition(
             status, ConditionType.SUSPENDED, Reason.RESUMED, suspension.resumed_message(attempt), now
         )
-    status = with_phase(status, "Pending", f"attempt {attempt}: waiting for {size} worker(s) to start")
-    return _decision(job, status, gang.launch(workers, attempt, size), now)
+    status = _waiting_for_workers(status, attempt, size, now)
+    return _conclude(job, status, gang.launch(workers, attempt, size))
 
 
 def _restarting(
-    job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime
+    job: FineTuneJob,
+    prev: FineTuneJobStatus,
+    workers: Sequence[WorkerObservation],
+    now: datetime,
+    progress: ProgressSnapshot | None = None,
 ) -> Decision:
-    """After a failure: remove the gang, wait out the backoff, then launch the next attempt."""
+    """After a failure: remove the gang, wait out the backoff, then launch the next attempt (a `_Step`; the
+    failed attempt's progress is not read). The Restarting condition keeps the failure as its reason and
+    says when the next attempt starts, so the wait has no reason of its own."""
     since = find_condition(prev, ConditionType.RESTARTING)
     started = since.last_transition_time if since and since.last_transition_time else now
     wait = retry.backoff_seconds(job.spec.retry_policy, prev.restarts) - (now - started).total_seconds()
     if not gang.all_gone(workers) or wait > 0:
         later = wait if wait > 0 else None  # else: only the gang's removal is awaited (a change, not a time)
-        return _decision(job, prev, gang.remove_all(workers, prev.attempt), now, check_again_in=later)
+        return _conclude(job, prev, gang.remove_all(workers, prev.attempt), check_again_in=later)
     return _launch(job, prev, workers, now)
 
 
@@ -193,23 +234,25 @@ def _after_failure(
     status = clear_condition(status, ConditionType.RUNNING, verdict.reason, message, now)
     status = with_phase(status, "Restarting", message)
     plan = gang.remove_all(workers, prev.attempt)
-    return _decision(job, status, plan, now, check_again_in=wait, counted_restart=counted)
+    return _conclude(job, status, plan, check_again_in=wait, counted_restart=counted)
 
 
 def _succeeded(
     job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime
 ) -> Decision:
     result = next((w.result for w in of_attempt(workers, prev.attempt) if w.index == 0), None)
-    early = result is not None and (result.outcome == "EarlyStopped" or result.reason == "EarlyStopped")
+    early = result is not None and (
+        result.outcome == "EarlyStopped" or result.reason == ExitReason.EARLY_STOPPED.wire_name
+    )
     status = apply_result(prev, result, now)
     if early and result is not None:
         status = set_condition(status, ConditionType.EARLY_STOPPED, "True", Reason.EARLY_STOPPED, result.message, now)
-        status = _finish(status, True, Reason.EARLY_STOPPED, f"stopped early: {result.message}", now)
+        status = _completed_status(status, True, Reason.EARLY_STOPPED, f"stopped early: {result.message}", now)
     else:
         message = result.message if result is not None else "all workers finished"
-        status = _finish(status, True, Reason.TRAINING_COMPLETED, message, now)
-    return _decision(
-        job, status, gang.remove_unfinished(workers, prev.attempt), now, check_again_in=_ttl_left(job, status, now)
+        status = _completed_status(status, True, Reason.TRAINING_COMPLETED, message, now)
+    return _conclude(
+        job, status, gang.remove_unfinished(workers, prev.attempt), check_again_in=_ttl_left(job, status, now)
     )
 
 
@@ -220,6 +263,7 @@ def _active(
     now: datetime,
     progress: ProgressSnapshot | None,
 ) -> Decision:
+    """Follow the current attempt (a `_Step`): its failure, its success, or its workers starting and training."""
     attempt, size = prev.attempt, job.spec.distributed.workers
     verdict = _verdict(job, workers, attempt, now)
     if verdict is not None:
@@ -235,10 +279,23 @@ def _active(
         status = clear_condition(status, ConditionType.RESTARTING, Reason.WORKERS_RUNNING, message, now)
         status = with_phase(status, "Running", message)
     elif prev.phase != "Running":
-        pending = size - sum(w.state != "pending" for w in current)
-        status = with_phase(status, "Pending", f"attempt {attempt}: waiting for {pending} worker(s) to start")
+        status = _waiting_for_workers(status, attempt, size - sum(w.state != "pending" for w in current), now)
     checks = [deadlines.startup_check_in(w, job.spec.retry_policy, now) for w in current]
-    return _decision(job, status, gang.keep(workers, attempt, size), now, check_again_in=_soonest(*checks))
+    return _conclude(job, status, gang.keep(workers, attempt, size), check_again_in=_soonest(*checks))
+
+
+#: One step of an active job: (job, status written last time, workers, now, rank 0's progress) -> decision.
+_Step = Callable[
+    [FineTuneJob, FineTuneJobStatus, Sequence[WorkerObservation], datetime, ProgressSnapshot | None], Decision
+]
+
+#: The step of each active phase that needs more than following the current attempt.
+_STEP_OF_PHASE: Mapping[Phase, _Step] = {
+    "Suspended": _launch,  # unsuspended: start the next attempt once the old gang is gone
+    "Restarting": _restarting,
+}
+#: Pending and Running: follow the current attempt. (A job never launched, attempt 0, launches instead.)
+_DEFAULT_STEP: _Step = _active
 
 
 def decide(
@@ -248,25 +305,15 @@ def decide(
     now (any attempt) and rank 0's latest progress snapshot."""
     prev = job.status or FineTuneJobStatus()
     if prev.phase in FINISHED_PHASES:
-        return _finished(job, prev, workers, now)
+        return _already_finished(job, prev, workers, now)
     left = deadlines.active_deadline_left(job.spec, prev, now)
     if left is not None and left <= 0:
         message = f"the job ran longer than activeDeadlineSeconds ({job.spec.active_deadline_seconds}s)"
-        decision = _fail(job, prev, workers, Reason.DEADLINE_EXCEEDED, message, now)
-        return Decision(
-            decision.status,
-            gang.remove_all(workers, prev.attempt),
-            decision.events,
-            check_again_in=decision.check_again_in,
-        )
+        return _fail(job, prev, workers, Reason.DEADLINE_EXCEEDED, message, now)
     if job.spec.suspend:
         return _suspend(job, prev, workers, now)
-    if prev.attempt == 0 or prev.phase == "Suspended":
-        decision = _launch(job, prev, workers, now)
-    elif prev.phase == "Restarting":
-        decision = _restarting(job, prev, workers, now)
-    else:
-        decision = _active(job, prev, workers, now, progress)
+    step = _launch if prev.attempt == 0 else _STEP_OF_PHASE.get(prev.phase, _DEFAULT_STEP)
+    decision = step(job, prev, workers, now, progress)
     if left is not None:
         return replace(decision, check_again_in=_soonest(decision.check_again_in, left))
     return decision

@@ -43,11 +43,6 @@ def find_condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_), None)
 
 
-def is_true(status: FineTuneJobStatus, type_: str) -> bool:
-    condition = find_condition(status, type_)
-    return condition is not None and condition.status == "True"
-
-
 def set_condition(
     status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
 ) -> FineTuneJobStatus:

@@ -15,27 +15,20 @@ from kubetune.policies.gang import WorkerRef
 from kubetune.policies.observed import WorkerObservation
 from kubetune.policies.reconcile import Decision, decide
 from kubetune.policies.status import find_condition
+from tests.support.builders import a_job
 
 pytestmark = pytest.mark.timeout(10)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+#: The job every story starts from: a gang of two, restarted at most twice, each after a 10 s backoff.
+JOB = a_job("demo").in_namespace("ns").metadata(generation=1).workers(2).retry(max_restarts=2, backoff_seconds=10)
+
+
 def make_job(status: FineTuneJobStatus | None = None, **spec: Any) -> FineTuneJob:
-    manifest: dict[str, Any] = {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "demo", "namespace": "ns", "generation": 1},
-        "spec": {
-            "model": {"source": "hf://org/model"},
-            "dataset": {"train": "pvc://data/train.jsonl"},
-            "distributed": {"workers": 2},
-            "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 10},
-            **spec,
-        },
-    }
-    job = FineTuneJob.model_validate(manifest)
-    return job.model_copy(update={"status": status})
+    """JOB with `spec` merged in (wire names), and `status`."""
+    return JOB.spec(spec).to_job().model_copy(update={"status": status})
 
 
 def w(index: int, state: str = "running", attempt: int = 1, **kw: Any) -> WorkerObservation:
@@ -200,3 +193,73 @@ def test_progress_of_the_current_attempt_only_reaches_the_status() -> None:
     status = decide(job, [w(0), w(1)], T0, snapshot).status
     assert status.progress is not None and status.progress.percent == 50
     assert status.metrics is not None and status.metrics.train_loss == 1.5
+
+
+def relaunched(how: str) -> FineTuneJob:
+    """A job whose attempt 2 was just launched, after a counted restart or after a resumption."""
+    job = launched(make_job())
+    if how == "restart":
+        job, _ = step(job, [w(0), w(1)])
+        job, _ = step(job, [w(0, "failed", exit_code=1), w(1)])
+        job, _ = step(job, [], T0 + timedelta(seconds=10))
+    else:
+        job, _ = step(job, [w(0), w(1)])
+        job, _ = step(job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": True})}), [w(0), w(1)])
+        job, _ = step(job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": False})}), [])
+    assert (job.status and job.status.phase, job.status and job.status.attempt) == ("Pending", 2)
+    return job
+
+
+def running_condition(status: FineTuneJobStatus | None) -> tuple[str, str, str] | None:
+    running = find_condition(status or FineTuneJobStatus(), ConditionType.RUNNING)
+    return None if running is None else (running.status, running.reason, running.message)
+
+
+@pytest.mark.parametrize(
+    ("observed", "running"),
+    [
+        ([], None),  # attempt 1 just launched: Running never applied, so it is not listed
+        ([w(0, "pending"), w(1, "pending")], None),
+        ([w(0), w(1, "pending")], None),
+        ([w(0), w(1)], ("True", Reason.WORKERS_RUNNING, "attempt 1: 2 worker(s) training")),
+    ],
+)
+def test_the_first_attempt_lists_running_once_it_applies(
+    observed: list[WorkerObservation], running: tuple[str, str, str] | None
+) -> None:
+    _, decision = step(launched(make_job()), observed)
+    assert running_condition(decision.status) == running
+
+
+WAITING_FOR_2 = ("False", Reason.WORKERS_PENDING, "attempt 2: waiting for 2 worker(s) to start")
+
+
+@pytest.mark.parametrize("how", ["restart", "resume"])
+@pytest.mark.parametrize(
+    ("observed", "running"),
+    [
+        ([], WAITING_FOR_2),
+        ([w(0, "pending", attempt=2), w(1, "pending", attempt=2)], WAITING_FOR_2),
+        (
+            [w(0, attempt=2), w(1, "pending", attempt=2)],
+            ("False", Reason.WORKERS_PENDING, "attempt 2: waiting for 1 worker(s) to start"),
+        ),
+        ([w(0, attempt=2), w(1, attempt=2)], ("True", Reason.WORKERS_RUNNING, "attempt 2: 2 worker(s) training")),
+    ],
+)
+def test_a_relaunched_gang_says_why_it_is_not_running_yet(
+    how: str, observed: list[WorkerObservation], running: tuple[str, str, str]
+) -> None:
+    """Once the next gang is launched, Running=False names no more the last attempt's failure or the
+    suspension but the workers being waited for (quietly: no event); a restart's cause stays on the
+    Restarting condition until the gang runs."""
+    job = relaunched(how)
+    assert running_condition(job.status) == WAITING_FOR_2
+    _, decision = step(job, observed)
+    assert running_condition(decision.status) == running
+    pending = running[0] == "False"
+    assert not pending or decision.events == ()
+    if how == "restart":
+        restarting = find_condition(decision.status, ConditionType.RESTARTING)
+        expected = Reason.WORKER_FAILED if pending else Reason.WORKERS_RUNNING
+        assert restarting is not None and restarting.reason == expected

@@ -8,24 +8,14 @@ import pytest
 
 from kubetune.api.job import FineTuneJob
 from kubetune.policies.suspension import queue_name, suspended_message
+from tests.support.builders import a_job
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def job(labels: dict[str, str] | None = None, scheduling: dict[str, Any] | None = None) -> FineTuneJob:
-    return FineTuneJob.model_validate(
-        {
-            "apiVersion": "kubetune.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": "j", "labels": labels},
-            "spec": {
-                "model": {"source": "hf://a/b"},
-                "dataset": {"train": "t.jsonl"},
-                "suspend": True,
-                "scheduling": scheduling,
-            },
-        }
-    )
+    suspended = a_job("j").model("hf://a/b").train("t.jsonl").suspended()
+    return suspended.labels(labels).spec(scheduling=scheduling).to_job()
 
 
 @pytest.mark.parametrize(

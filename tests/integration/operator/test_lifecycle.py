@@ -3,7 +3,6 @@ patching pod statuses as a kubelet would. Each test is one story of a job's life
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from typing import Any
 
@@ -11,8 +10,10 @@ import pytest
 
 from kubetune.api.outcome import ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
-from tests.support.apiserver import Cluster, eventually, fast_settings
-from tests.support.operator_helpers import FakeRankZero, job_manifest
+from tests.support.apiserver import Cluster, fast_settings
+from tests.support.builders import JobBuilder, a_cpu_gang
+from tests.support.operator_helpers import FakeRankZero
+from tests.support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,15 +32,16 @@ def result(outcome: str, reason: str, message: str, retryable: bool = False, **k
     ).termination_message()  # type: ignore[arg-type]
 
 
-async def launched(
-    cluster: Cluster, name: str = "demo", workers: int = 2, running: bool = True, **spec: Any
-) -> list[str]:
-    await cluster.create_job(job_manifest(name, workers, **spec))
-    pods = names(await eventually(lambda: len(cluster.pods(name)) == workers and cluster.pods(name)))
+async def launched(cluster: Cluster, job: JobBuilder | None = None, running: bool = True) -> list[str]:
+    """Create the job (default: `a_cpu_gang()`) and wait for its gang; `running`: and run it."""
+    job = job or a_cpu_gang()
+    name, workers = job.name, job.build()["spec"]["distributed"]["workers"]
+    await cluster.create_job(job.build())
+    pods = names(await eventually_async(lambda: len(cluster.pods(name)) == workers and cluster.pods(name)))
     if running:
         for pod in pods:
             await cluster.kubelet_run(pod)
-        await eventually(lambda: cluster.status(name).get("phase") == "Running")
+        await eventually_async(lambda: cluster.status(name).get("phase") == "Running")
     return pods
 
 
@@ -71,7 +73,7 @@ async def test_launch_creates_service_configmap_and_a_labelled_gang_then_runs_an
         )
         for pod in pods:
             await cluster.kubelet_run(pod)
-        status = await eventually(
+        status = await eventually_async(
             lambda: cluster.status("demo").get("progress", {}).get("percent") == 25 and cluster.status("demo")
         )
         assert status["phase"] == "Running" and status["metrics"]["trainLoss"] == 2.5
@@ -93,7 +95,9 @@ async def test_success_reports_completion_and_the_trainers_result() -> None:
         )
         await cluster.kubelet_exit(pods[1], 0)
         await cluster.kubelet_exit(pods[0], 0, done)
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo")
+        )
         assert status["completionTime"] and status["progress"]["percent"] == 100
         assert status["output"]["path"] == "/mnt/pvc/ckpt/demo/output"
         assert condition(status, "Succeeded")["reason"] == "TrainingCompleted"
@@ -106,7 +110,9 @@ async def test_early_stop_succeeds_with_the_early_stopped_condition() -> None:
         stopped = result("EarlyStopped", "EarlyStopped", "evalLoss did not improve for 3 evaluations", best_step=30)
         await cluster.kubelet_exit(pods[0], 0, stopped)
         await cluster.kubelet_exit(pods[1], 0)
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Succeeded" and cluster.status("demo")
+        )
         assert condition(status, "EarlyStopped")["message"] == "evalLoss did not improve for 3 evaluations"
         assert condition(status, "Succeeded")["reason"] == "EarlyStopped"
 
@@ -115,26 +121,30 @@ async def test_retryable_failure_removes_the_gang_before_attempt_2_which_counts_
     async with Cluster(graceful_pod_deletion=True) as cluster:
         pods = await launched(cluster)
         await cluster.kubelet_exit(pods[1], 137, reason="OOMKilled")
-        status = await eventually(
+        status = await eventually_async(
             lambda: cluster.status("demo").get("phase") == "Restarting" and cluster.status("demo")
         )
         assert status["restarts"] == 1 and condition(status, "Restarting")["reason"] == "OutOfMemory"
         assert "memory" in condition(status, "Restarting")["message"]
         # Both pods are being deleted, but not gone: attempt 2 must wait.
-        await eventually(lambda: all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("demo")))
+        await eventually_async(lambda: all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("demo")))
         assert cluster.pods("demo", attempt=2) == []
         await cluster.kubelet_finish_deletion(pods[0])
         assert cluster.pods("demo", attempt=2) == []
         await cluster.kubelet_finish_deletion(pods[1])
         new = names(
-            await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2))
+            await eventually_async(
+                lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2)
+            )
         )
         assert new == ["demo-a2-w0", "demo-a2-w1"] and cluster.pods("demo") == cluster.pods("demo", attempt=2)
         env = {e["name"]: e.get("value") for e in cluster.pods("demo", attempt=2)[0]["spec"]["containers"][0]["env"]}
         assert env["KUBETUNE_ATTEMPT"] == "2"
         for pod in new:
             await cluster.kubelet_run(pod)
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Running" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Running" and cluster.status("demo")
+        )
         assert (status["attempt"], status["restarts"]) == (2, 1)
         assert "OutOfMemory" in [event["reason"] for event in cluster.events("demo")]
 
@@ -143,7 +153,7 @@ async def test_disruption_restarts_without_counting() -> None:
     async with Cluster() as cluster:
         pods = await launched(cluster)
         await cluster.kubelet_disrupt(pods[0])
-        await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2)
+        await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) == 2)
         status = cluster.status("demo")
         assert (status["attempt"], status["restarts"]) == (2, 0)
         assert condition(status, "Restarting")["reason"] == "Disrupted"
@@ -153,56 +163,66 @@ async def test_permanent_failure_fails_at_once_with_the_trainers_message() -> No
     async with Cluster() as cluster:
         pods = await launched(cluster)
         await cluster.kubelet_exit(pods[0], 3, result("Failed", "DataError", "train.jsonl:7: not valid JSON"))
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
+        )
         failed = condition(status, "Failed")
         assert failed["reason"] == "DataError" and "train.jsonl:7: not valid JSON" in failed["message"]
         assert status["restarts"] == 0 and status["completionTime"]
-        await eventually(lambda: names(cluster.pods("demo")) == [])  # a failed job leaves no pod behind
+        await eventually_async(lambda: names(cluster.pods("demo")) == [])  # a failed job leaves no pod behind
 
 
 async def test_max_restarts_exhausted_fails_the_job() -> None:
     async with Cluster() as cluster:
-        pods = await launched(cluster, retryPolicy={"maxRestarts": 1})
+        pods = await launched(cluster, a_cpu_gang().retry(max_restarts=1))
         await cluster.kubelet_exit(pods[0], 1, "Traceback: boom")
         new = names(
-            await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2))
+            await eventually_async(
+                lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2)
+            )
         )
         for pod in new:
             await cluster.kubelet_run(pod)
         await cluster.kubelet_exit(new[1], 7, result("Failed", "PeerLost", "rank 3 vanished", retryable=True))
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
+        )
         assert condition(status, "Failed")["reason"] == "MaxRestartsExceeded" and status["restarts"] == 1
-        await eventually(lambda: cluster.pods("demo") == [])  # all pods gone
+        await eventually_async(lambda: cluster.pods("demo") == [])  # all pods gone
 
 
 async def test_image_pull_beyond_the_startup_deadline_fails() -> None:
     async with Cluster() as cluster:
-        pods = await launched(cluster, running=False, retryPolicy={"startupTimeoutSeconds": 10})
+        pods = await launched(cluster, a_cpu_gang().retry(startup_timeout_seconds=10), running=False)
         long_ago = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=11)).strftime("%Y-%m-%dT%H:%M:%SZ")
         await cluster.kubelet_waiting(pods[1], "ImagePullBackOff", since=long_ago)
-        status = await eventually(lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"))
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
+        )
         assert condition(status, "Failed")["reason"] == "ImagePullFailed"
-        await eventually(lambda: cluster.pods("demo") == [])
+        await eventually_async(lambda: cluster.pods("demo") == [])
 
 
 async def test_active_deadline_fails_and_removes_the_pods() -> None:
     async with Cluster() as cluster:
-        await launched(cluster, activeDeadlineSeconds=1)
-        status = await eventually(
+        await launched(cluster, a_cpu_gang().spec(active_deadline_seconds=1))
+        status = await eventually_async(
             lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo"), timeout=10
         )
         assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
-        await eventually(lambda: cluster.pods("demo") == [])
+        await eventually_async(lambda: cluster.pods("demo") == [])
 
 
 async def test_suspend_removes_the_gang_and_resume_continues_with_the_next_attempt() -> None:
     async with Cluster() as cluster:
         await launched(cluster)
         await cluster.patch_job("demo", {"spec": {"suspend": True}})
-        await eventually(lambda: cluster.status("demo").get("phase") == "Suspended" and cluster.pods("demo") == [])
+        await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Suspended" and cluster.pods("demo") == []
+        )
         assert cluster.get("v1/configmaps", "demo-config") is not None  # the configuration (and PVCs) stay
         await cluster.patch_job("demo", {"spec": {"suspend": False}})
-        await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2)
+        await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) == 2)
         status = cluster.status("demo")
         assert (status["attempt"], status["restarts"]) == (2, 0)
         assert condition(status, "Suspended")["reason"] == "JobResumed"
@@ -210,10 +230,9 @@ async def test_suspend_removes_the_gang_and_resume_continues_with_the_next_attem
 
 async def test_a_kueue_job_created_suspended_waits_for_admission() -> None:
     async with Cluster() as cluster:
-        manifest = job_manifest("queued", suspend=True, scheduling={"queueName": "team-a"})
-        manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
-        await cluster.create_job(manifest)
-        status = await eventually(
+        queued = a_cpu_gang("queued").suspended().scheduling(queue_name="team-a")
+        await cluster.create_job(queued.labels({"kueue.x-k8s.io/queue-name": "team-a"}).build())
+        status = await eventually_async(
             lambda: cluster.status("queued").get("phase") == "Suspended" and cluster.status("queued")
         )
         assert "waiting for admission by queue team-a" in status["message"] and "startTime" not in status
@@ -223,7 +242,7 @@ async def test_a_kueue_job_created_suspended_waits_for_admission() -> None:
             "queued", {"spec": {"scheduling": {"queueName": "team-a", "nodeSelector": {"pool": "gpu"}}}}
         )
         await cluster.patch_job("queued", {"spec": {"suspend": False}})
-        pods = await eventually(lambda: len(cluster.pods("queued")) == 2 and cluster.pods("queued"))
+        pods = await eventually_async(lambda: len(cluster.pods("queued")) == 2 and cluster.pods("queued"))
         assert pods[0]["spec"]["nodeSelector"] == {"pool": "gpu"}
         assert pods[0]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
 
@@ -232,11 +251,13 @@ async def test_spec_changes_after_start_are_refused() -> None:
     async with Cluster() as cluster:
         await launched(cluster)
         await cluster.patch_job("demo", {"spec": {"distributed": {"workers": 4, "accelerator": "cpu"}}})
-        events = await eventually(lambda: [e for e in cluster.events("demo") if e["reason"] == "SpecChangeRefused"])
+        events = await eventually_async(
+            lambda: [e for e in cluster.events("demo") if e["reason"] == "SpecChangeRefused"]
+        )
         assert "spec.distributed" in events[0]["message"]
         await cluster.kubelet_disrupt("demo-a1-w0")  # the next attempt still has the launched shape
-        await eventually(lambda: len(cluster.pods("demo", attempt=2)) >= 2)
-        await asyncio.sleep(0.3)  # a few more reconciles: no third or fourth worker appears
+        await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) >= 2)
+        await cluster.reconciled("demo", times=2)  # two more reconciles: no third or fourth worker appears
         assert names(cluster.pods("demo", attempt=2)) == ["demo-a2-w0", "demo-a2-w1"]
 
 
@@ -244,15 +265,15 @@ async def test_deleting_a_job_removes_its_children() -> None:
     async with Cluster() as cluster:
         await launched(cluster)
         await cluster.delete_job("demo")
-        await eventually(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
-        await eventually(lambda: cluster.pods("demo") == [] and cluster.get("v1/services", "demo") is None)
+        await eventually_async(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
+        await eventually_async(lambda: cluster.pods("demo") == [] and cluster.get("v1/services", "demo") is None)
         assert cluster.get("v1/configmaps", "demo-config") is None
 
 
 async def test_ttl_after_finished_deletes_the_job() -> None:
     async with Cluster() as cluster:
-        pods = await launched(cluster, ttlSecondsAfterFinished=0)
+        pods = await launched(cluster, a_cpu_gang().spec(ttl_seconds_after_finished=0))
         for pod in pods:
             await cluster.kubelet_exit(pod, 0)
-        await eventually(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
-        await eventually(lambda: cluster.pods("demo") == [])
+        await eventually_async(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
+        await eventually_async(lambda: cluster.pods("demo") == [])

@@ -15,8 +15,10 @@ import kmock
 import pytest
 
 from kubetune.operator.rbac import ALL_RULES
-from tests.support.apiserver import Cluster, eventually, fast_settings, write_kubeconfig
-from tests.support.operator_helpers import free_port, job_manifest
+from tests.support.apiserver import Cluster, fast_settings, write_kubeconfig
+from tests.support.builders import a_cpu_gang
+from tests.support.ports import free_port
+from tests.support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,27 +33,29 @@ def pod_creations(cluster: Cluster) -> int:
 
 async def test_an_operator_restarted_mid_job_neither_duplicates_the_gang_nor_loses_the_job() -> None:
     async with Cluster() as cluster:
-        await cluster.create_job(job_manifest("demo"))
-        pods = names(await eventually(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
+        await cluster.create_job(a_cpu_gang("demo").build())
+        pods = names(await eventually_async(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
         await cluster.stop_operator()
         for pod in pods:  # the gang starts while no operator runs
             await cluster.kubelet_run(pod)
         created = pod_creations(cluster)
         await cluster.start_operator()
-        await eventually(lambda: cluster.status("demo").get("phase") == "Running")
-        await asyncio.sleep(0.5)  # several reconciles
+        await eventually_async(lambda: cluster.status("demo").get("phase") == "Running")
+        await cluster.reconciled("demo", times=2)
         assert pod_creations(cluster) == created and names(cluster.pods("demo")) == pods
 
         await cluster.kubelet_exit(pods[0], 1, "crash")
-        await eventually(
+        await eventually_async(
             lambda: (
                 cluster.status("demo").get("phase") in ("Restarting", "Pending")
                 and cluster.status("demo")["restarts"] == 1
             )
         )
         await cluster.restart_operator()  # restarted while restarting the gang
-        new = await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2))
-        await asyncio.sleep(0.5)
+        new = await eventually_async(
+            lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo", attempt=2)
+        )
+        await cluster.reconciled("demo", times=2)
         status = cluster.status("demo")
         assert (status["attempt"], status["restarts"]) == (2, 1)  # the failure was counted once
         assert names(cluster.pods("demo")) == names(new) == ["demo-a2-w0", "demo-a2-w1"]
@@ -60,28 +64,29 @@ async def test_an_operator_restarted_mid_job_neither_duplicates_the_gang_nor_los
 
 async def test_two_jobs_never_touch_each_others_pods() -> None:
     async with Cluster() as cluster:
-        await cluster.create_job(job_manifest("alpha"))
-        await cluster.create_job(job_manifest("alphabet"))  # a name with the other's as prefix
-        await eventually(lambda: len(cluster.pods("alpha")) == 2 and len(cluster.pods("alphabet")) == 2)
+        await cluster.create_job(a_cpu_gang("alpha").build())
+        await cluster.create_job(a_cpu_gang("alphabet").build())  # a name with the other's as prefix
+        await eventually_async(lambda: len(cluster.pods("alpha")) == 2 and len(cluster.pods("alphabet")) == 2)
         for pod in names(cluster.pods("alpha")):
             await cluster.kubelet_run(pod)
         await cluster.kubelet_exit("alpha-a1-w0", 3, "bad data")
-        await eventually(lambda: cluster.status("alpha").get("phase") == "Failed")
-        await asyncio.sleep(0.3)
+        await eventually_async(lambda: cluster.status("alpha").get("phase") == "Failed")
+        await cluster.reconciled("alpha", times=2)  # the failed job's clean-up, and more
+        await cluster.reconciled("alphabet", times=2)
         assert names(cluster.pods("alphabet")) == ["alphabet-a1-w0", "alphabet-a1-w1"]
         assert cluster.status("alphabet")["phase"] == "Pending" and cluster.status("alphabet")["restarts"] == 0
 
 
 async def test_every_request_the_operator_makes_is_granted_by_the_rbac_rules() -> None:
     async with Cluster() as cluster:
-        await cluster.create_job(job_manifest("demo"))
-        pods = names(await eventually(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
+        await cluster.create_job(a_cpu_gang("demo").build())
+        pods = names(await eventually_async(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
         for pod in pods:
             await cluster.kubelet_run(pod)
         await cluster.kubelet_exit(pods[0], 1)
-        await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2)
+        await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) == 2)
         await cluster.delete_job("demo")
-        await eventually(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
+        await eventually_async(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
     granted = {
         (group, resource, verb)
         for rule in ALL_RULES
@@ -118,19 +123,19 @@ async def test_operator_metrics_are_served_and_api_errors_are_retried() -> None:
         # The API server answers the first two pod creations 503 (after storing them, as a server that
         # fails late does): the client retries, and "already exists" on the retry is success.
         cluster.server["post", kmock.resource("v1/pods")][:2] << 503
-        await cluster.create_job(job_manifest("demo", retryPolicy={"maxRestarts": 1}))
-        pods = names(await eventually(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
+        await cluster.create_job(a_cpu_gang("demo").retry(max_restarts=1).build())
+        pods = names(await eventually_async(lambda: len(cluster.pods("demo")) == 2 and cluster.pods("demo")))
         await cluster.kubelet_exit(pods[0], 1, "crash")
-        pods = names(await eventually(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo")))
+        pods = names(await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) == 2 and cluster.pods("demo")))
         await cluster.kubelet_exit(pods[0], 2, "bad config")
-        await eventually(lambda: cluster.status("demo").get("phase") == "Failed")
+        await eventually_async(lambda: cluster.status("demo").get("phase") == "Failed")
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
                 text: str = response.read().decode()
                 return text
 
-        text = await eventually(
+        text = await eventually_async(
             lambda: 'kubetune_jobs{namespace="metrics-test",phase="Failed"} 1.0' in (t := scrape()) and t
         )
         assert 'kubetune_jobs{namespace="metrics-test",phase="Running"} 0.0' in text
@@ -161,15 +166,15 @@ async def test_the_kubetune_operator_command_runs_against_a_kubeconfig(tmp_path:
         with log.open("wb") as sink:
             process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            await cluster.create_job(job_manifest("cli"))
-            pods = await eventually(lambda: len(cluster.pods("cli")) == 2 and cluster.pods("cli"), timeout=30)
+            await cluster.create_job(a_cpu_gang("cli").build())
+            pods = await eventually_async(lambda: len(cluster.pods("cli")) == 2 and cluster.pods("cli"), timeout=30)
             assert pods[0]["spec"]["containers"][0]["image"] == "example/trainer:1"
 
             def healthy() -> bool:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as response:
                     return response.status == 200
 
-            await eventually(lambda: _quietly(healthy), timeout=10)
+            await eventually_async(lambda: _quietly(healthy), timeout=10)
         except AssertionError as error:
             raise AssertionError(f"{error}\noperator log:\n{log.read_text()[-3000:]}") from None
         finally:

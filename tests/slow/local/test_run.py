@@ -12,16 +12,18 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from kubetune.api.status import FineTuneJobStatus
-from kubetune.local.launch import free_port
 from tests.support import tiny
+from tests.support.builders import a_job, deep_merge
+from tests.support.ports import free_port
+from tests.support.waiting import GiveUp, eventually
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -48,17 +50,17 @@ def events(workdir: Path) -> list[dict[str, Any]]:
 
 def wait_for_step(workdir: Path, step: int, process: subprocess.Popen[str], timeout: float = 150) -> None:
     """Until rank 0 reports at least `step` (and a checkpoint exists), or fail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
+
+    def reached() -> bool:
+        if process.poll() is not None:
+            raise GiveUp(process.communicate()[0])
         try:
             snapshot = json.loads((workdir / "progress.json").read_text())
-            if snapshot["progress"]["step"] >= step:
-                return
+            return bool(snapshot["progress"]["step"] >= step)
         except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"no step {step} within {timeout}s")
+            return False
+
+    eventually(reached, timeout, interval=0.3, message=f"step {step}")
 
 
 def ranks_of(process: subprocess.Popen[str]) -> list[psutil.Process]:
@@ -68,7 +70,7 @@ def ranks_of(process: subprocess.Popen[str]) -> list[psutil.Process]:
 
 def job(tmp_path: Path, tiny_model: Path, overrides: dict[str, Any] | None = None, **data: Any) -> Path:
     train, validation = tiny.write_dataset(tmp_path / "data", "prompt-completion", **data)
-    spec = tiny.deep_merge(
+    spec = deep_merge(
         {"hyperparameters": {"maxSteps": 12, "epochs": 3}, "checkpointing": {"everySteps": 4}}, overrides or {}
     )
     return tiny.write_manifest(tmp_path / "job.yaml", tiny_model, train, validation, spec)
@@ -159,9 +161,7 @@ def test_a_workdir_of_another_job_is_refused(tmp_path: Path, tiny_model: Path) -
 
 def test_a_bad_manifest_is_refused_before_anything_runs(tmp_path: Path) -> None:
     manifest = tmp_path / "job.yaml"
-    manifest.write_text(
-        "apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {model: {source: m}}\n"
-    )
+    manifest.write_text(yaml.safe_dump(a_job("x").model("m").spec(dataset=None).build()))
     code, output = finish(kubetune_run(manifest, tmp_path / "run"))
     assert code == 2 and "spec.dataset: required field is missing" in output
     assert not (tmp_path / "run").exists()

@@ -40,9 +40,11 @@ from kubetune.monitoring.alerts import render_rule_file
 from kubetune.monitoring.dashboard import panel_queries
 from kubetune.monitoring.metrics import OPERATOR_METRICS, TRAINER_METRICS, Metric
 from tests.support import launch, tiny
-from tests.support.apiserver import PODS, ApiServer, Cluster, declare_resources, eventually, fast_settings
-from tests.support.operator_helpers import job_manifest
-from tests.support.prometheus import Prometheus, free_port, get
+from tests.support.apiserver import PODS, ApiServer, Cluster, declare_resources, fast_settings
+from tests.support.builders import a_cpu_gang
+from tests.support.ports import free_port
+from tests.support.prometheus import Prometheus, get
+from tests.support.waiting import eventually_async
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -127,16 +129,16 @@ def _start_trainer(directory: Path, model: Path, port: int) -> tuple[Any, Path, 
 
 async def _operator_story(cluster: Cluster, trainer_done: Any, termination_message: Any) -> dict[str, Any]:
     """Launch, fail the first gang (exit 1: retryable), run the second to the real trainer's success."""
-    await cluster.create_job(job_manifest(JOB, workers=1))
-    first = await eventually(lambda: cluster.pods(JOB, attempt=1), timeout=30)
+    await cluster.create_job(a_cpu_gang(JOB, workers=1).build())
+    first = await eventually_async(lambda: cluster.pods(JOB, attempt=1), timeout=30)
     await cluster.kubelet_run(first[0]["metadata"]["name"])
-    await eventually(lambda: cluster.status(JOB).get("phase") == "Running", timeout=30)
+    await eventually_async(lambda: cluster.status(JOB).get("phase") == "Running", timeout=30)
     await cluster.kubelet_exit(first[0]["metadata"]["name"], 1, "RuntimeError: emulated crash")
-    second = await eventually(lambda: cluster.pods(JOB, attempt=2), timeout=30)
+    second = await eventually_async(lambda: cluster.pods(JOB, attempt=2), timeout=30)
     await cluster.kubelet_run(second[0]["metadata"]["name"])
-    await eventually(trainer_done, timeout=launch.RUN_TIMEOUT, interval=0.5)
+    await eventually_async(trainer_done, timeout=launch.RUN_TIMEOUT, interval=0.5)
     await cluster.kubelet_exit(second[0]["metadata"]["name"], 0, termination_message())
-    status: dict[str, Any] = await eventually(
+    status: dict[str, Any] = await eventually_async(
         lambda: cluster.status(JOB).get("phase") == "Succeeded" and cluster.status(JOB), timeout=30
     )
     return status
@@ -146,7 +148,7 @@ async def _await_scraped(story: Story) -> None:
     """Until Prometheus holds a sample for every CPU panel query (the last scrapes may lag a second)."""
     cpu_queries = [expr for _, expr in QUERIES if not GPU_METRICS & set(re.findall(r"kubetune_\w+", expr))]
     with contextlib.suppress(AssertionError):  # the per-panel tests then name the queries without data
-        await eventually(lambda: all(has_data(story, expr) for expr in cpu_queries), timeout=30, interval=1.0)
+        await eventually_async(lambda: all(has_data(story, expr) for expr in cpu_queries), timeout=30, interval=1.0)
 
 
 async def _tell_story(directory: Path, model: Path, prometheus: Prometheus, ports: dict[str, int]) -> Story:
@@ -185,7 +187,7 @@ async def _tell_story(directory: Path, model: Path, prometheus: Prometheus, port
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     directory = tmp_path_factory.mktemp("prometheus-story")
     model = tiny.tiny_model_dir(tmp_path_factory)
-    ports = {"trainer": launch.free_port(), "operator": free_port()}
+    ports = {"trainer": free_port(), "operator": free_port()}
     rules = directory / "rules.yaml"
     rules.write_text(render_rule_file())
     prometheus = Prometheus(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support import launch, tiny
+from tests.support.ports import free_port
 
 #: The reference configuration: 160 examples / global batch 8 = 20 steps per epoch, 3 epochs.
 REFERENCE_OVERRIDES: dict[str, Any] = {
@@ -52,11 +53,11 @@ def _get(url: str) -> bytes:
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, reference_manifest: Path) -> ReferenceRun:
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    port = launch.free_port()
+    port = free_port()
     argv = launch.command(reference_manifest, workdir, metrics_port=port, extra=("--metrics-linger-seconds", "120"))
     process, log = launch.start(argv, workdir, launch.environment(**launch.trace_env(workdir)))
     try:
-        launch.wait_for(lambda: (workdir / "result.json").exists(), process, log)
+        launch.wait_for_trainer(lambda: (workdir / "result.json").exists(), process, log)
         metrics_text = _get(f"http://127.0.0.1:{port}/metrics").decode()
         progress = json.loads(_get(f"http://127.0.0.1:{port}/progress"))
         launch.kill_group(process, signal.SIGTERM)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetune.api.outcome import ExitReason, ProgressSnapshot, TrainerResult
 from tests.slow.trainer.conftest import ReferenceRun
 from tests.support import launch, tiny
+from tests.support.builders import deep_merge
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -148,7 +149,7 @@ def test_metrics_endpoint_carries_every_metric(reference_run: ReferenceRun) -> N
 )
 def test_loss_falls_in_each_format(tmp_path: Path, tiny_model: Path, fmt: str, overrides: dict[str, Any]) -> None:
     train, validation = tiny.write_dataset(tmp_path / "data", fmt, train=128, validation=8)
-    spec = tiny.deep_merge({"hyperparameters": {"epochs": 2, "learningRate": 5e-3}}, overrides)
+    spec = deep_merge({"hyperparameters": {"epochs": 2, "learningRate": 5e-3}}, overrides)
     manifest = tiny.write_manifest(tmp_path / "job.yaml", tiny_model, train, validation, spec)
     run = launch.run(manifest, tmp_path / "run")
     assert run.returncode == 0, run.log[-4000:]
@@ -211,7 +212,7 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_one(
     argv = launch.command(reference_manifest, workdir)
     env = launch.environment(**launch.trace_env(workdir))
     process, log = launch.start(argv, workdir, env)
-    launch.wait_for(lambda: newest_step(checkpoints) >= 8, process, log)
+    launch.wait_for_trainer(lambda: newest_step(checkpoints) >= 8, process, log)
     launch.kill_group(process, signal.SIGKILL)
     process.wait(timeout=30)
     killed_trace = launch.Finished(workdir, -9, "").trace()
@@ -273,7 +274,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_exits_interrupted(
     checkpoints = workdir / "checkpoints"
     process, log = launch.start(launch.command(reference_manifest, workdir), workdir, launch.environment())
     try:
-        launch.wait_for(lambda: newest_step(checkpoints) >= 8, process, log)
+        launch.wait_for_trainer(lambda: newest_step(checkpoints) >= 8, process, log)
         # As Kubernetes does on pod deletion: every rank's process gets SIGTERM.
         for pid in launch.descendants(process.pid):
             with contextlib.suppress(ProcessLookupError):

@@ -6,7 +6,7 @@ escalation, every capability dropped, RuntimeDefault seccomp) and carries no ser
 
 Names (all DNS-1035 labels, see kubetune.api.job.MAX_NAME_LENGTH):
 - Service `<job>` (headless; it gives every worker the DNS name `<job>-w<index>.<job>.<ns>.svc`);
-- ConfigMap `<job>-config` with `job.yaml`, the trainer configuration;
+- ConfigMap `<job>-config` with `job.yaml`, the trainer configuration, and the spec as launched;
 - Pod `<job>-a<attempt>-w<index>` with hostname `<job>-w<index>`, so the rendezvous address of worker 0
   is the same for every attempt.
 
@@ -19,12 +19,15 @@ Without `storage.checkpoints`, checkpoints go to an emptyDir and do not survive 
 
 from __future__ import annotations
 
+import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from kubetune.api.invocation import PVC_ROOT_ENV, TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import ResourcesSpec
 from kubetune.policies.suspension import QUEUE_LABEL
@@ -34,6 +37,8 @@ INDEX_LABEL = "kubetune.io/worker-index"
 ATTEMPT_LABEL = "kubetune.io/attempt"
 CONTAINER = "trainer"
 CONFIG_KEY = "job.yaml"
+#: ConfigMap key that keeps the spec the job launched with (wire form, JSON; see kubetune.policies.spec_changes).
+LAUNCHED_SPEC_KEY = "launched-spec.json"
 CONFIG_DIR = "/etc/kubetune"
 PVC_ROOT = "/mnt/pvc"
 SCRATCH_DIR = "/mnt/scratch"
@@ -62,8 +67,9 @@ def service_name(job: FineTuneJob) -> str:
     return job.name
 
 
-def configmap_name(job: FineTuneJob) -> str:
-    return f"{job.name}-config"
+def configmap_name(job_name: str) -> str:
+    """By the job's name alone: the operator reads the ConfigMap before the job is known to be valid."""
+    return f"{job_name}-config"
 
 
 def pod_name(job: FineTuneJob, attempt: int, index: int) -> str:
@@ -146,12 +152,17 @@ def render_trainer_config(job: FineTuneJob) -> str:
     return yaml.safe_dump(manifest, sort_keys=False)
 
 
-def build_configmap(job: FineTuneJob) -> dict[str, Any]:
+def build_configmap(job: FineTuneJob, launched_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer configuration and `launched_spec`, the job's spec as its manifest wrote it (wire form,
+    no defaults filled in: later specs are compared with it as written)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, configmap_name(job)),
-        "data": {CONFIG_KEY: render_trainer_config(job)},
+        "metadata": _metadata(job, configmap_name(job.name)),
+        "data": {
+            CONFIG_KEY: render_trainer_config(job),
+            LAUNCHED_SPEC_KEY: json.dumps(dict(launched_spec), sort_keys=True),
+        },
     }
 
 
@@ -175,7 +186,6 @@ def build_service(job: FineTuneJob) -> dict[str, Any]:
 
 def _command(job: FineTuneJob) -> list[str]:
     distributed = job.spec.distributed
-    checkpoints, output = storage_dirs(job)
     return [
         "torchrun",
         f"--nnodes={distributed.workers}",
@@ -185,32 +195,33 @@ def _command(job: FineTuneJob) -> list[str]:
         f"--master_port={RENDEZVOUS_PORT}",
         "-m",
         "kubetune.cli",
-        "train",
-        "--config",
-        f"{CONFIG_DIR}/{CONFIG_KEY}",
-        "--workdir",
-        f"{SCRATCH_DIR}/work",
-        "--checkpoint-dir",
-        checkpoints,
-        "--output-dir",
-        output,
-        "--metrics-port",
-        str(METRICS_PORT),
-        "--termination-message-path",
-        TERMINATION_MESSAGE_PATH,
+        *trainer_invocation(job, attempt=None).argv(),
     ]
+
+
+def trainer_invocation(job: FineTuneJob, attempt: int | None) -> TrainerInvocation:
+    """What each rank of the job's pods runs: the shared contract with the local runner."""
+    checkpoints, output = storage_dirs(job)
+    return TrainerInvocation(
+        config=f"{CONFIG_DIR}/{CONFIG_KEY}",
+        workdir=f"{SCRATCH_DIR}/work",
+        checkpoint_dir=checkpoints,
+        output_dir=output,
+        metrics_port=METRICS_PORT,
+        termination_message_path=TERMINATION_MESSAGE_PATH,
+        attempt=attempt,
+        accelerator=job.spec.distributed.accelerator,
+    )
 
 
 def _env(job: FineTuneJob, attempt: int, index: int) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
-        {"name": "KUBETUNE_WORKER_INDEX", "value": str(index)},
-        {"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT},
-        {"name": "HOME", "value": SCRATCH_DIR},
-        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/huggingface"},
-    ]
-    if job.spec.distributed.accelerator == "cpu":
-        env.append({"name": "DS_ACCELERATOR", "value": "cpu"})
+    rank_env = trainer_invocation(job, attempt).env() | {
+        "KUBETUNE_WORKER_INDEX": str(index),
+        PVC_ROOT_ENV: PVC_ROOT,
+        "HOME": SCRATCH_DIR,
+        "HF_HOME": f"{SCRATCH_DIR}/huggingface",
+    }
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in rank_env.items()]
     token = job.spec.model.token_secret_ref
     if token is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
@@ -230,7 +241,7 @@ def _resources(job: FineTuneJob, settings: BuildSettings) -> dict[str, Any]:
 
 def _volumes(job: FineTuneJob, settings: BuildSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": configmap_name(job)}},
+        {"name": "config", "configMap": {"name": configmap_name(job.name)}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
         {"name": "scratch", "emptyDir": {}},
     ]

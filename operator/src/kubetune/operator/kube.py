@@ -2,7 +2,8 @@
 
 Why the synchronous `kubernetes` client in a thread: it is the official, maintained client with the
 standard authentication (in-cluster service account, KUBECONFIG, exec plugins), and kopf logs in with
-the very same configuration (see `handlers.login`), so there is one source of credentials.
+the very same configuration (its login handler returns `handlers.connection_info(configuration)`), so
+there is one source of credentials.
 kubernetes_asyncio is not a dependency, and kopf's own API helpers are private (`kopf._cogs`). Calls are
 few per reconcile, so a thread per call costs nothing that matters.
 

@@ -8,6 +8,9 @@ PodMonitor scrapes from each worker's `metrics` port). Label names avoid `job`, 
 - kubetune_jobs_finished_total{result}: jobs that reached Succeeded or Failed
 - kubetune_reconcile_duration_seconds: time of one reconcile (gather, decide, apply)
 - kubetune_api_errors_total{verb, code}: failed Kubernetes API calls (code 0: no response), retries included
+
+Not exported: `reconciles(namespace, name)`, how many reconciles of one job this process has run (a
+per-job series would grow with every job); tests wait on it before asserting that nothing happened.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ RECONCILE_SECONDS = Histogram(
 API_ERRORS = Counter("kubetune_api_errors", "Failed Kubernetes API calls.", ["verb", "code"], registry=REGISTRY)
 
 _phases: dict[tuple[str, str], str] = {}
+_reconciles: dict[tuple[str, str], int] = {}
 _lock = threading.Lock()
 
 
@@ -48,15 +52,24 @@ def _refresh(namespace: str) -> None:
 
 
 def record_phase(namespace: str, name: str, phase: str) -> None:
+    """The job's phase, recorded once by every reconcile of a valid job (which also counts it)."""
     with _lock:
         _phases[(namespace, name)] = phase
+        _reconciles[(namespace, name)] = _reconciles.get((namespace, name), 0) + 1
         _refresh(namespace)
 
 
 def forget_job(namespace: str, name: str) -> None:
     with _lock:
         _phases.pop((namespace, name), None)
+        _reconciles.pop((namespace, name), None)
         _refresh(namespace)
+
+
+def reconciles(namespace: str, name: str) -> int:
+    """Reconciles of the job that recorded its phase in this process (in memory only, not exported)."""
+    with _lock:
+        return _reconciles.get((namespace, name), 0)
 
 
 def record_restart(namespace: str) -> None:

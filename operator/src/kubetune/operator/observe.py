@@ -31,8 +31,9 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def owned_by(pod: Mapping[str, Any], job_name: str) -> bool:
-    """Whether a pod is a worker of this job. Checked on our side too: a listing by label selector is
-    enough on a real API server, but the emulator in the tests ignores selectors."""
+    """Whether a pod is a worker of this job. The listing selects by the job-name label only; a worker
+    also carries the worker-index and attempt labels (`observe_pod` reads both), so a pod that merely
+    copies the job-name label, made by hand or by another tool, is not taken for one."""
     labels = pod.get("metadata", {}).get("labels") or {}
     return labels.get(JOB_LABEL) == job_name and INDEX_LABEL in labels and ATTEMPT_LABEL in labels
 

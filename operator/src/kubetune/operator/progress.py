@@ -4,7 +4,8 @@ The trainer's rank 0 serves `GET /progress` (a `ProgressSnapshot`, see kubetune.
 its Prometheus `/metrics` on port 9400 of worker 0's pod. The operator asks for it on every reconcile
 of a running job (at least every `reconcile_interval` seconds), at `http://<worker-0 pod IP>:9400`.
 That needs network access from the operator pod to trainer pods on TCP 9400: where NetworkPolicies
-restrict ingress to trainer pods, allow it from the operator's pod (the chart's NetworkPolicy note).
+restrict ingress to trainer pods (labelled `app.kubernetes.io/component: trainer`), allow it from the
+operator's pod (`app.kubernetes.io/component: operator`). The chart installs no NetworkPolicy itself.
 The source is injectable (`ProgressSource`) so tests can serve snapshots without a trainer. A failed
 or slow request only means "no fresh progress"; it never fails a reconcile.
 """

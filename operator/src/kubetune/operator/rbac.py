@@ -40,6 +40,13 @@ NAMESPACED_RULES: tuple[PolicyRule, ...] = (
     ),
     PolicyRule(("kubetune.io",), ("finetunejobs/status",), ("get", "patch"), "write the observed status"),
     PolicyRule(
+        ("kubetune.io",),
+        ("finetunejobs/finalizers",),
+        ("update",),
+        "children set blockOwnerDeletion on their job: the OwnerReferencesPermissionEnforcement admission plugin "
+        "refuses every child create without it",
+    ),
+    PolicyRule(
         ("",),
         ("pods",),
         ("get", "list", "watch", "create", "delete"),

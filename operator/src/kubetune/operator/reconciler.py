@@ -35,9 +35,6 @@ from kubetune.policies.status import Event
 
 logger = logging.getLogger(__name__)
 
-#: ConfigMap key that keeps the spec the job launched with (wire form, JSON).
-LAUNCHED_SPEC_KEY = "launched-spec.json"
-
 #: Posts one Kubernetes event about the job: (job body, event).
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
@@ -99,8 +96,10 @@ class Reconciler:
         """The job as the policies must see it: the live object, with the spec it launched with (changes
         to frozen fields refused). None when the object is not a valid FineTuneJob."""
         meta = body.get("metadata", {})
-        configmap = await self.kube.get_configmap(meta.get("namespace", "default"), f"{meta.get('name')}-config")
-        launched_text = ((configmap or {}).get("data") or {}).get(LAUNCHED_SPEC_KEY)
+        configmap = await self.kube.get_configmap(
+            meta.get("namespace", "default"), builders.configmap_name(meta.get("name", ""))
+        )
+        launched_text = ((configmap or {}).get("data") or {}).get(builders.LAUNCHED_SPEC_KEY)
         launched = json.loads(launched_text) if launched_text else None
         live_spec = body.get("spec") or {}
         refused = refused_fields(launched, live_spec) if launched is not None else []
@@ -169,9 +168,7 @@ class Reconciler:
     async def _ensure_shared_children(self, job: FineTuneJob, body: dict[str, Any]) -> None:
         """The headless Service and the ConfigMap, created once per job (before its first pods)."""
         await self.kube.create_service(builders.build_service(job))
-        configmap = builders.build_configmap(job)
-        configmap["data"][LAUNCHED_SPEC_KEY] = json.dumps(body.get("spec") or {}, sort_keys=True)
-        await self.kube.create_configmap(configmap)
+        await self.kube.create_configmap(builders.build_configmap(job, body.get("spec") or {}))
 
     @staticmethod
     def _record(namespace: str, name: str, previous: FineTuneJobStatus, decision: Decision) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -18,7 +19,7 @@ from kubetune.operator.builders import (
     pvc_path,
     storage_dirs,
 )
-from tests.support.operator_helpers import job_manifest
+from tests.support.builders import a_cpu_gang
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,10 +27,13 @@ SETTINGS = BuildSettings(trainer_image="kubetune/trainer:1")
 K8S_VERSION = "1.30.0"
 
 
+#: The job these tests build objects for (a_cpu_gang: two CPU workers, checkpoints on a claim).
+LLAMA = a_cpu_gang("llama").in_namespace("ml").metadata(uid="1234")
+
+
 def make_job(**spec: Any) -> FineTuneJob:
-    manifest = job_manifest("llama", **spec)
-    manifest["metadata"].update(namespace="ml", uid="1234")
-    return FineTuneJob.model_validate(manifest)
+    """LLAMA with `spec` merged in (wire names)."""
+    return LLAMA.spec(spec).to_job()
 
 
 def container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +43,8 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_object_is_valid_against_the_kubernetes_schemas() -> None:
     job = make_job(model={"source": "hf://org/m", "tokenSecretRef": {"name": "hf", "key": "token"}})
-    for obj in (build_service(job), build_configmap(job), build_worker_pod(job, 3, 1, SETTINGS)):
+    configmap = build_configmap(job, job.spec.to_wire())
+    for obj in (build_service(job), configmap, build_worker_pod(job, 3, 1, SETTINGS)):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
@@ -152,17 +157,19 @@ def test_storage_dirs(storage: dict[str, str], dirs: tuple[str, str]) -> None:
 
 
 def test_storage_dirs_without_a_checkpoint_claim_use_scratch() -> None:
-    manifest = job_manifest("llama")
-    del manifest["spec"]["storage"]
-    assert storage_dirs(FineTuneJob.model_validate(manifest)) == (
+    assert storage_dirs(a_cpu_gang("llama").spec(storage=None).to_job()) == (
         "/mnt/scratch/checkpoints",
         "/mnt/scratch/checkpoints/output",
     )
 
 
-def test_configmap_holds_a_valid_manifest_with_mount_paths() -> None:
+def test_configmap_holds_a_valid_manifest_with_mount_paths_and_the_spec_as_launched() -> None:
     job = make_job(model={"source": "pvc://models/llama"})
-    rendered = yaml.safe_load(build_configmap(job)["data"]["job.yaml"])
+    written = {"model": {"source": "pvc://models/llama"}, "dataset": {"train": "pvc://data/train.jsonl"}}
+    configmap = build_configmap(job, written)
+    assert configmap["metadata"]["name"] == "llama-config"
+    assert json.loads(configmap["data"]["launched-spec.json"]) == written  # as written: no defaults added
+    rendered = yaml.safe_load(configmap["data"]["job.yaml"])
     again = FineTuneJob.model_validate(rendered)
     assert again.spec.model.source == "/mnt/pvc/models/llama"
     assert again.spec.dataset.train == "/mnt/pvc/data/train.jsonl"

@@ -18,6 +18,10 @@ Modules, in the order a run uses them:
     checkpoint.py   atomic checkpoints with a sidecar state, verification and fallback on resume
     metrics.py      every Prometheus metric and the /metrics + /progress HTTP endpoint
     outputs.py      rank 0's progress.json, metrics.jsonl, result.json and termination message
+    state.py        the stop request (SIGTERM) and RunState, what a checkpoint's sidecar holds
+    baselines.py    zero-shot / few-shot prompting baselines beside the fine-tuned model, and the verdict
+    retrieval.py    the most similar training examples for few-shot prompts (embeddings, cosine top-k)
+    diagnostics.py  the loss history the fit policy (over- / under-fitting) reads, kept in checkpoints
 
 The decisions that are not about tensors live in kubetune.policies (early stopping).
 """

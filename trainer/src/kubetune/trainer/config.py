@@ -18,17 +18,16 @@ checkpoint directory when `storage.checkpoints` is set, else `<workdir>/output`.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune.api.invocation import PVC_ROOT_ENV, TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.validation import ManifestError, read_documents
 from kubetune.trainer.errors import ConfigError
 
 #: Where the operator mounts PersistentVolumeClaims in a trainer pod: one folder per claim.
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 
@@ -74,7 +73,7 @@ def load_job(path: str) -> FineTuneJob:
     raise ConfigError(f"{path}: no FineTuneJob document found")
 
 
-def run_paths(args: argparse.Namespace, job: FineTuneJob) -> RunPaths:
+def run_paths(args: TrainerInvocation, job: FineTuneJob) -> RunPaths:
     """Where this run reads and writes, from the command line and the manifest's `storage` block."""
     manifest = Path(args.config).resolve()
     workdir = Path(args.workdir).resolve()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from kubetune.api.invocation import accelerator_environment, free_port
 
 #: How long a collective may wait for the slowest rank before the run fails as PeerLost, in seconds.
 #: Generous: the first evaluation with generation, or a large checkpoint, keeps some ranks waiting.
@@ -38,22 +39,15 @@ class Rank:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def prepare_environment(accelerator: str) -> None:
     """Environment DeepSpeed and torch.distributed read, set before either is imported."""
-    if accelerator == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # Supervisors pass these already (TrainerInvocation.env); a rank started by hand gets them here.
+    for name, value in accelerator_environment(accelerator).items():
+        os.environ.setdefault(name, value)
     if "WORLD_SIZE" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
 def initialize(accelerator: str) -> Rank:
@@ -94,17 +88,6 @@ def all_reduce_sum(values: list[float], device: Any) -> list[float]:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     result: list[float] = tensor.tolist()
     return result
-
-
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's `value` on every rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def barrier() -> None:

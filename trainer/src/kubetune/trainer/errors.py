@@ -47,12 +47,6 @@ class NonFiniteLossError(TrainerError):
     reason = ExitReason.NON_FINITE_LOSS
 
 
-class PeerLostError(TrainerError):
-    """A collective timed out or another rank went away."""
-
-    reason = ExitReason.PEER_LOST
-
-
 class Interrupted(TrainerError):
     """SIGTERM/SIGINT arrived; a checkpoint was written at the step boundary and the run stopped."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from kubetune.api.invocation import TrainerInvocation, attempt_from_environment
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, TrainerResult
 from kubetune.trainer import distributed
@@ -83,7 +84,7 @@ class _Shell:
     server: Any = None
 
 
-def _train(args: argparse.Namespace, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
+def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
     from transformers import set_seed
 
     from kubetune.trainer import engine as engines
@@ -136,8 +137,9 @@ def _failure(reason: ExitReason | None, message: str, retryable: bool) -> Traine
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(parsed: argparse.Namespace) -> int:
     """Run one rank; the process exit code (see kubetune.api.outcome)."""
+    args = TrainerInvocation.from_args(parsed, attempt=attempt_from_environment())
     stop = StopRequest()
     _install_signal_handlers(stop)
     shell = _Shell()

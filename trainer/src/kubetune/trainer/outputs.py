@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.invocation import attempt_from_environment
 from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
-
-ATTEMPT_ENV = "KUBETUNE_ATTEMPT"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -31,11 +30,6 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
-
-
-def attempt_from_env() -> int | None:
-    value = os.environ.get(ATTEMPT_ENV, "")
-    return int(value) if value.isdigit() else None
 
 
 class Recorder:
@@ -46,7 +40,11 @@ class Recorder:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._snapshot = ProgressSnapshot(
-            attempt=attempt_from_env(), progress=Progress(), metrics=Metrics(), phase="Starting", updated_at=time.time()
+            attempt=attempt_from_environment(),
+            progress=Progress(),
+            metrics=Metrics(),
+            phase="Starting",
+            updated_at=time.time(),
         )
         if enabled:
             workdir.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,15 @@ metrics/progress endpoint — without a launch."""
 
 from __future__ import annotations
 
-import argparse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubetune.api.invocation import TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, ProgressSnapshot
 from kubetune.api.status import Progress
@@ -21,19 +22,18 @@ from kubetune.trainer.metrics import TrainerMetrics, serve
 from kubetune.trainer.model import set_dropout
 from kubetune.trainer.outputs import Recorder
 from tests.support import tiny
-from tests.support.launch import free_port
+from tests.support.builders import a_job
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def job(overrides: dict[str, Any] | None = None) -> FineTuneJob:
-    return FineTuneJob.model_validate(tiny.manifest("model", "train.jsonl", None, overrides))
+    return tiny.a_tiny_job("model", "train.jsonl").spec(overrides).to_job()
 
 
-def args(tmp_path: Path, **kw: Any) -> argparse.Namespace:
-    return argparse.Namespace(
-        config=str(tmp_path / "job.yaml"), workdir=str(tmp_path / "work"), checkpoint_dir=None, output_dir=None, **kw
-    )
+def args(tmp_path: Path, **kw: Any) -> TrainerInvocation:
+    return TrainerInvocation(config=str(tmp_path / "job.yaml"), workdir=str(tmp_path / "work"), **kw)
 
 
 def test_paths_resolve_pvc_relative_and_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,17 +45,13 @@ def test_paths_resolve_pvc_relative_and_absolute(tmp_path: Path, monkeypatch: py
     assert (default.checkpoints, default.output) == (tmp_path / "work/checkpoints", tmp_path / "work/output")
     stored = run_paths(args(tmp_path), job({"storage": {"checkpoints": "pvc://scratch/run1"}}))
     assert (stored.checkpoints, stored.output) == (Path("/mounts/scratch/run1"), Path("/mounts/scratch/run1/output"))
-    flags = args(tmp_path)
-    flags.checkpoint_dir, flags.output_dir = "/ck", "/out"
+    flags = args(tmp_path, checkpoint_dir="/ck", output_dir="/out")
     assert (run_paths(flags, job()).checkpoints, run_paths(flags, job()).output) == (Path("/ck"), Path("/out"))
 
 
 def test_a_bad_manifest_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text(
-        "apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\n"
-        "spec: {model: {source: m}, dataset: {train: t.jsonl}, hyperparameters: {learningRate: -1}}\n"
-    )
+    path.write_text(yaml.safe_dump(a_job("x").model("m").train("t.jsonl").hyperparameters(learning_rate=-1).build()))
     with pytest.raises(ConfigError, match=r"spec\.hyperparameters\.learning_rate|learningRate"):
         load_job(str(path))
     path.write_text("a: [")

@@ -1,0 +1,76 @@
+"""The trainer contract round-trips: what a supervisor writes is what `kubetune train` reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.api.invocation import (
+    ACCELERATOR_ENV,
+    ATTEMPT_ENV,
+    EXIT_BAD_INPUT,
+    TrainerInvocation,
+    accelerator_environment,
+    attempt_from_environment,
+)
+from kubetune.api.outcome import ExitReason
+from kubetune.cli import build_parser
+
+pytestmark = pytest.mark.timeout(10)
+
+INVOCATIONS = [
+    TrainerInvocation(config="job.yaml"),
+    TrainerInvocation(
+        config="/etc/kubetune/job.yaml",
+        workdir="/mnt/scratch/work",
+        checkpoint_dir="/mnt/pvc/ckpt/run",
+        output_dir="/mnt/pvc/out/run",
+        metrics_port=9400,
+        termination_message_path="/dev/termination-log",
+    ),
+    TrainerInvocation(config="a b.yaml", workdir="w", metrics_port=0, metrics_linger_seconds=2.5),
+]
+
+
+@pytest.mark.parametrize("invocation", INVOCATIONS)
+def test_argv_parses_back_into_the_same_invocation(invocation: TrainerInvocation) -> None:
+    argv = invocation.argv()
+    assert argv[0] == "train"
+    parsed = build_parser().parse_args(argv)
+    assert parsed.command == "train"
+    assert TrainerInvocation.from_args(parsed) == invocation
+
+
+def test_every_train_flag_comes_from_the_contract() -> None:
+    """The `train` sub-command declares exactly the contract's flags (plus --help)."""
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    train = commands.choices["train"]  # type: ignore[index]
+    declared = {option for action in train._actions for option in action.option_strings} - {"-h", "--help"}
+    full = TrainerInvocation(config="c", checkpoint_dir="k", output_dir="o")
+    assert declared == {arg for arg in full.argv() if arg.startswith("--")}
+
+
+@pytest.mark.parametrize(
+    ("invocation", "expected"),
+    [
+        (TrainerInvocation(config="c"), {}),
+        (TrainerInvocation(config="c", attempt=3), {ATTEMPT_ENV: "3"}),
+        (
+            TrainerInvocation(config="c", attempt=1, accelerator="cpu"),
+            {ATTEMPT_ENV: "1", ACCELERATOR_ENV: "cpu", "CUDA_VISIBLE_DEVICES": ""},
+        ),
+        (TrainerInvocation(config="c", attempt=2, accelerator="nvidia-gpu"), {ATTEMPT_ENV: "2"}),
+    ],
+)
+def test_environment(invocation: TrainerInvocation, expected: dict[str, str]) -> None:
+    assert invocation.env() == expected
+
+
+@pytest.mark.parametrize(("value", "attempt"), [("4", 4), ("", None), ("x", None)])
+def test_attempt_from_environment(monkeypatch: pytest.MonkeyPatch, value: str, attempt: int | None) -> None:
+    monkeypatch.setenv(ATTEMPT_ENV, value)
+    assert attempt_from_environment() == attempt
+
+
+def test_accelerator_environment_and_exit_codes() -> None:
+    assert accelerator_environment("nvidia-gpu") == {}
+    assert EXIT_BAD_INPUT == ExitReason.INVALID_CONFIG.exit_code == 2

@@ -1,0 +1,121 @@
+"""What makes a process kubelet a node of a real control plane: its Node object and its heartbeat.
+
+A kubelet registers a Node (capacity, addresses, a Ready condition), then proves it is alive by renewing
+its Lease in `kube-node-lease` every few seconds and refreshing its status now and then. The scheduler
+binds pods only to Ready, untainted nodes with room; the node-lifecycle controller marks a node whose
+Lease stops being renewed NotReady (Unknown) and taints it `node.kubernetes.io/unreachable`, as after a
+real node loss. `NodeAgent.stop_heartbeat()` is that loss, on demand.
+
+Capacity is what the tests need, not this machine's: 16 CPUs, 64 GiB and 8 fake `nvidia.com/gpu` (so
+GPU-requesting pods can be scheduled; nothing here uses a GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.support.controlplane import KUBERNETES_VERSION
+from tests.support.kubeapi import KubeApi
+
+logger = logging.getLogger(__name__)
+
+NODES = "v1/nodes"
+LEASES = "coordination.k8s.io/v1/leases"
+LEASE_NAMESPACE = "kube-node-lease"
+#: Seconds between two Lease renewals (a kubelet: 10 s, a quarter of its 40 s lease).
+RENEW_SECONDS = 1.0
+LEASE_SECONDS = 40
+#: Seconds between two status heartbeats (a kubelet: 5 min when nothing changes; shorter here).
+STATUS_SECONDS = 10.0
+CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8", "ephemeral-storage": "100Gi"}
+
+
+def _now(micro: bool = False) -> str:
+    moment = datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_status(ready: bool = True) -> dict[str, Any]:
+    now = _now()
+    conditions = [
+        {"type": kind, "status": "False", "reason": f"KubeletHas{reason}", "lastHeartbeatTime": now,
+         "lastTransitionTime": now, "message": "kubelet has no pressure"}
+        for kind, reason in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
+                             ("PIDPressure", "SufficientPID"))
+    ]  # fmt: skip
+    conditions.append(
+        {"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady", "lastHeartbeatTime": now,
+         "lastTransitionTime": now, "message": "the process kubelet is posting ready status"}
+    )  # fmt: skip
+    return {
+        "capacity": CAPACITY,
+        "allocatable": CAPACITY,
+        "conditions": conditions,
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "nodeInfo": {
+            "kubeletVersion": KUBERNETES_VERSION, "kubeProxyVersion": KUBERNETES_VERSION, "operatingSystem": "linux",
+            "architecture": "amd64", "containerRuntimeVersion": "process://0", "kernelVersion": "", "osImage": "",
+            "machineID": "", "systemUUID": "", "bootID": "",
+        },
+    }  # fmt: skip
+
+
+class NodeAgent:
+    """Registers node `name` and keeps it alive until `stop_heartbeat()` or `stop()`."""
+
+    def __init__(self, api: KubeApi, name: str) -> None:
+        self.api = api
+        self.name = name
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"node-{name}", daemon=True)
+        self.uid = ""
+
+    def start(self) -> NodeAgent:
+        labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+        code, body = self.api.create(NODES, None, {"metadata": {"name": self.name, "labels": labels}})
+        if code == 409:
+            body = self.api.get(NODES, None, self.name) or {}
+        elif code >= 300:
+            raise RuntimeError(f"cannot register node {self.name}: HTTP {code}: {body}")
+        self.uid = body["metadata"]["uid"]
+        self._post_status()
+        self._renew()
+        self._thread.start()
+        return self
+
+    def stop_heartbeat(self) -> None:
+        """The node goes silent: no more Lease renewals or status updates (its pods keep running)."""
+        self._stopped.set()
+        self._thread.join(10)
+
+    stop = stop_heartbeat
+
+    def _heartbeat(self) -> None:
+        last_status = 0.0
+        while not self._stopped.wait(RENEW_SECONDS):
+            try:
+                self._renew()
+                last_status += RENEW_SECONDS
+                if last_status >= STATUS_SECONDS:
+                    self._post_status()
+                    last_status = 0.0
+            except Exception as error:  # a heartbeat must outlive a server hiccup, as a kubelet's does
+                logger.warning("node %s: heartbeat failed: %r", self.name, error)
+
+    def _post_status(self) -> None:
+        code, body = self.api.patch(NODES, None, self.name, {"status": node_status()}, "status")
+        if code >= 300:
+            raise RuntimeError(f"node {self.name}: status update refused: HTTP {code}: {body}")
+
+    def _renew(self) -> None:
+        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _now(micro=True)}
+        code, _ = self.api.patch(LEASES, LEASE_NAMESPACE, self.name, {"spec": spec})
+        if code == 404:
+            owner = {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}
+            lease = {"metadata": {"name": self.name, "ownerReferences": [owner]}, "spec": spec}
+            code, body = self.api.create(LEASES, LEASE_NAMESPACE, lease)
+            if code >= 300 and code != 409:
+                raise RuntimeError(f"node {self.name}: lease refused: HTTP {code}: {body}")

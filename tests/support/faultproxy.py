@@ -1,0 +1,149 @@
+"""API faults on demand in front of a real API server: a loopback reverse proxy for the operator.
+
+A real API server cannot be told to refuse the next pod create; a test that checks how the operator
+survives conflicts, throttling and server errors puts this proxy between the operator and the server.
+It forwards every request (watches are streamed through as they arrive) with the caller's own
+credentials, except that a matching `Fault` answers the next N requests itself with the status a real
+server sends (409 Conflict, 429 TooManyRequests with Retry-After, 500/503), before anything is stored.
+
+It listens on plain HTTP on 127.0.0.1 only and talks TLS to the API server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import aiohttp.web
+
+from tests.support.ports import free_port
+
+#: Kubernetes' reason for each status code the proxy answers with.
+FAULT_REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+#: HTTP method -> the API action a Fault names.
+ACTIONS = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE", "DELETE": "DELETE"}
+#: /api/v1/... or /apis/<group>/<version>/..., then optionally namespaces/<ns>/, <plural>[/<name>[/<sub>]]
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
+)
+#: Hop-by-hop and framing headers that the proxy must not copy.
+_SKIPPED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` requests that match with HTTP `status` (nothing is stored)."""
+
+    action: str
+    """CREATE (POST), UPDATE (PUT/PATCH) or DELETE."""
+    status: int
+    times: int
+    plural: str | None = None
+    """Only requests for this resource (e.g. `pods`, `finetunejobs`); None: any resource."""
+    subresource: str | None = "*"
+    """Only this subresource (`status`, or None for the object itself); `*`: either."""
+    namespace: str | None = None
+    """Only requests in this namespace; None: any."""
+    served: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        parsed = _PATH.match(path)
+        if self.served >= self.times or ACTIONS.get(method) != self.action or parsed is None:
+            return False
+        namespace, plural = parsed["ns"], parsed["plural"]
+        if parsed["ns"] is None and plural == "namespaces":
+            return False  # a namespace itself, never a kubetune object
+        if self.plural is not None and plural != self.plural:
+            return False
+        if self.namespace is not None and namespace != self.namespace:
+            return False
+        return self.subresource == "*" or parsed["sub"] == self.subresource
+
+
+def _status_response(code: int, message: str) -> aiohttp.web.Response:
+    reason = FAULT_REASONS.get(code, "InternalError")
+    headers = {"Retry-After": "1"} if code == 429 else None
+    body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code}
+    body |= {"reason": reason, "message": message}
+    return aiohttp.web.json_response(body, status=code, headers=headers)
+
+
+class FaultProxy:
+    """http://127.0.0.1:<port> -> `upstream` (https), with `inject(Fault(...))`; runs in its own thread."""
+
+    def __init__(self, upstream: str, ca_file: Path) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.ca_file = ca_file
+        self.faults: list[Fault] = []
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._runner: aiohttp.web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def inject(self, fault: Fault) -> Fault:
+        self._loop.call_soon_threadsafe(self.faults.append, fault)
+        return fault
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            auto_decompress=False,
+        )
+        app = aiohttp.web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = aiohttp.web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await aiohttp.web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        for fault in self.faults:
+            if fault.matches(request.method, request.path):
+                fault.served += 1
+                return _status_response(fault.status, f"injected fault {fault.served}/{fault.times}")
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIPPED_HEADERS}
+        body = await request.read()
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+        ) as upstream:
+            response = aiohttp.web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _SKIPPED_HEADERS:
+                    response.headers[key] = value
+            if upstream.headers.get("Content-Encoding"):
+                response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except (ConnectionResetError, aiohttp.ClientError):
+                pass  # either side went away (a watch ended); the other side sees its connection close
+            return response
