@@ -1,5 +1,6 @@
-"""Session fixtures of the end-to-end suite: one emulated API server with the real operator, and one
-process kubelet, shared by every e2e test (each test uses its own namespace, so jobs never meet)."""
+"""Session fixtures of the end-to-end suite, shared by every e2e test (each test uses its own namespace,
+so jobs never meet): the real control plane with kubetune installed by its chart and the operator
+running under the chart's RBAC (realcluster.py), and the process kubelet as two nodes (node.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import E2ECluster
-from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.node import ScheduledKubelet
+from tests.e2e.realcluster import RealCluster
+from tests.support.controlplane import ControlPlane
+
+#: The nodes the process kubelet registers (two, so that a node can be lost while the other one runs).
+NODES = ["node-a", "node-b"]
 
 
 def image_environment() -> dict[str, str]:
@@ -34,9 +39,9 @@ def image_environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[E2ECluster]:
-    """The emulated API server and the real operator (in-process), for the whole session."""
-    running = E2ECluster().start()
+def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    """kubetune installed on the session's control plane, the operator running, for the whole session."""
+    running = RealCluster(control_plane, tmp_path_factory.mktemp("cluster")).start()
     try:
         yield running
     finally:
@@ -44,10 +49,12 @@ def cluster() -> Iterator[E2ECluster]:
 
 
 @pytest.fixture(scope="session")
-def kubelet(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessKubelet]:
-    """The node: runs every pod of the emulator as local processes."""
-    node = ProcessKubelet(cluster.url, tmp_path_factory.mktemp("node"), image_environment()).start()
+def kubelet(cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScheduledKubelet]:
+    """The nodes: run the pods the scheduler binds to them as local processes."""
+    root = tmp_path_factory.mktemp("nodes")
+    nodes = ScheduledKubelet(cluster.api, cluster.control_plane.ca_file, root, image_environment(), NODES)
+    nodes.start()
     try:
-        yield node
+        yield nodes
     finally:
-        node.stop()
+        nodes.stop()

@@ -1,5 +1,5 @@
 """End-to-end jobs: a tiny model, learnable data and a FineTuneJob (`a_scenario`, a preset of the builder
-in tests/support/builders.py), submitted to the emulated cluster, with the waits and reads the scenarios
+in tests/support/builders.py), submitted to the real control plane, with the waits and reads the scenarios
 share.
 
 The model and datasets are plain absolute paths on this machine: for the process kubelet the machine is
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import E2ECluster, dump_folder
-from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.node import ScheduledKubelet
+from tests.e2e.realcluster import RealCluster
 from tests.support import tiny
 from tests.support.apiserver import JOBS, PODS
 from tests.support.builders import JobBuilder
@@ -39,8 +39,8 @@ SCENARIO_SPEC: dict[str, Any] = {
 class Job:
     """One submitted FineTuneJob and the cluster it runs in."""
 
-    cluster: E2ECluster
-    kubelet: ProcessKubelet
+    cluster: RealCluster
+    kubelet: ScheduledKubelet
     namespace: str
     name: str
 
@@ -117,6 +117,14 @@ class Job:
         return name
 
 
+def dump_folder(path: Path, limit: int = 4000) -> str:
+    """The tail of every log file below `path`, for failure messages."""
+    parts = []
+    for log in sorted(path.rglob("*.log")):
+        parts.append(f"--- {log} ---\n{log.read_text(errors='replace')[-limit:]}")
+    return "\n".join(parts)
+
+
 @dataclass(frozen=True)
 class Inputs:
     """The tiny model and the dataset files, shared by every scenario of a session."""
@@ -139,10 +147,12 @@ def a_scenario(name: str, inputs: Inputs) -> JobBuilder:
     return job.storage(f"pvc://{CLAIM}/{name}")
 
 
-def submit(cluster: E2ECluster, kubelet: ProcessKubelet, namespace: str, job: JobBuilder) -> Job:
-    """Create the job (validated by the API models first) in `namespace`."""
+def submit(cluster: RealCluster, kubelet: ScheduledKubelet, namespace: str, job: JobBuilder) -> Job:
+    """Create the job (validated by the API models first) in `namespace`, with its checkpoint claim."""
+    cluster.ensure_namespace(namespace)
+    cluster.ensure_claim(namespace, CLAIM)
     cluster.create(JOBS, namespace, job.build(validate=True))
     return Job(cluster, kubelet, namespace, job.name)
 
 
-__all__ = ["JOBS", "PODS", "Inputs", "Job", "a_scenario", "make_inputs", "submit"]
+__all__ = ["CLAIM", "JOBS", "PODS", "Inputs", "Job", "a_scenario", "make_inputs", "submit"]

@@ -1,19 +1,17 @@
 """A test-only kubelet: runs the pods of an API server as local processes and reports them back.
 
-The emulated API server stores pods but nothing runs them. `ProcessKubelet` plays the node: it watches
-every pod through the HTTP API (as a kubelet does), binds it to its node, starts each pod's container
-command as a process (see `podexec` for the environment, volume and network mapping), and writes the
-pod status a real kubelet writes: phase, PodScheduled/Initialized/ContainersReady/Ready conditions,
-podIP, and per container `waiting` / `running` / `terminated{exitCode, reason, message, startedAt,
-finishedAt}`. The operator under test classifies failures from exactly these fields.
+`ProcessKubelet` plays the node: it watches pods through the HTTP API (as a kubelet does), starts each
+pod's container command as a process (see `podexec` for the environment, volume and network mapping),
+and writes the pod status a real kubelet writes: phase, PodScheduled/Initialized/ContainersReady/Ready
+conditions, podIP, and per container `waiting` / `running` / `terminated{exitCode, reason, message,
+startedAt, finishedAt}`. The operator under test classifies failures from exactly these fields. On the
+emulated API server it binds every pod to itself; on the real control plane `node.ScheduledKubelet`
+registers Nodes and runs only the pods the scheduler bound to them.
 
-Deletion follows Kubernetes' graceful termination. The emulated API server
-(tests/support/apiserver.ApiServer with graceful_pod_deletion) gives every pod a "kubelet" finalizer, so
-that a DELETE only marks the pod (deletionTimestamp), as a real API server does for a pod on a node; the
-kubelet then sends SIGTERM to the container's main process, waits `deletionGracePeriodSeconds` (else
-`terminationGracePeriodSeconds`, default 30), sends SIGKILL to every process of the container, reports
-the terminated state and removes the finalizer, which removes the pod. (Against a server without that
-emulation the kubelet adds the finalizer itself when it binds the pod.)
+Deletion follows Kubernetes' graceful termination: a DELETE only marks a pod on a node
+(deletionTimestamp; the emulator keeps it with a "kubelet" finalizer); the kubelet sends SIGTERM to the
+container's main process, waits `deletionGracePeriodSeconds` (else `terminationGracePeriodSeconds`,
+default 30), SIGKILLs every process of the container, reports the terminated state and releases the pod.
 
 The pod IP (a loopback address of its own, see `podexec.Network`) answers on every declared
 containerPort: a forwarder passes connections to the host port the gang's process really listens on,
@@ -41,15 +39,8 @@ from typing import Any
 import aiohttp
 
 from tests.e2e import podexec
-from tests.e2e.pod_status import (
-    PodRuntime,
-    forward_connection,
-    now,
-    pod_status,
-    shell_exit_code,
-)
+from tests.e2e.pod_status import PodRuntime, forward_connection, now, pod_status, shell_exit_code
 from tests.support.apiserver import KUBELET_FINALIZER
-from tests.support.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +117,8 @@ class ProcessKubelet:
     # -- internals ----------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+        self._session = aiohttp.ClientSession(timeout=timeout, **self._session_options())
         self._watcher = asyncio.get_running_loop().create_task(self._watch_forever())
 
     async def _stop(self) -> None:
@@ -156,6 +148,16 @@ class ProcessKubelet:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(runtime.process.pid, sig)
 
+    # -- what differs on a real control plane (overridden by tests/e2e/node.ScheduledKubelet) ------------
+
+    def _session_options(self) -> dict[str, Any]:
+        """Credentials and TLS for the API server (the emulator needs none)."""
+        return {}
+
+    def _accepts(self, pod: Mapping[str, Any]) -> bool:
+        """Whether this kubelet runs `pod` (here: every pod; it binds them itself)."""
+        return True
+
     async def _watch_forever(self) -> None:
         assert self._session is not None
         while True:
@@ -184,6 +186,8 @@ class ProcessKubelet:
         if kind not in ("ADDED", "MODIFIED"):
             return
         if runtime is None:
+            if not self._accepts(pod):
+                return
             if metadata.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return  # an old pod seen again after a reconnect
             runtime = PodRuntime(key[0], key[1], pod, self.root / "pods" / key[0] / key[1])
@@ -252,16 +256,7 @@ class ProcessKubelet:
         return True
 
     def _network(self, pod: Mapping[str, Any]) -> podexec.Network:
-        metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
-        namespace = metadata.get("namespace") or "default"
-        hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
-        gang = self.gang_ports.setdefault((namespace, subdomain or metadata.get("name", "")), {})
-        for container in spec.get("containers") or []:
-            for port in container.get("ports") or []:
-                if port["containerPort"] not in gang:
-                    gang[port["containerPort"]] = free_port()
-        ip = podexec.pod_ip(namespace, hostname, subdomain, metadata.get("name", ""))
-        return podexec.Network(namespace=namespace, ip=ip, subdomain=subdomain, ports=gang)
+        return podexec.network_of(pod, self.gang_ports)
 
     async def _lookup_all(self, namespace: str) -> dict[tuple[str, str, str], dict[str, str]]:
         found: dict[tuple[str, str, str], dict[str, str]] = {}
@@ -292,7 +287,7 @@ class ProcessKubelet:
                     network=network,
                     lookup=lambda kind, ns, name, known=known: known.get((kind, ns, name)),
                     base_env=self.base_env,
-                    node_name=self.node_name,
+                    node_name=runtime.pod["spec"].get("nodeName") or self.node_name,
                 )
             except podexec.ContainerConfigError as error:
                 waiting = {"reason": "CreateContainerConfigError", "message": str(error)}

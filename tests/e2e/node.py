@@ -1,4 +1,4 @@
-"""What makes a process kubelet a node of a real control plane: its Node object and its heartbeat.
+"""What makes the process kubelet the nodes of a real control plane: Node objects and their heartbeat.
 
 A kubelet registers a Node (capacity, addresses, a Ready condition), then proves it is alive by renewing
 its Lease in `kube-node-lease` every few seconds and refreshing its status now and then. The scheduler
@@ -13,10 +13,17 @@ GPU-requesting pods can be scheduled; nothing here uses a GPU).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.pod_status import PodRuntime
 from tests.support.controlplane import KUBERNETES_VERSION
 from tests.support.kubeapi import KubeApi
 
@@ -119,3 +126,57 @@ class NodeAgent:
             code, body = self.api.create(LEASES, LEASE_NAMESPACE, lease)
             if code >= 300 and code != 409:
                 raise RuntimeError(f"node {self.name}: lease refused: HTTP {code}: {body}")
+
+
+class ScheduledKubelet(ProcessKubelet):
+    """The process kubelet as the nodes of a real control plane: it registers `node_names` (each with its
+    own heartbeat), runs only the pods the scheduler bound to one of them, and, once a deleted pod's
+    container has stopped, confirms the deletion as a kubelet does (DELETE with grace 0, by uid)."""
+
+    def __init__(
+        self, api: KubeApi, ca_file: Path, root: Path, base_env: Mapping[str, str], node_names: list[str]
+    ) -> None:
+        super().__init__(api.server, root, base_env, node_name=node_names[0])
+        self.api = api
+        self.ca_file = ca_file
+        self.nodes = {name: NodeAgent(api, name) for name in node_names}
+
+    def start(self) -> ScheduledKubelet:
+        for agent in self.nodes.values():
+            agent.start()
+        super().start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        for agent in self.nodes.values():
+            agent.stop()
+        super().stop(timeout)
+
+    def stop_heartbeat(self, node_name: str) -> None:
+        """Node loss: the node stops renewing its Lease (its pods' processes keep running)."""
+        self.nodes[node_name].stop_heartbeat()
+
+    def _session_options(self) -> dict[str, Any]:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return {
+            "headers": {"Authorization": f"Bearer {self.api.token}"},
+            "connector": aiohttp.TCPConnector(ssl=context),
+        }
+
+    def _accepts(self, pod: Mapping[str, Any]) -> bool:
+        return (pod.get("spec") or {}).get("nodeName") in self.nodes
+
+    async def _bind(self, runtime: PodRuntime) -> bool:
+        """The scheduler bound it already; report the sandbox being made (its IP known)."""
+        ip = self._network(runtime.pod).ip
+        await self._write_status(runtime, "Pending", {"waiting": {"reason": "ContainerCreating"}}, ip=ip)
+        return True
+
+    async def _release(self, runtime: PodRuntime) -> None:
+        if runtime.vanished:
+            return
+        assert self._session is not None
+        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": runtime.pod["metadata"]["uid"]}}
+        async with self._session.delete(self._pod_url(runtime), json=options) as response:
+            if response.status >= 300 and response.status not in (404, 409):
+                logger.warning("kubelet: cannot confirm the deletion of %s: HTTP %s", runtime.name, response.status)

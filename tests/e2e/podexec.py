@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+
 #: Kubernetes' default terminationMessagePath.
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 #: Kubernetes keeps at most this many bytes of a termination message.
@@ -96,6 +98,21 @@ class Network:
     def port(self, text: str) -> str:
         mapped = self.ports.get(int(text)) if text.isdigit() else None
         return str(mapped) if mapped is not None else text
+
+
+def network_of(pod: Mapping[str, Any], gang_ports: dict[tuple[str, str], dict[int, int]]) -> Network:
+    """The pod's loopback IP and its gang's port map (each containerPort -> a free host port, shared by
+    the pods of one headless Service, so that each gang member listens on its own host port)."""
+    metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
+    namespace = metadata.get("namespace") or "default"
+    hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
+    gang = gang_ports.setdefault((namespace, subdomain or metadata.get("name", "")), {})
+    for container in spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            if port["containerPort"] not in gang:
+                gang[port["containerPort"]] = free_port()
+    ip = pod_ip(namespace, hostname, subdomain, metadata.get("name", ""))
+    return Network(namespace=namespace, ip=ip, subdomain=subdomain, ports=gang)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,11 @@ class RealCluster:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def inject(self, fault: Fault) -> Fault:
+        """Make the API server (as the operator sees it) answer the next matching requests with a fault."""
+        assert self.server is not None, "the cluster is not started"
+        return self.server.inject(fault)
+
     def start_operator(self) -> None:
         self.operator = OperatorThread(fast_settings(), self.operator_configuration(), None)
         asyncio.run(self.operator.start(timeout=60))

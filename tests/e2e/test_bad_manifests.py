@@ -1,9 +1,9 @@
 """Bad manifests are refused before anything is created.
 
 Each row is a FineTuneJob with one mistake. `kubetune validate` (what a user or CI runs before applying)
-must refuse it naming the field; and when it reaches the API server anyway (the emulator, like a
-cluster without the CRD's schema, stores whatever it is given) the operator must mark it Failed naming
-the field, with no pod, Service or ConfigMap created for it.
+must refuse it naming the field. On the real API server the CRD's schema and CEL rules refuse most rows
+at once (naming the field); a row the server accepts (what its schema cannot express) must be marked
+Failed by the operator, naming the field, with no pod, Service or ConfigMap created for it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.cli import EXIT_BAD_INPUT
+from kubetune.api.invocation import EXIT_BAD_INPUT
 from kubetune.cli import main as kubetune
-from tests.e2e.harness import E2ECluster
 from tests.e2e.jobs import JOBS, Inputs, a_scenario, make_inputs
+from tests.e2e.realcluster import RealCluster
+from tests.support.kubeapi import api_path
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -67,20 +68,29 @@ def test_validate_refuses(
     assert names(field, refusal) and str(path) in refusal, refusal
 
 
-def test_the_operator_refuses_before_creating_anything(cluster: E2ECluster, bad_inputs: Inputs) -> None:
-    for name, mistake, _ in BAD:
-        cluster.create(JOBS, NAMESPACE, bad_manifest(name, mistake, bad_inputs))
+def test_the_server_or_the_operator_refuses_before_creating_anything(cluster: RealCluster, bad_inputs: Inputs) -> None:
+    cluster.ensure_namespace(NAMESPACE)
+    stored = []
+    for name, mistake, field in BAD:
+        # strict field validation, as kubectl asks for it: an unknown field is refused, not pruned
+        path = api_path(JOBS, NAMESPACE) + "?fieldValidation=Strict"
+        code, answer = cluster.request("POST", path, bad_manifest(name, mistake, bad_inputs))
+        if code < 300:
+            stored.append((name, field))
+        else:  # the server refused it: schema or CEL, naming the field
+            assert code in (400, 422) and names(field, answer["message"]), (name, code, answer)
+    assert [name for name, _ in stored] == ["memory-not-a-quantity"], stored  # the schema has no quantity type
 
     def refused() -> dict[str, str] | None:
-        statuses = {name: cluster.status(NAMESPACE, name) for name, _, _ in BAD}
+        statuses = {name: cluster.status(NAMESPACE, name) for name, _ in stored}
         failed = all(status.get("phase") == "Failed" for status in statuses.values())
         return {name: status.get("message") or "" for name, status in statuses.items()} if failed else None
 
-    messages = eventually(refused, 30, message="every bad job to be refused")
-    for name, _, field in BAD:
+    messages = eventually(refused, 30, message="every stored bad job to be refused by the operator")
+    for name, field in stored:
         assert names(field, messages[name]), (name, messages[name])
     for resource in ("v1/pods", "v1/services", "v1/configmaps"):
-        assert cluster.objects(resource, NAMESPACE) == [], resource
+        assert [o for o in cluster.objects(resource, NAMESPACE) if o["metadata"]["name"] != "kube-root-ca.crt"] == []
     reasons = {e.get("reason") for e in cluster.objects("v1/events", NAMESPACE)}
     assert "InvalidSpec" in reasons, reasons
 

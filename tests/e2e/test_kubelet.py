@@ -13,15 +13,24 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import E2ECluster
-from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.node import ScheduledKubelet
 from tests.e2e.podexec import Network, PathMap, expand, pod_ip, rewrite
+from tests.e2e.realcluster import RealCluster
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
 
 PODS = "v1/pods"
 NS = "kubelet-tests"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def namespace(cluster: RealCluster) -> str:
+    """Hand-made pods run as the image's user: a namespace without the `restricted` level; their claims."""
+    cluster.ensure_namespace(NS, restricted=False)
+    for claim in ("keep", "data"):
+        cluster.ensure_claim(NS, claim)
+    return NS
 
 
 def pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
@@ -32,11 +41,12 @@ def pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "kubelet-test", "role": name}},
-        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
+        # no service-account token volume, as on kubetune's trainer pods (the process kubelet mounts none)
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container], **spec},
     }
 
 
-def terminated(cluster: E2ECluster, name: str, namespace: str = NS) -> dict[str, Any]:
+def terminated(cluster: RealCluster, name: str, namespace: str = NS) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         for item in cluster.objects(PODS, namespace):
             if item["metadata"]["name"] == name:
@@ -54,11 +64,11 @@ def state_of(item: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def gone(cluster: E2ECluster, name: str, namespace: str = NS) -> bool:
+def gone(cluster: RealCluster, name: str, namespace: str = NS) -> bool:
     return all(item["metadata"]["name"] != name for item in cluster.objects(PODS, namespace))
 
 
-def test_environment_volumes_and_termination_message(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_environment_volumes_and_termination_message(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     cluster.create("v1/configmaps", NS, {"metadata": {"name": "cfg"}, "data": {"job.yaml": "hello", "K": "v"}})
     script = """
 import json, os, sys
@@ -104,10 +114,10 @@ sys.exit(3)
     assert reported["HOSTNAME"] == "h0" and reported["IP"] == pod_ip(NS, "h0", "grp", "envtest")
     assert reported["arg"] == "envtest-x" and reported["config"] == "hello"
     assert reported["ROOT"].endswith("/rootfs/mnt/pvc")  # a parent of a mount is rewritten too
-    assert item["spec"]["nodeName"] == kubelet.node_name and item["status"]["podIP"] == reported["IP"]
+    assert item["spec"]["nodeName"] in kubelet.nodes and item["status"]["podIP"] == reported["IP"]
 
 
-def test_claims_outlive_pods_and_success_is_completed(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_claims_outlive_pods_and_success_is_completed(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "keep"}}]
     mounts = {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}
     write = "open('/data/x'.replace('/data', __import__('sys').argv[1]), 'w').write('kept')"
@@ -122,7 +132,7 @@ def test_claims_outlive_pods_and_success_is_completed(cluster: E2ECluster, kubel
     assert (kubelet.claim_dir(NS, "keep") / "x").read_text() == "kept"
 
 
-def test_service_dns_names_and_ports_reach_the_right_pod(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_service_dns_names_and_ports_reach_the_right_pod(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     server = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,7 +169,7 @@ open("/dev/termination-log".replace("/dev", sys.argv[2]), "w").write(c.recv(4).d
     assert state_of(terminated(cluster, "w0"))["exitCode"] == 0
 
 
-def test_graceful_deletion_sends_sigterm_then_removes_the_pod(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_graceful_deletion_sends_sigterm_then_removes_the_pod(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     script = """
 import signal, sys, time
 def stop(*_):
@@ -174,7 +184,7 @@ time.sleep(60)
     assert (NS, "graceful", "exited 8") in kubelet.history
 
 
-def test_grace_period_ends_with_sigkill(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_grace_period_ends_with_sigkill(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     cluster.create(PODS, NS, pod("stubborn", script, terminationGracePeriodSeconds=1))
     eventually(lambda: (NS, "stubborn") in kubelet.running(), 20, message="the pod to run")
@@ -183,7 +193,7 @@ def test_grace_period_ends_with_sigkill(cluster: E2ECluster, kubelet: ProcessKub
     assert (NS, "stubborn", f"exited {128 + signal.SIGKILL}") in kubelet.history
 
 
-def test_oom_hook_reports_oomkilled_and_kept_conditions(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_oom_hook_reports_oomkilled_and_kept_conditions(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     cluster.create(PODS, NS, pod("hungry", "import time; time.sleep(60)"))
     eventually(lambda: (NS, "hungry") in kubelet.running(), 20, message="the pod to run")
     extra = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
@@ -195,7 +205,7 @@ def test_oom_hook_reports_oomkilled_and_kept_conditions(cluster: E2ECluster, kub
     assert any(c["type"] == "DisruptionTarget" for c in item["status"]["conditions"])
 
 
-def test_missing_configmap_waits_then_starts(cluster: E2ECluster, kubelet: ProcessKubelet) -> None:
+def test_missing_configmap_waits_then_starts(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
     env = [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "x"}}}]
     script = "import os, sys; sys.exit(0 if os.environ['X'] == 'ok' else 1)"
     cluster.create(PODS, NS, pod("waiter", script, container={"env": env}))

@@ -1,7 +1,10 @@
-"""End-to-end scenarios: the real operator, real DeepSpeed trainer processes (a tiny model, two workers of
-one CPU process each) run by the process kubelet, against the emulated API server.
+"""End-to-end scenarios: the real operator under the chart's RBAC, real DeepSpeed trainer processes (a
+tiny model, two workers of one CPU process each) run by the process kubelet on the nodes the real
+scheduler picks, against the real control plane (etcd, kube-apiserver with production admission
+plugins, controller-manager, scheduler).
 
-Every scenario has its own namespace; they share one emulator, operator and kubelet for the session and
+Every scenario has its own namespace (Pod Security `restricted`); they share one control plane, operator
+and kubelet for the session and
 run one after another (two cores: concurrent jobs only slow each other's start-up). Scenario 3 compares
 its final weights with scenario 1's run (same seed, data and spec), so it reuses that run as its
 uninterrupted reference instead of training one of its own.
@@ -21,11 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e import kubectl
-from tests.e2e.harness import E2ECluster, Fault
-from tests.e2e.jobs import JOBS, MAX_STEPS, PODS, Inputs, Job, a_scenario, make_inputs, submit
-from tests.e2e.kubelet import ProcessKubelet
-from tests.support.apiserver import write_kubeconfig
+from tests.e2e.jobs import CLAIM, JOBS, MAX_STEPS, PODS, Inputs, Job, a_scenario, make_inputs, submit
+from tests.e2e.node import ScheduledKubelet
+from tests.e2e.realcluster import Fault, RealCluster
 from tests.support.waiting import eventually
 
 RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
@@ -53,26 +54,24 @@ def resumed_step(job: Job, attempt: int) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def starts(kubelet: ProcessKubelet, namespace: str) -> list[str]:
-    """Names of the pods whose container the kubelet started in `namespace`, in order."""
-    return [name for ns, name, what in kubelet.history if ns == namespace and what == "started"]
+def starts(kubelet: ScheduledKubelet, namespace: str) -> list[str]:
+    """Names of the pods whose container the kubelet started in `namespace`, in name order (attempt, then
+    worker index: the two workers of a gang start at the same time, on either node, in either order)."""
+    return sorted(name for ns, name, what in kubelet.history if ns == namespace and what == "started")
 
 
 @pytest.fixture(scope="session")
 def succeeded(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
 ) -> Job:
-    """Scenario 1's run, submitted with the real `kubectl apply` where kubectl is installed; also the
-    uninterrupted reference of scenario 3."""
-    if kubectl.available():
-        folder = tmp_path_factory.mktemp("kubectl")
-        path = folder / "tiny.yaml"
-        path.write_text(yaml.safe_dump(a_scenario("tiny", inputs).build(validate=True)))
-        applied = kubectl.Kubectl(cluster.url, folder)("apply", kubectl.NO_OPENAPI, "-n", "s1-success", "-f", str(path))
-        assert "created" in applied.stdout, applied
-        job = Job(cluster, kubelet, "s1-success", "tiny")
-    else:
-        job = submit(cluster, kubelet, "s1-success", a_scenario("tiny", inputs))
+    """Scenario 1's run, submitted with `kubectl apply` and its default (server-side schema) validation;
+    also the uninterrupted reference of scenario 3."""
+    path = tmp_path_factory.mktemp("kubectl") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(a_scenario("tiny", inputs).build(validate=True)))
+    cluster.ensure_namespace("s1-success")
+    cluster.ensure_claim("s1-success", CLAIM)
+    assert "created" in cluster.kubectl_ok("apply", "-n", "s1-success", "-f", str(path))
+    job = Job(cluster, kubelet, "s1-success", "tiny")
     job.wait_phase("Succeeded", "Failed", timeout=180)
     return job
 
@@ -97,7 +96,7 @@ def test_1_success(succeeded: Job) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_2_early_stop(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+def test_2_early_stop(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs) -> None:
     # minDelta far above any change of the loss: the second evaluation never counts as an improvement
     early = a_scenario("tiny", inputs).evaluation(every_steps=2).early_stopping(patience=1, min_delta=100.0)
     job = submit(cluster, kubelet, "s2-early-stop", early)
@@ -111,7 +110,7 @@ def test_2_early_stop(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
 
 @pytest.mark.timeout(240)
 def test_3_sigkill_replaces_the_gang_and_resumes(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, succeeded: Job
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, succeeded: Job
 ) -> None:
     job = submit(cluster, kubelet, "s3-sigkill", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
@@ -133,7 +132,7 @@ def test_3_sigkill_replaces_the_gang_and_resumes(
 
 @pytest.mark.timeout(240)
 def test_4_oom_killed_worker_is_retried_with_a_memory_hint(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs
 ) -> None:
     job = submit(cluster, kubelet, "s4-oom", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
@@ -149,7 +148,7 @@ def test_4_oom_killed_worker_is_retried_with_a_memory_hint(
 
 @pytest.mark.timeout(240)
 def test_5_disruption_is_replaced_without_counting(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs
 ) -> None:
     # maxRestarts 0: the job can only finish if the disruption is not counted as a restart
     job = submit(cluster, kubelet, "s5-disruption", a_scenario("tiny", inputs).retry(max_restarts=0))
@@ -170,7 +169,7 @@ def test_5_disruption_is_replaced_without_counting(
 
 
 @pytest.mark.timeout(120)
-def test_6_missing_dataset_fails_at_once(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+def test_6_missing_dataset_fails_at_once(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs) -> None:
     missing = "/nonexistent/e2e/train.jsonl"
     job = submit(cluster, kubelet, "s6-permanent", a_scenario("tiny", inputs).train(missing))
     status = job.wait_phase("Failed", "Succeeded", timeout=90)
@@ -184,7 +183,7 @@ def test_6_missing_dataset_fails_at_once(cluster: E2ECluster, kubelet: ProcessKu
 
 @pytest.mark.timeout(150)
 def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs
 ) -> None:
     job = submit(cluster, kubelet, "s7-exhausted", a_scenario("tiny", inputs).retry(max_restarts=1))
     for attempt in (1, 2):
@@ -202,10 +201,10 @@ def test_7_exhausted_restarts_fail_the_job_and_remove_its_pods(
 
 
 @pytest.fixture
-def operator_process(cluster: E2ECluster, tmp_path: Path) -> Iterator[Any]:
-    """`kubetune operator` as a process with a kubeconfig pointing at the emulator, in place of the
-    in-process operator for the duration of a test."""
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
+def operator_process(cluster: RealCluster, tmp_path: Path) -> Iterator[Any]:
+    """`kubetune operator` as a process with a kubeconfig of the chart's ServiceAccount (through the fault
+    proxy), in place of the in-process operator for the duration of a test."""
+    kubeconfig = cluster.operator_kubeconfig(tmp_path / "kubeconfig")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     command = [sys.executable, "-m", "kubetune.cli", "operator", "-A", "--metrics-port", "0", "--health-port", "0"]
     processes: list[subprocess.Popen[bytes]] = []
@@ -229,7 +228,7 @@ def operator_process(cluster: E2ECluster, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.timeout(240)
 def test_8_operator_killed_mid_run(
-    cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs, operator_process: Any
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, operator_process: Any
 ) -> None:
     first = operator_process()
     job = submit(cluster, kubelet, "s8-operator-restart", a_scenario("tiny", inputs))
@@ -245,7 +244,7 @@ def test_8_operator_killed_mid_run(
 
 
 @pytest.mark.timeout(240)
-def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+def test_9_api_faults(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs) -> None:
     namespace = "s9-api-faults"
     faults = [
         Fault("CREATE", status, 1, plural=plural, namespace=namespace)
@@ -254,7 +253,7 @@ def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
     ]
     faults += [Fault("UPDATE", status, 1, plural="finetunejobs", namespace=namespace) for status in (409, 429, 500)]
     for fault in faults:
-        cluster.server.inject(fault)
+        cluster.inject(fault)
     job = submit(cluster, kubelet, namespace, a_scenario("tiny", inputs))
     try:
         status = job.wait_phase("Succeeded", "Failed", timeout=180)
@@ -269,7 +268,7 @@ def test_9_api_faults(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inpu
 
 
 @pytest.mark.timeout(240)
-def test_10_suspend_and_resume(cluster: E2ECluster, kubelet: ProcessKubelet, inputs: Inputs) -> None:
+def test_10_suspend_and_resume(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs) -> None:
     job = submit(cluster, kubelet, "s10-suspend", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
     job.wait_checkpoint(step=8)
@@ -286,17 +285,21 @@ def test_10_suspend_and_resume(cluster: E2ECluster, kubelet: ProcessKubelet, inp
     assert step is not None and 8 <= step < MAX_STEPS, job.logs()
 
 
-@pytest.mark.skipif(not kubectl.available(), reason="needs the kubectl client")
 @pytest.mark.timeout(120)
-def test_kubectl_gets_and_deletes_the_succeeded_job(succeeded: Job, tmp_path: Path) -> None:
+def test_kubectl_gets_and_deletes_the_succeeded_job(succeeded: Job) -> None:
     """Runs last: it deletes scenario 1's job (its exported weights stay on the claim)."""
-    run = kubectl.Kubectl(succeeded.cluster.url, tmp_path)
+    run = succeeded.cluster.kubectl_ok
     namespace = ["-n", succeeded.namespace]
-    assert "tiny" in run("get", "ftj", *namespace).stdout
-    assert run("get", "finetunejob", "tiny", *namespace, "-o", "jsonpath={.status.phase}").stdout == "Succeeded"
-    pods = run("get", "pods", *namespace, "-l", "kubetune.io/job-name=tiny", "-o", "name").stdout.split()
+    table = run("get", "ftj", *namespace).splitlines()
+    assert table[0].split()[:3] == ["NAME", "PHASE", "PROGRESS"] and table[1].split()[:3] == [
+        "tiny",
+        "Succeeded",
+        "100",
+    ]
+    assert run("get", "finetunejob", "tiny", *namespace, "-o", "jsonpath={.status.phase}") == "Succeeded"
+    pods = run("get", "pods", *namespace, "-l", "kubetune.io/job-name=tiny", "-o", "name").split()
     assert sorted(pods) == [f"pod/tiny-a1-w{i}" for i in (0, 1)] or pods == [], pods
-    assert "deleted" in run("delete", "ftj", "tiny", *namespace, "--timeout=60s").stdout
-    missing = run("get", "ftj", "tiny", *namespace, check=False)
+    assert "deleted" in run("delete", "ftj", "tiny", *namespace, "--timeout=60s")
+    missing = succeeded.cluster.control_plane.kubectl("get", "ftj", "tiny", *namespace)
     assert missing.returncode != 0 and "NotFound" in missing.stderr, missing
     eventually(lambda: not succeeded.pods(), 60, message="the job's pods to be collected with it")

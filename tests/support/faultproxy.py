@@ -113,7 +113,7 @@ class FaultProxy:
         )
         app = aiohttp.web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = aiohttp.web.AppRunner(app, access_log=None)
+        self._runner = aiohttp.web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await aiohttp.web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -131,8 +131,14 @@ class FaultProxy:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIPPED_HEADERS}
         body = await request.read()
+        # aiohttp would label a body without a Content-Type as application/octet-stream, which the API server
+        # refuses (415); pass on exactly what the caller sent
         async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            skip_auto_headers=("Content-Type",),
         ) as upstream:
             response = aiohttp.web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import kubernetes.client as k8s
 import pytest
 import yaml
 
 from kubetune.api.job import FineTuneJob
 from kubetune.operator import builders
+from kubetune.operator.kube import Kube, RetrySettings
 from tests.e2e.node import NodeAgent
 from tests.support.builders import a_job
 from tests.support.chart import NAMESPACE as OPERATOR_NAMESPACE
@@ -81,21 +83,30 @@ def test_every_chart_object_is_accepted(control_plane: ControlPlane, installed: 
         assert found.returncode == 0, (kind, name, found.stderr)
 
 
-def test_the_operator_can_create_a_jobs_children(admin: KubeApi, operator: KubeApi) -> None:
+async def test_the_operator_creates_a_jobs_children(
+    control_plane: ControlPlane, admin: KubeApi, operator: KubeApi
+) -> None:
+    """Through the operator's own API client (kube.py), with the chart's ServiceAccount token."""
     manifest = a_job("children").build()
     code, body = admin.create(JOBS, TEAM, manifest)
     assert code == 201, body
     job = FineTuneJob.model_validate(body)
-    settings = builders.BuildSettings(trainer_image="kubetune/trainer:test")
-    children = [
-        ("v1/configmaps", builders.build_configmap(job, manifest["spec"])),
-        ("v1/services", builders.build_service(job)),
-        ("v1/pods", builders.build_worker_pod(job, 1, 0, settings)),
-    ]
-    for resource, child in children:
-        code, body = operator.create(resource, TEAM, child)
-        assert code == 201, (resource, body.get("message"))
-        owner = body["metadata"]["ownerReferences"][0]
+    configuration = k8s.Configuration()
+    configuration.host, configuration.ssl_ca_cert = control_plane.url, str(control_plane.ca_file)
+    configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
+    kube = Kube(configuration, RetrySettings(attempts=1))
+    try:
+        await kube.create_configmap(builders.build_configmap(job, manifest["spec"]))
+        await kube.create_service(builders.build_service(job))
+        await kube.create_pod(
+            builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="kubetune/trainer:test"))
+        )
+    finally:
+        kube.close()
+    for resource in ("v1/configmaps", "v1/services", "v1/pods"):
+        children = [c for c in admin.list(resource, TEAM) if c["metadata"].get("ownerReferences")]
+        assert len(children) == 1, resource
+        owner = children[0]["metadata"]["ownerReferences"][0]
         assert owner["blockOwnerDeletion"] and owner["uid"] == job.metadata.uid
 
 
