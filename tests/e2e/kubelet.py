@@ -134,6 +134,7 @@ class ProcessKubelet:
                     await asyncio.wait_for(runtime.process.wait(), 10)
         if self._session:
             await self._session.close()
+            await asyncio.sleep(0.25)  # TLS transports finish closing on the loop (aiohttp: graceful shutdown)
 
     async def _signal(self, namespace: str, name: str, sig: int, oom: bool) -> None:
         runtime = self.pods.get((namespace, name))

@@ -17,6 +17,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import aiohttp.web
@@ -85,6 +86,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._runner: aiohttp.web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -103,6 +105,8 @@ class FaultProxy:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _start(self) -> None:
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -118,12 +122,25 @@ class FaultProxy:
         await aiohttp.web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _stop(self) -> None:
+        for task in self._in_flight:  # streams still open (watches): end them before the loop goes
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+            await asyncio.sleep(0.25)  # TLS transports finish closing on the loop (aiohttp: graceful shutdown)
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            return await self._forward(request)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _forward(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         for fault in self.faults:
             if fault.matches(request.method, request.path):
                 fault.served += 1
