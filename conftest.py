@@ -57,9 +57,15 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
             print(f"\ncontrol plane logs kept in {kept}")
 
 
+#: The order the tiers run in: fast feedback first, and the integration tier's control-plane tests before
+#: the end-to-end tier installs and starts the operator on the same (session-wide) control plane.
+TIER_ORDER = ("unit", "integration", "e2e", "slow", "cluster")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     has_gpu = shutil.which("nvidia-smi") is not None
     cluster = os.environ.get("KUBETUNE_CLUSTER_TESTS") == "1"
+    items.sort(key=lambda item: TIER_ORDER.index(tier_of(item.path)))  # stable: file order within a tier
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item.path)))
         if "gpu" in item.keywords and not has_gpu:
