@@ -100,8 +100,8 @@ spec:
 EOF
 kubectl wait -n "$NAMESPACE" --for=condition=Ready pod/kubetune-loader --timeout=300s
 # the tests' tiny model (seconds to build, no download) is always loaded: tests/cluster uses it
-"$PYTHON" -c "import sys; sys.path.append('$ROOT'); from tests.support import tiny; tiny.build_tiny_model('$WORK/tiny')"
-"$PYTHON" -c "import sys; sys.path.append('$ROOT'); from tests.support import tiny; tiny.write_dataset('$WORK/tiny-data', 'prompt-completion', train=96, validation=16)"
+(cd "$ROOT" && "$PYTHON" -c "from tests.support import tiny; tiny.build_tiny_model('$WORK/tiny')")
+(cd "$ROOT" && "$PYTHON" -c "from tests.support import tiny; tiny.write_dataset('$WORK/tiny-data', 'prompt-completion', train=96, validation=16)")
 kubectl exec -n "$NAMESPACE" kubetune-loader -- mkdir -p /mnt/pvc/kubetune-data/models /mnt/pvc/kubetune-data/data
 kubectl cp -n "$NAMESPACE" "$WORK/tiny" kubetune-loader:/mnt/pvc/kubetune-data/models/tiny
 kubectl cp -n "$NAMESPACE" "$WORK/tiny-data" kubetune-loader:/mnt/pvc/kubetune-data/data/tiny
