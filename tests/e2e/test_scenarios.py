@@ -267,11 +267,23 @@ def test_9_api_faults(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: I
     assert len(names) == len(set(names))
 
 
+def running_row(cluster: RealCluster, namespace: str) -> list[str] | None:
+    """The cells of `kubectl get ftj`'s row of a Running job with progress and a train loss; None if none."""
+    for line in cluster.kubectl_ok("get", "ftj", "-n", namespace).splitlines()[1:]:
+        cells = line.split()  # NAME PHASE PROGRESS TRAIN-LOSS EVAL-LOSS RESTARTS AGE
+        if cells[1] == "Running" and cells[2] != "0" and cells[3] != "<none>":
+            return cells
+    return None
+
+
 @pytest.mark.timeout(240)
 def test_10_suspend_and_resume(cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs) -> None:
     job = submit(cluster, kubelet, "s10-suspend", a_scenario("tiny", inputs))
     job.wait_running(attempt=1)
     job.wait_checkpoint(step=8)
+    # `kubectl get ftj` while it runs: the printer columns with the operator's live values
+    row = eventually(lambda: running_row(cluster, job.namespace), 30, message="a Running row with progress")
+    assert row[0] == "tiny" and 0 < int(row[2]) < 100 and float(row[3]) > 0, row
     cluster.patch(JOBS, job.namespace, job.name, {"spec": {"suspend": True}})
     job.wait_phase("Suspended", timeout=60)
     job.wait_gone(timeout=60)
