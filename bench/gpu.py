@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import flops, trainers, workload
+from bench import flops, machine, trainers, workload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,9 @@ def summary_with_mfu(profile: workload.Profile, runs: list[trainers.Run], device
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="gpu", choices=sorted(workload.PROFILES))
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-gpu.json")
+    parser.add_argument(
+        "--out", type=Path, help="results file (default: docs/benchmarks-gpu.json, with the gpu profile only)"
+    )
     parser.add_argument("--work", type=Path, help="folder for the model, data and logs (default: temp)")
     args = parser.parse_args(argv)
     profile = workload.PROFILES[args.profile]
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": trainers.as_records(runs),
         "seconds": round(time.monotonic() - began, 1),
+        "python": sys.version.split()[0],
+        "versions": machine.versions(),
     }
     print(f"\n{device}: {profile.model} seq {profile.seq_length} {profile.precision}")
     print(f"{'trainer':14s} {'tokens/s':>10s} {'step ms':>9s} {'peak GiB':>9s} {'MFU':>7s}")
@@ -85,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = summary["kubetune"]["tokens_per_second"] / summary["transformers"]["tokens_per_second"]
     print(f"ratio kubetune / transformers tokens/s: {ratio:.2f}x ({result['seconds']:.0f} s)")
-    if profile.name == "gpu":
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    out = args.out or (ROOT / "docs" / "benchmarks-gpu.json" if profile.name == "gpu" else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
