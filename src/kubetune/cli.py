@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kubetune.api.invocation import EXIT_BAD_INPUT, TrainerInvocation
 
@@ -36,6 +38,78 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The distributions `kubetune --version` reports, where installed (the core first).
+DISTRIBUTIONS = ("kubetune", "kubetune-operator", "kubetune-trainer")
+#: Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def versions() -> str:
+    """One line per installed distribution of the workspace: `kubetune 0.1.0`, ..."""
+    from importlib import metadata
+
+    lines = []
+    for distribution in DISTRIBUTIONS:
+        try:
+            lines.append(f"{distribution} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            if distribution == "kubetune":
+                lines.append("kubetune (not installed: run from a source tree)")
+    return "\n".join(lines)
+
+
+class _Version(argparse.Action):
+    """`--version`: the versions are looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(versions())
+        parser.exit()
+
+
+def _object_name(text: str) -> str:
+    if len(text) > 253 or not _NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes object name (lower-case a-z, 0-9, '-', '.')")
+    return text
+
+
+def _namespace(text: str) -> str:
+    if len(text) > 63 or not _LABEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (lower-case a-z, 0-9, '-'; 63 at most)")
+    return text
+
+
+def _http_url(text: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} s is out of range (0.1 to 3600)")
+    return value
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        command = importlib.import_module("kubetune.client.status")  # by name, like _lazy: only when it runs
+    except ModuleNotFoundError as error:
+        if error.name not in ("kubernetes", "urllib3"):
+            raise
+        print("kubetune status needs the Kubernetes client: pip install 'kubetune[status]'", file=sys.stderr)
+        return 1
+    code: int = command.main(args)
+    return code
+
+
 def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result: int = getattr(importlib.import_module(module), function)(args)
@@ -46,6 +120,7 @@ def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace],
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version, help="print the installed kubetune distributions' versions")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition (YAML)")
@@ -62,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=9400, help="rank 0's Prometheus port on localhost")
     run.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
     run.set_defaults(handler=_lazy("kubetune.local.runner"))
+
+    status = commands.add_parser(
+        "status",
+        help="show a FineTuneJob in a cluster: the report `kubetune run` writes (exit 1 if not found)",
+        description="Show a FineTuneJob in a cluster, read with your kubeconfig: phase and conditions, progress "
+        "and ETA, losses, restarts, the evaluation and the recent events. Exit status: 0 when the job was found "
+        "(any phase), 1 when it could not be read, 2 for wrong flags, 130 on Ctrl-C. Needs the kubernetes "
+        "client: pip install 'kubetune[status]'.",
+    )
+    status.add_argument("name", metavar="NAME", type=_object_name, help="the FineTuneJob's name")
+    status.add_argument(
+        "--namespace", "-n", type=_namespace, help="its namespace (default: the kubeconfig context's namespace)"
+    )
+    status.add_argument("--watch", "-w", action="store_true", help="follow the job until it finishes")
+    status.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config)")
+    status.add_argument("--context", help="kubeconfig context (default: the current one)")
+    status.add_argument("--prometheus", metavar="URL", type=_http_url, help="Prometheus to chart the loss history from")
+    status.add_argument(
+        "--interval", type=_seconds, default=5.0, metavar="SECONDS", help="seconds between reads with -w (default 5)"
+    )
+    status.set_defaults(handler=_status)
 
     train = commands.add_parser("train", help="run one rank of a job (inside a pod, under torchrun)")
     TrainerInvocation.add_arguments(train)  # the contract both supervisors build their command lines from

@@ -58,7 +58,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         outer = {k: v for k, v in node.items() if k != "anyOf"}
         return _structural({**branches[0], **outer}, defs)
     if node.get("x-kubernetes-int-or-string"):
-        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")}
+        kept = ("description", "x-kubernetes-int-or-string", "maxLength", "x-kubernetes-validations")
+        return {k: v for k, v in node.items() if k in kept}
 
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -82,8 +83,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(additional, dict):
         out["additionalProperties"] = _structural(additional, defs)
         out.setdefault("maxProperties", MAX_MAP_ENTRIES)
-    if "enum" in out and out.get("type") == "string":
-        out.setdefault("maxLength", max(len(v) for v in out["enum"]))
+    # An enum gets no maxLength: its values bound CEL's cost estimate already, and a maxLength would answer
+    # a wrong value with "Too long" instead of naming the supported values.
     return out
 
 

@@ -73,7 +73,7 @@ class FitReport(ApiModel):
 
     type: Literal["OverfittingSuspected", "UnderfittingSuspected"] = doc("type of the condition.")
     status: Literal["True", "False"] = doc("status: True while the sign is present.")
-    reason: str = doc("reason: EvalLossRising, LossPlateauHigh or FitLooksHealthy.")
+    reason: str = doc("reason: EvalLossRising, LossPlateauHigh, TrainingDiverged or FitLooksHealthy.")
     message: str = doc("message: what was seen and the usual remedies.")
     since_step: int | None = doc("sinceStep: optimizer step where the sign began.", default=None)
 

@@ -58,6 +58,9 @@ class Reason:
     SPEC_CHANGE_REFUSED = "SpecChangeRefused"
     OVERFITTING = "EvalLossRising"
     UNDERFITTING = "LossPlateauHigh"
+    DIVERGED = "TrainingDiverged"
+    """On UnderfittingSuspected: the training loss rose far above where it started (or stopped being a
+    number): the learning rate is too high, which no amount of extra training fixes."""
     HEALTHY_FIT = "FitLooksHealthy"
 
 
@@ -135,7 +138,9 @@ class EvaluationSummary(ApiModel):
         default=None,
     )
     verdict: str | None = doc(
-        "verdict: one sentence saying which approach won on quality, and at what latency and size.", default=None
+        "verdict: one sentence saying whether fine-tuning paid off: the fine-tuned model against the best "
+        "prompting approach, with their sizes and latencies.",
+        default=None,
     )
 
 

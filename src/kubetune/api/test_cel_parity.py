@@ -1,5 +1,11 @@
 """The CRD's CEL rules and the Python rules are one rule written twice: a real CEL interpreter (cel-python)
-evaluates every rule on a table of objects and must agree with pydantic's verdict."""
+evaluates every rule on a table of objects and must agree with pydantic's verdict.
+
+cel-python has no Kubernetes quantity library (`isQuantity`, `quantity`, `sign`, `compareTo`): the stand-ins
+below, here and only here, are the Python port of Kubernetes' parser that pydantic uses, so these tests check
+the rules' structure (int-or-string branches, map comprehensions, guards); the real API server test
+(tests/integration/controlplane/test_api_server.py) checks the quantity library itself against pydantic.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,21 @@ from typing import Any
 
 import celpy
 import pytest
+from celpy import celtypes
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.crd import open_api_schema
 from kubetune.api.job import FineTuneJobSpec, immutability_cel_rule
-from kubetune.api.operations import EarlyStoppingSpec, EvaluationSpec
+from kubetune.api.operations import (
+    EarlyStoppingSpec,
+    EvaluationSpec,
+    ResourcesSpec,
+    SchedulingSpec,
+    TolerationSpec,
+    is_qualified_name,
+    parse_quantity,
+    qualified_name_cel,
+)
 from kubetune.api.training import DistributedSpec, MethodSpec, ModelSpec
 from tests.support.builders import a_job
 
@@ -41,6 +57,36 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (FineTuneJobSpec, {**SPEC}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}, "evaluation": {}}),
+    (TolerationSpec, {"operator": "Exists"}),
+    (TolerationSpec, {}),
+    (TolerationSpec, {"key": ""}),
+    (TolerationSpec, {"key": "", "operator": "Exists"}),
+    (TolerationSpec, {"key": "gpu", "value": "a100"}),
+    (TolerationSpec, {"key": "gpu", "value": ""}),
+    (TolerationSpec, {"key": "gpu", "operator": "Exists", "value": "a100"}),
+    (TolerationSpec, {"key": "gpu", "operator": "Exists", "value": ""}),
+    (TolerationSpec, {"key": "gpu", "tolerationSeconds": 60}),
+    (TolerationSpec, {"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 60}),
+    (TolerationSpec, {"key": "gpu", "effect": "", "tolerationSeconds": 60}),
+    (TolerationSpec, {"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 60}),
+    (TolerationSpec, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}),
+    (TolerationSpec, {"key": "a/b/c", "operator": "Exists"}),
+    (TolerationSpec, {"key": "-gpu", "operator": "Exists"}),
+    (TolerationSpec, {"key": "Example.com/gpu", "operator": "Exists"}),
+    (SchedulingSpec, {}),
+    (SchedulingSpec, {"nodeSelector": {"kubernetes.io/arch": "amd64", "gpu": "a100"}}),
+    (SchedulingSpec, {"nodeSelector": {"kubernetes.io/arch": "amd64", "bad key": "x"}}),
+    (SchedulingSpec, {"nodeSelector": {"/gpu": "a100"}}),
+    (ResourcesSpec, {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}),
+    (ResourcesSpec, {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+    (ResourcesSpec, {"requests": {"cpu": 2}, "limits": {"cpu": "2000m"}}),
+    (ResourcesSpec, {"requests": {"cpu": 3}, "limits": {"cpu": 2}}),
+    (ResourcesSpec, {"requests": {"memory": "1Gi"}, "limits": {"memory": "1G"}}),
+    (ResourcesSpec, {"requests": {"memory": "1G"}, "limits": {"memory": "1Gi"}}),
+    (ResourcesSpec, {"requests": {"cpu": "1", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}),
+    (ResourcesSpec, {"requests": {"cpu": "1.0000000001"}, "limits": {"cpu": "1.000000001"}}),  # both round up
+    (ResourcesSpec, {"requests": {"memory": "1e3"}, "limits": {"memory": "999"}}),
+    (ResourcesSpec, {"requests": {"memory": "64Gi"}}),
 ]
 
 
@@ -54,9 +100,31 @@ def _with_scalar_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[
     return filled
 
 
+class _Quantity:
+    """Stand-in for Kubernetes' CEL Quantity type (see the module docstring)."""
+
+    def __init__(self, text: str) -> None:
+        value = parse_quantity(text)
+        if value is None:
+            raise ValueError(f"not a quantity: {text!r}")
+        self.value = value
+
+
+def _compare(left: _Quantity, right: _Quantity) -> celtypes.IntType:
+    return celtypes.IntType((left.value > right.value) - (left.value < right.value))
+
+
+QUANTITY_STAND_INS: dict[str, Any] = {
+    "isQuantity": lambda text: celtypes.BoolType(parse_quantity(text) is not None),
+    "quantity": _Quantity,
+    "sign": lambda quantity: celtypes.IntType((quantity.value > 0) - (quantity.value < 0)),
+    "compareTo": _compare,
+}
+
+
 def _cel(rule: str, **variables: Any) -> bool:
     environment = celpy.Environment()
-    program = environment.program(environment.compile(rule))
+    program = environment.program(environment.compile(rule), functions=QUANTITY_STAND_INS)
     to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
     return bool(program.evaluate({name: to_cel(value) for name, value in variables.items()}))
 
@@ -83,6 +151,56 @@ def test_the_crd_carries_every_model_rule() -> None:
     for model, _ in CASES:
         for rule in model.rules:  # type: ignore[attr-defined]
             assert rule.cel in text
+
+
+#: (a key, whether Kubernetes' IsQualifiedName accepts it)
+_PREFIX_253 = ".".join(["a" * 63] * 3 + ["b" * 61])
+QUALIFIED_NAMES = [
+    ("gpu", True), ("1", True), ("A_b.c-D", True), ("kubernetes.io/arch", True),
+    ("node.kubernetes.io/instance-type", True), ("example.com/MyName", True), ("x" * 63, True),
+    (f"{_PREFIX_253}/n", True), (f"{_PREFIX_253}/{'n' * 63}", True),
+    ("x" * 64, False), (f"{_PREFIX_253}b/n", False), (f"a/{'n' * 64}", False), ("", False), ("/", False),
+    ("a/", False), ("/a", False), ("a/b/c", False), ("-a", False), ("a-", False), ("_a", False), ("a_", False),
+    ("a b", False), ("Example.com/a", False), ("ex_ample.com/a", False), ("example..com/a", False),
+    ("example.com./a", False), ("-example.com/a", False), ("example-.com/a", False), ("é", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "accepted"), QUALIFIED_NAMES, ids=[repr(k[:40]) for k, _ in QUALIFIED_NAMES])
+def test_qualified_name_in_cel_agrees_with_python_and_kubernetes(key: str, accepted: bool) -> None:
+    assert is_qualified_name(key) == accepted
+    assert _cel(qualified_name_cel("self"), self=key) == accepted
+
+
+def _quantity_rule() -> str:
+    resources = open_api_schema()["properties"]["spec"]["properties"]["resources"]["properties"]
+    value_rules = {
+        rule["rule"]
+        for field in ("requests", "limits")
+        for rule in resources[field]["additionalProperties"]["x-kubernetes-validations"]
+    }
+    assert len(value_rules) == 1, value_rules
+    return str(value_rules.pop())
+
+
+#: (a requests value that passes the schema's types (a string or an integer), whether it is a valid request)
+QUANTITIES = [
+    ("64Gi", True), ("500m", True), ("1e3", True), ("1E3", True), ("1.5", True), ("8", True), (8, True), (0, True),
+    ("0", True), (".5", True), ("1.", True), ("Mi", True), ("+", True), ("1.5Gi", True), ("2e-3", True),
+    ("lots", False), ("1.2.3", False), ("", False), ("1e", False), ("1K", False), ("1 Gi", False), ("Gi1", False),
+    ("-1", False), (-1, False), ("-1Gi", False), ("1e1.5", False), ("Pi", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "accepted"), QUANTITIES, ids=[repr(v) for v, _ in QUANTITIES])
+def test_quantity_rule_agrees_with_python(value: Any, accepted: bool) -> None:
+    assert _cel(_quantity_rule(), self=value) == accepted
+    try:
+        ResourcesSpec.model_validate({"requests": {"cpu": value}})
+        python_accepts = True
+    except ValidationError:
+        python_accepts = False
+    assert python_accepts == accepted
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,11 @@ def test_schema_node_is_structural(path: str, node: dict[str, Any]) -> None:
     if isinstance(node.get("exclusiveMinimum"), bool):
         assert "minimum" in node, path
     if path.startswith(".spec") and node.get("type") == "string":
-        assert "maxLength" in node or "format" in node, f"{path}: CEL cost estimation needs maxLength"
+        assert "maxLength" in node or "format" in node or "enum" in node, f"{path}: CEL cost estimation needs maxLength"
+    if "enum" in node:
+        assert "maxLength" not in node, f"{path}: an enum's maxLength would say 'Too long' before 'Unsupported value'"
+    if node.get("x-kubernetes-int-or-string") and path.startswith(".spec"):
+        assert "maxLength" in node, f"{path}: CEL cost estimation needs maxLength"
     if path.startswith(".spec") and node.get("type") == "array":
         assert "maxItems" in node, f"{path}: CEL cost estimation needs maxItems"
 

@@ -124,7 +124,79 @@ INVALID = [
     ("spec.storage", {"checkpoints": "/local/dir"}, "spec.storage.checkpoints", "expected form"),
     ("spec.resources", {"limits": {"memory": "lots"}}, "spec.resources.limits.memory", "expected form"),
     ("spec.resources", {"limits": {"Memory!": "1Gi"}}, "spec.resources.limits.Memory!", "expected form"),
+    ("spec.resources", {"limits": {"memory": "1.2.3"}}, "spec.resources.limits.memory", "expected form"),
+    ("spec.resources", {"limits": {"memory": "1K"}}, "spec.resources.limits.memory", "expected form"),
+    ("spec.resources", {"requests": {"cpu": "-1"}}, "spec.resources.requests.cpu", "at least 0"),
+    ("spec.resources", {"requests": {"cpu": -2}}, "spec.resources.requests.cpu", "at least 0"),
+    ("spec.resources", {"requests": {"cpu": 1.5}}, "spec.resources.requests.cpu", "quantity string"),
+    ("spec.resources", {"requests": {"cpu": True}}, "spec.resources.requests.cpu", "quantity string"),
+    ("spec.resources", {"requests": {"memory": "1" * 65}}, "spec.resources.requests.memory", "at most 64"),
+    ("spec.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": 1}}, "spec.resources.requests", "exceed the limit"),
+    (
+        "spec.resources",
+        {"requests": {"memory": "1Gi"}, "limits": {"memory": "1G"}},
+        "spec.resources.requests",
+        "exceed the limit",
+    ),
     ("spec.scheduling", {"tolerations": [{"operator": "Maybe"}]}, "spec.scheduling.tolerations[0].operator", "one of"),
+    ("spec.scheduling", {"tolerations": [{}]}, "spec.scheduling.tolerations[0].operator", "operator: Exists"),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "", "operator": "Equal"}]},
+        "spec.scheduling.tolerations[0].operator",
+        "operator: Exists",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "operator": "Exists", "value": "ml"}]},
+        "spec.scheduling.tolerations[0].value",
+        "must be empty",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "tolerationSeconds": 30}]},
+        "spec.scheduling.tolerations[0].tolerationSeconds",
+        "effect: NoExecute",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "effect": "NoSchedule", "tolerationSeconds": 30}]},
+        "spec.scheduling.tolerations[0].tolerationSeconds",
+        "effect: NoExecute",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "effect": "Never"}]},
+        "spec.scheduling.tolerations[0].effect",
+        "one of",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "a/b/c", "operator": "Exists"}]},
+        "spec.scheduling.tolerations[0].key",
+        "qualified name",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "value": "x" * 64}]},
+        "spec.scheduling.tolerations[0].value",
+        "at most 63",
+    ),
+    (
+        "spec.scheduling",
+        {"tolerations": [{"key": "dedicated", "value": "machine learning"}]},
+        "spec.scheduling.tolerations[0].value",
+        "expected form",
+    ),
+    ("spec.scheduling", {"nodeSelector": {"accelerator type": "a100"}}, "spec.scheduling.nodeSelector", "qualified"),
+    ("spec.scheduling", {"nodeSelector": {"x" * 64: "a100"}}, "spec.scheduling.nodeSelector", "qualified name"),
+    ("spec.scheduling", {"nodeSelector": {"Example.com/x": "a"}}, "spec.scheduling.nodeSelector", "qualified name"),
+    ("spec.scheduling", {"nodeSelector": {"disk": "-ssd"}}, "spec.scheduling.nodeSelector.disk", "expected form"),
+    ("spec.scheduling", {"nodeSelector": {"disk": "s" * 64}}, "spec.scheduling.nodeSelector.disk", "at most 63"),
+    ("spec.scheduling", {"queueName": "q" * 64}, "spec.scheduling.queueName", "at most 63"),
+    ("spec.scheduling", {"queueName": "team queue"}, "spec.scheduling.queueName", "expected form"),
+    ("spec.scheduling", {"priorityClassName": "High"}, "spec.scheduling.priorityClassName", "expected form"),
+    ("spec.scheduling", {"priorityClassName": "p" * 254}, "spec.scheduling.priorityClassName", "at most 253"),
     ("spec.scheduling", {"hostNetwork": True}, "spec.scheduling.hostNetwork", "unknown field"),
     ("spec.securityContext", {"privileged": True}, "spec.securityContext", "unknown field"),
     ("spec.podTemplate", {"spec": {}}, "spec.podTemplate", "unknown field"),
@@ -132,6 +204,46 @@ INVALID = [
     ("spec.ttlSecondsAfterFinished", -1, "spec.ttlSecondsAfterFinished", "at least 0"),
     ("spec.suspend", "yes please", "spec.suspend", "boolean"),
 ]
+
+
+# A misspelt enum value gets a suggestion, as a misspelt field name does; none when nothing is close.
+# (change path, value, field named in the problem, the suggested value or None)
+MISSPELT_VALUES = [
+    ("spec.earlyStopping", {"metric": "eval_loss"}, "spec.earlyStopping.metric", "evalLoss"),
+    ("spec.earlyStopping", {"metric": "EvalPerplexity"}, "spec.earlyStopping.metric", "evalPerplexity"),
+    ("spec.earlyStopping", {"metric": "accuracy"}, "spec.earlyStopping.metric", "evalTokenAccuracy"),
+    ("spec.earlyStopping", {"metric": "perplexity", "mode": "minimum"}, "spec.earlyStopping.mode", "min"),
+    ("spec.dataset.format", "prompt_completion", "spec.dataset.format", "prompt-completion"),
+    ("spec.dataset.format", "Chat", "spec.dataset.format", "chat"),
+    ("spec.dataset.format", "csv", "spec.dataset.format", None),
+    ("spec.method", {"type": "LoRA"}, "spec.method.type", "lora"),
+    ("spec.method", {"type": "qlora"}, "spec.method.type", "lora"),
+    ("spec.hyperparameters", {"scheduler": "cosin"}, "spec.hyperparameters.scheduler", "cosine"),
+    ("spec.hyperparameters", {"scheduler": "step"}, "spec.hyperparameters.scheduler", None),
+    ("spec.distributed", {"accelerator": "gpu"}, "spec.distributed.accelerator", "nvidia-gpu"),
+    ("spec.distributed", {"accelerator": "tpu"}, "spec.distributed.accelerator", None),
+    ("spec.distributed", {"precision": "BF16"}, "spec.distributed.precision", "bf16"),
+    ("spec.distributed", {"precision": "fp8"}, "spec.distributed.precision", None),
+    ("spec.scheduling", {"tolerations": [{"operator": "exists"}]}, "spec.scheduling.tolerations[0].operator", "Exists"),
+    ("kind", "Job", "kind", "FineTuneJob"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "meant"), MISSPELT_VALUES, ids=[f"{c[0]}={c[1]!r:.30}" for c in MISSPELT_VALUES]
+)
+def test_a_misspelt_enum_value_gets_a_suggestion(path: str, value: Any, field: str, meant: str | None) -> None:
+    problems = [p for p in _problems(with_change(path, value)) if p.startswith(f"job.yaml: {field}: ")]
+    assert len(problems) == 1 and "must be one of" in problems[0], problems
+    if meant is None:
+        assert "did you mean" not in problems[0]
+    else:
+        assert problems[0].endswith(f"; did you mean {meant!r}?)"), problems[0]
+
+
+def test_a_misspelt_field_name_inside_a_list_gets_a_suggestion() -> None:
+    problems = _problems(with_change("spec.scheduling", {"tolerations": [{"operatr": "Exists"}]}))
+    assert any("tolerations[0].operatr: unknown field (did you mean 'operator'?)" in p for p in problems), problems
 
 
 def _problems(manifest: Any) -> list[str]:
@@ -148,6 +260,26 @@ def test_invalid_manifest_is_rejected_naming_the_field(path: str, value: Any, fi
 
 def test_minimal_manifest_is_valid() -> None:
     assert _problems(MINIMAL) == []
+
+
+#: Kubernetes syntax the API server accepts in a pod, so the API accepts it too.
+VALID = [
+    ("spec.resources", {"requests": {"cpu": "500m", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}),
+    ("spec.resources", {"requests": {"cpu": "1.5", "memory": "1e9"}, "limits": {"cpu": 2, "memory": "1G"}}),
+    ("spec.resources", {"requests": {"cpu": 8, "ephemeral-storage": "0"}}),
+    ("spec.resources", {"requests": {"memory": "1G"}, "limits": {"memory": "1Gi"}}),
+    ("spec.scheduling", {"tolerations": [{"operator": "Exists"}]}),
+    ("spec.scheduling", {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}),
+    ("spec.scheduling", {"tolerations": [{"key": "dedicated", "value": "ml", "effect": ""}]}),
+    ("spec.scheduling", {"tolerations": [{"key": "spot", "effect": "NoExecute", "tolerationSeconds": 60}]}),
+    ("spec.scheduling", {"nodeSelector": {"kubernetes.io/arch": "amd64", "Disk_Type": "", "pool": "A.b-c_9"}}),
+    ("spec.scheduling", {"queueName": "team-a.queue_1", "priorityClassName": "high-priority.example.com"}),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), VALID, ids=[f"{c[0]}={c[1]!r:.30}" for c in VALID])
+def test_kubernetes_syntax_the_api_server_accepts_is_valid(path: str, value: Any) -> None:
+    assert _problems(with_change(path, value)) == []
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

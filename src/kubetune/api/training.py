@@ -240,6 +240,13 @@ class HyperparametersSpec(ApiModel):
     )
 
 
+Accelerator = Literal["nvidia-gpu", "cpu"]
+#: What an unset `distributed.accelerator` means in a cluster (and for a trainer rank started by hand):
+#: a GPU job, the common case, so a job without the field keeps asking for `nvidia.com/gpu`. Only
+#: `kubetune run`, which can look at the machine before it starts, decides at run time.
+CLUSTER_DEFAULT_ACCELERATOR: Accelerator = "nvidia-gpu"
+
+
 class DistributedSpec(ApiModel):
     """How the work is spread over pods and processes."""
 
@@ -250,10 +257,11 @@ class DistributedSpec(ApiModel):
         ge=1,
         le=16,
     )
-    accelerator: Literal["nvidia-gpu", "cpu"] = doc(
+    accelerator: Accelerator | None = doc(
         "accelerator: `nvidia-gpu` requests `processesPerWorker` GPUs (`nvidia.com/gpu`) per pod and uses "
-        "NCCL; `cpu` trains on CPUs with gloo. Default nvidia-gpu.",
-        default="nvidia-gpu",
+        "NCCL; `cpu` trains on CPUs with gloo. Unset: nvidia-gpu in a cluster; `kubetune run` uses the GPUs "
+        "when a CUDA device is visible and the CPU otherwise, and says which.",
+        default=None,
     )
     zero_stage: int = doc(
         "zeroStage: DeepSpeed ZeRO stage (0-3): 1 shards optimizer state, 2 also gradients, 3 also "
@@ -269,6 +277,11 @@ class DistributedSpec(ApiModel):
     precision: Literal["bf16", "fp16", "fp32"] = doc(
         "precision of the training computation. Default bf16.", default="bf16"
     )
+
+    @property
+    def cluster_accelerator(self) -> Accelerator:
+        """What the pods use: the accelerator asked for, nvidia-gpu when it is unset."""
+        return self.accelerator or CLUSTER_DEFAULT_ACCELERATOR
 
     rules: ClassVar[list[Rule]] = [
         Rule(

@@ -3,17 +3,20 @@
 The same pydantic models that configure the trainer and type the operator's objects decide what is
 valid, and the cross-field rules are the ones the CRD's CEL rules express (`kubetune.api.base.Rule`),
 so a manifest this accepts is one the cluster accepts. Messages are rewritten from pydantic's wording
-into the form `job.yaml:12: spec.hyperparameters.learningRate: must be greater than 0 (got -1)`.
+into the form `job.yaml:12: spec.hyperparameters.learningRate: must be greater than 0 (got -1)`, and a
+misspelt field name or enum value gets a "did you mean" (`eval_loss` -> `evalLoss`): the first hour
+with a new tool is mostly spent on such typos.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -90,23 +93,76 @@ def _line_of(node: yaml.Node | None, location: tuple[str | int, ...]) -> int | N
     return line
 
 
-def _model_at(location: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at `location` (for "did you mean" suggestions)."""
-    model: type[BaseModel] | None = FineTuneJob
+def _leaf_types(annotation: Any) -> Iterator[Any]:
+    """The types a field's annotation can hold, through `X | None`, `list[X]` and `dict[K, X]`; Literal
+    annotations are yielded whole (their values are what an enum field allows)."""
+    if get_origin(annotation) is Literal or isinstance(annotation, type):
+        yield annotation
+        return
+    for argument in get_args(annotation):
+        yield from _leaf_types(argument)
+
+
+def _annotation_at(location: tuple[str | int, ...]) -> Any:
+    """The annotation of the field at `location` (FineTuneJob itself for the empty location), stepping
+    over list indexes; None when some part of the location is not a known field."""
+    annotation: Any = FineTuneJob
     for part in location:
-        if model is None or isinstance(part, int):
+        if isinstance(part, int):
             continue
-        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        model = _model_in(annotation)
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None) if model else None
         if field is None:
-            return model
+            return None
         annotation = field.annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        model = next((a for a in candidates if issubclass(a, BaseModel)), None)
-    return model
+    return annotation
 
 
-def _describe(error: Any) -> str:
-    """pydantic's error rewritten the way the API's own docs speak."""
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    models = [t for t in _leaf_types(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return models[0] if models else None
+
+
+def _model_at(location: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model whose fields live at `location` (for "did you mean" on field names)."""
+    return _model_in(_annotation_at(location))
+
+
+def _allowed_values(location: tuple[str | int, ...]) -> list[str]:
+    """The string values an enum-like field (a Literal or an Enum) at `location` accepts."""
+    values: list[Any] = []
+    for leaf in _leaf_types(_annotation_at(location)):
+        if get_origin(leaf) is Literal:
+            values += get_args(leaf)
+        elif isinstance(leaf, type) and issubclass(leaf, Enum):
+            values += [member.value for member in leaf]
+    return [value for value in values if isinstance(value, str)]
+
+
+def _normalised(text: str) -> str:
+    return "".join(character for character in text.lower() if character.isalnum())
+
+
+def closest_value(given: str, allowed: Sequence[str]) -> str | None:
+    """The allowed value the user most likely meant: the same letters in another case or spelling
+    (`eval_loss` for `evalLoss`), the only value that contains what was written or is contained in it
+    (`gpu` for `nvidia-gpu`), else a close spelling; None when nothing is close enough to suggest."""
+    wanted = _normalised(given)
+    if not wanted:
+        return None
+    by_form = {_normalised(value): value for value in allowed}
+    if wanted in by_form:
+        return by_form[wanted]
+    overlapping = [v for form, v in by_form.items() if len(wanted) >= 3 and (wanted in form or form in wanted)]
+    if len(overlapping) == 1:
+        return overlapping[0]
+    close = difflib.get_close_matches(wanted, list(by_form), n=1, cutoff=0.75)
+    return by_form[close[0]] if close else None
+
+
+def _describe(error: Any, allowed: Sequence[str] = ()) -> str:
+    """pydantic's error rewritten the way the API's own docs speak; `allowed`: the values an enum field
+    takes, for a "did you mean" on a misspelt one."""
     kind, value = error["type"], error.get("input")
     ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in error.get("ctx", {}).items()}
     got = f" (got {value!r})" if not isinstance(value, dict | list) else ""
@@ -121,7 +177,10 @@ def _describe(error: Any) -> str:
         "too_short": f"must have at least {ctx.get('min_length')} entries",
         "string_pattern_mismatch": f"does not match the expected form {ctx.get('pattern')}",
         "literal_error": f"must be one of {ctx.get('expected')}",
+        "enum": f"must be one of {ctx.get('expected')}",
     }
+    if kind in ("literal_error", "enum") and isinstance(value, str) and (meant := closest_value(value, allowed)):
+        return f"must be one of {ctx.get('expected')} (got {value!r}; did you mean {meant!r}?)"
     if kind in bounds:
         return bounds[kind] + got
     if kind == "missing":
@@ -135,7 +194,7 @@ def _describe(error: Any) -> str:
 
 def _problem(document: Document, error: Any) -> Problem:
     location: tuple[str | int, ...] = tuple(part for part in error["loc"] if part != "[key]")
-    message = _describe(error)
+    message = _describe(error, _allowed_values(location) if error["type"] in ("literal_error", "enum") else ())
     if error["type"] == "rule" and error.get("ctx", {}).get("field"):
         location = (*location, error["ctx"]["field"])
     if error["type"] == "extra_forbidden":

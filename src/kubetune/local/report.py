@@ -1,6 +1,7 @@
 """The human-readable results of a local run: `loss.png` and `report.md`.
 
-Both are rebuilt from files the run already wrote (`metrics.jsonl`, `events.jsonl`, `status.json`,
+report.md is the report `kubetune status` prints for a job in a cluster (`kubetune.view.report`), in
+Markdown. Both are rebuilt from files the run already wrote (`metrics.jsonl`, `events.jsonl`, `status.json`,
 `data_report.md`), so they can be regenerated at any time and never disagree with the raw figures.
 """
 
@@ -15,8 +16,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
-from kubetune.api.status import ApproachResult, ConditionType, EvaluationResult, FineTuneJobStatus
+from kubetune.api.status import ConditionType, FineTuneJobStatus
 from kubetune.local.workdir import Workdir
+from kubetune.view.chart import LossSeries
+from kubetune.view.report import JobReport, report_lines
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -74,85 +77,31 @@ def plot_losses(workdir: Workdir, status: FineTuneJobStatus) -> None:
     temporary.replace(workdir.plot)
 
 
-def _cell(value: float | int | None, percent: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1%}" if percent else f"{value:.4g}"
-
-
-def evaluation_table(base: EvaluationResult | None, tuned: EvaluationResult | None) -> list[str]:
-    rows = [("base model", base), ("fine-tuned", tuned)]
-    lines = [
-        "| model | eval loss | perplexity | token accuracy | exact match | examples |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, result in rows:
-        if result is None:
-            continue
-        lines.append(
-            f"| {name} | {_cell(result.eval_loss)} | {_cell(result.perplexity)} | "
-            f"{_cell(result.token_accuracy, True)} | {_cell(result.exact_match, True)} | {_cell(result.examples)} |"
-        )
-    return lines
-
-
-def _millions(count: int | None) -> str:
-    return "-" if count is None else f"{count / 1e6:.1f} M"
-
-
-def approaches_table(rows: list[ApproachResult]) -> list[str]:
-    """Every approach on the same validation set: quality, latency, speed, size."""
-    lines = [
-        "| approach | exact match | eval loss | token accuracy | latency (s/answer) | generated tokens/s | parameters |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.name} | {_cell(row.exact_match, True)} | {_cell(row.eval_loss)} | {_cell(row.token_accuracy, True)} | "
-            f"{_cell(row.latency_seconds)} | {_cell(row.tokens_per_second)} | {_millions(row.parameters)} |"
-        )
-    return lines
+def loss_series(workdir: Workdir) -> list[LossSeries]:
+    """Train and eval loss against step, from metrics.jsonl (for the report's text chart)."""
+    records = read_jsonl(workdir.metrics)
+    series = []
+    for key, name in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
+        steps, values = _series(records, key)
+        series.append(LossSeries(name, tuple(zip(map(float, steps), values, strict=True))))
+    return series
 
 
 def write_report(workdir: Workdir, status: FineTuneJobStatus, wall_seconds: float) -> None:
-    """report.md: outcome, evaluation (base vs fine-tuned), time and throughput, the data report."""
-    condition = next((c for c in status.conditions if c.type == status.phase), None)
-    early = next((c for c in status.conditions if c.type == ConditionType.EARLY_STOPPED and c.status == "True"), None)
-    metrics, progress = status.metrics, status.progress
-    lines = [
-        f"# kubetune run: {status.phase}",
-        "",
-        f"- **Outcome**: {status.phase}" + (f" ({condition.reason}): {condition.message}" if condition else ""),
-    ]
-    if early is not None:
-        lines.append(f"- **Early stopping**: {early.message}")
-    signs = (ConditionType.OVERFITTING_SUSPECTED, ConditionType.UNDERFITTING_SUSPECTED)
-    for fit in (c for c in status.conditions if c.type in signs and c.status == "True"):
-        lines.append(f"- **{fit.type}**: {fit.message}")
-    lines += [
-        f"- **Steps**: {progress.step if progress else 0} of {progress.total_steps if progress else '?'}",
-        f"- **Restarts**: {status.restarts} (attempts: {status.attempt})",
-        f"- **Wall time**: {wall_seconds:.0f} s",
-        f"- **Throughput**: {_cell(metrics.tokens_per_second if metrics else None)} tokens/s (non-padding, all ranks)",
-        f"- **Best eval loss**: {_cell(metrics.best_eval_loss if metrics else None)} at step "
-        f"{metrics.best_step if metrics and metrics.best_step is not None else '-'}",
-        f"- **Model**: {status.output.path if status.output else 'not exported'}",
-        "",
-        "![loss](loss.png)",
-        "",
-    ]
-    evaluation = status.evaluation
-    if evaluation is not None and evaluation.approaches:
-        lines += ["## Was fine-tuning worth it? (validation set)", "", f"**{evaluation.verdict}**", ""]
-        lines += approaches_table(evaluation.approaches)
-        lines.append("")
-    elif evaluation is not None and (evaluation.base_model or evaluation.fine_tuned):
-        lines += ["## Base model vs fine-tuned (validation set)", ""]
-        lines += evaluation_table(evaluation.base_model, evaluation.fine_tuned)
-        lines.append("")
+    """report.md: the report `kubetune status` prints (kubetune.view.report), with the run's wall time,
+    its loss chart (loss.png and the series from metrics.jsonl) and the data report."""
+    data_report = None
     if workdir.data_report.exists():
-        body = workdir.data_report.read_text().strip().removeprefix("# Data report").strip()
-        lines += ["## Data report", "", body, ""]
+        data_report = workdir.data_report.read_text().strip().removeprefix("# Data report").strip()
+    report = JobReport(
+        title="kubetune run",
+        status=status,
+        wall_seconds=wall_seconds,
+        losses=loss_series(workdir),
+        losses_source=workdir.metrics.name,
+        losses_note=f"![loss]({workdir.plot.name})",
+        data_report=data_report,
+    )
     temporary = workdir.report.with_suffix(".tmp")
-    temporary.write_text("\n".join(lines) + "\n")
+    temporary.write_text("\n".join(report_lines(report)) + "\n")
     temporary.replace(workdir.report)

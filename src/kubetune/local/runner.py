@@ -30,12 +30,15 @@ import psutil
 from kubetune.api.invocation import EXIT_BAD_INPUT, EXIT_FAILED, TrainerInvocation, free_port
 from kubetune.api.job import FineTuneJob
 from kubetune.api.status import FINISHED_PHASES, ConditionType, FineTuneJobStatus, Reason
+from kubetune.api.training import Accelerator
 from kubetune.api.validation import ManifestError, load_job
+from kubetune.local import preflight
 from kubetune.local.display import ProgressDisplay, read_snapshot
 from kubetune.local.launch import AttemptOutcome, run_attempt
 from kubetune.local.report import plot_losses, write_report
 from kubetune.local.workdir import Workdir, WorkdirError, claim, resolve_paths
 from kubetune.policies.observed import WorkerObservation, parse_termination_message
+from kubetune.policies.preflight import AcceleratorChoice
 from kubetune.policies.reconcile import Decision, decide
 from kubetune.policies.status import find_condition
 
@@ -204,32 +207,45 @@ def supervise(supervisor: Supervisor, processes: int) -> FineTuneJobStatus:
         time.sleep(min(decision.check_again_in or 1.0, 30.0))
 
 
-def _prepare(args: argparse.Namespace) -> tuple[FineTuneJob, Workdir, bool]:
+@dataclass(frozen=True)
+class _Prepared:
+    """A job checked against this machine, with the workdir it now owns."""
+
+    job: FineTuneJob
+    workdir: Workdir
+    resuming: bool
+    processes: int
+    accelerator: AcceleratorChoice
+
+
+def _prepare(args: argparse.Namespace) -> _Prepared:
     manifest = Path(args.file)
     job = resolve_paths(load_job(args.file), manifest)
+    processes = args.processes or job.spec.distributed.workers * job.spec.distributed.processes_per_worker
+    if processes < 1:
+        raise WorkdirError("--processes: must be at least 1")
     workdir = Workdir(Path(args.workdir or Path("runs") / job.name).resolve())
-    resuming = claim(workdir, job)
-    return job, workdir, resuming
+    accelerator = preflight.check(job, manifest, workdir, processes)  # before the workdir is claimed
+    return _Prepared(job, workdir, claim(workdir, job), processes, accelerator)
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
-        job, workdir, resuming = _prepare(args)
-    except (ManifestError, WorkdirError) as error:
+        prepared = _prepare(args)
+    except (ManifestError, WorkdirError, preflight.PreflightError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    processes = args.processes or job.spec.distributed.workers * job.spec.distributed.processes_per_worker
-    if processes < 1:
-        print("error: --processes: must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    job, workdir, resuming, processes = prepared.job, prepared.workdir, prepared.resuming, prepared.processes
     earlier = (
         FineTuneJobStatus.model_validate_json(workdir.status.read_text())
         if resuming and workdir.status.exists()
         else None
     )
-    local = _as_local_gang(job, processes, earlier)
+    local = _as_local_gang(job, processes, prepared.accelerator.accelerator, earlier)
     port = _pick_metrics_port(args.metrics_port)
+    if prepared.accelerator.notice:
+        print(prepared.accelerator.notice)
     print(
         f"{'resuming' if resuming else 'starting'} FineTuneJob {job.name}: {processes} rank(s), workdir {workdir.root}"
     )
@@ -246,21 +262,29 @@ def main(args: argparse.Namespace) -> int:
     return _summarise(status, workdir, supervisor.interrupted_by)
 
 
-def _as_local_gang(job: FineTuneJob, processes: int, status: FineTuneJobStatus | None) -> FineTuneJob:
-    """Each local rank is one worker of the gang, for the policies' purposes."""
-    distributed = job.spec.distributed.model_copy(update={"workers": processes, "processes_per_worker": 1})
+def _as_local_gang(
+    job: FineTuneJob, processes: int, accelerator: Accelerator, status: FineTuneJobStatus | None
+) -> FineTuneJob:
+    """Each local rank is one worker of the gang, for the policies' purposes, on the accelerator chosen
+    for this machine (the workdir's manifest keeps what the user wrote)."""
+    distributed = job.spec.distributed.model_copy(
+        update={"workers": processes, "processes_per_worker": 1, "accelerator": accelerator}
+    )
     spec = job.spec.model_copy(update={"distributed": distributed, "suspend": False})
     return job.model_copy(update={"spec": spec, "status": status})
 
 
 def _summarise(status: FineTuneJobStatus, workdir: Workdir, interrupted_by: int | None) -> int:
     print(f"\n{status.phase}: {status.message or ''}")
+    failed = find_condition(status, ConditionType.FAILED)
+    bad_input = failed is not None and failed.status == "True" and failed.reason in BAD_INPUT_REASONS
+    if status.phase == "Failed" and status.attempt and not bad_input:
+        # Bad input names its fix in the message; anything else is explained by the ranks' own logs.
+        print(f"what each rank did before it failed, with any traceback: {workdir.attempt_logs(status.attempt)}/")
     print(f"report: {workdir.report}\nstatus: {workdir.status}")
     if status.phase == "Succeeded":
         return 0
     if status.phase == "Suspended":
         print("run the same command again to resume from the last checkpoint")
         return 128 + (interrupted_by or signal.SIGINT)
-    failed = find_condition(status, ConditionType.FAILED)
-    bad_input = failed is not None and failed.status == "True" and failed.reason in BAD_INPUT_REASONS
     return EXIT_BAD_INPUT if bad_input else EXIT_FAILED

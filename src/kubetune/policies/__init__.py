@@ -46,6 +46,8 @@ Modules:
               `suspend` and `scheduling` may change)
 - early_stopping: observe(spec, state, value, step) -> improved / stop (patience, minDelta), run by the
               trainer at every evaluation
-- fit:        overfitting / underfitting(history, ...) -> FitSignal: signs read off the loss curves
-              (conditions and 0/1 gauges)
+- fit:        overfitting / underfitting / diverged(history, ...) -> FitSignal: signs read off the loss
+              curves (conditions and 0/1 gauges)
+- preflight:  choose_local_accelerator, rank_accelerator, device_problems, checkpoint_bytes_floor /
+              disk_problem: what this machine cannot run, found before the gang starts (never retried)
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.api.status import ConditionType
-from kubetune.policies.fit import Evaluation, overfitting, underfitting
+from kubetune.api.status import ConditionType, Reason
+from kubetune.policies.fit import Evaluation, diverged, overfitting, underfitting
 
 
 def curve(*points: tuple[float, float | None]) -> list[Evaluation]:
@@ -55,3 +55,38 @@ def test_underfitting(history: list[Evaluation], first_train: float, progress: f
     assert (signal is not None) == expected
     if signal:
         assert signal.condition_type == ConditionType.UNDERFITTING_SUSPECTED and "more epochs" in signal.message
+
+
+NAN = float("nan")
+# The run of the issue: learning rate 0.5 on a 3.6-loss model; the train loss climbs to 48.
+EXPLODING = curve((3.5, 3.6), (9.0, 12.0), (40.0, 48.0))
+SPIKE_RECOVERED = curve((3.5, 3.6), (9.0, 12.0), (3.0, 3.0))
+# Seen on the tiny model at learningRate 0.5: 6.6 -> 28.7, then back to 11: still above where it began.
+STILL_ABOVE = curve((19.2, 28.7), (9.9, 11.0))
+
+
+@pytest.mark.parametrize(
+    ("history", "first_train", "since"),
+    [
+        (EXPLODING, 3.6, 20),
+        (EXPLODING[:1], 3.6, None),  # one evaluation, nothing risen yet
+        (EXPLODING[:2], 3.6, 20),  # no minimum progress: a diverged run only gets worse
+        (SPIKE_RECOVERED, 3.6, None),  # back below its start: not diverging now
+        (STILL_ABOVE, 6.6, 10),  # half-way back, still above its start: still diverged
+        (curve((3.5, 3.6), (3.4, 7.1)), 3.6, None),  # just under twice its start
+        (curve((3.5, 3.6), (NAN, 3.0)), 3.6, 20),  # the eval loss is no longer a number
+        (curve((3.5, 3.6), (3.0, None)), 3.6, None),  # no train loss logged: nothing to read
+        (FLAT, 2.1, None),  # under-fitting, not divergence
+        (HEALTHY, 2.2, None),
+        (EXPLODING, None, None),  # no train loss logged yet
+    ],
+)
+def test_divergence(history: list[Evaluation], first_train: float | None, since: int | None) -> None:
+    signal = diverged(history, first_train, learning_rate=0.5)
+    assert (signal.since_step if signal else None) == since
+    if signal:
+        assert (signal.condition_type, signal.reason) == (ConditionType.UNDERFITTING_SUSPECTED, Reason.DIVERGED)
+        assert "training diverged" in signal.message and "more epochs" not in signal.message
+        assert "lower spec.hyperparameters.learningRate (now 0.5;" in signal.message
+    if history is STILL_ABOVE and signal:
+        assert "from 6.6 up to 28.7 and is 11 now" in signal.message

@@ -2,7 +2,9 @@
 
 - the CRD and every example apply with kubectl's default validation (the server's OpenAPI document);
 - `kubectl get ftj` shows the printer columns with real values, `kubectl explain` prints the field docs;
-- bad manifests are refused by the server itself (OpenAPI schema and CEL), naming the field;
+- bad manifests are refused by the server itself (OpenAPI schema and CEL), naming the field, and by the
+  models; the models and the server agree on Kubernetes quantities (the parity test of the quantity rules);
+- the pods of a job the server accepts are accepted too, where a ResourceQuota requires requests;
 - the transition rule freezes the spec of a started job and still allows `suspend`;
 - the garbage collector removes a job's children after it.
 """
@@ -15,10 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from tests.support.builders import a_job
+from kubetune.api.job import FineTuneJob
+from kubetune.operator.builders import BuildSettings, build_worker_pod
+from tests.support.builders import a_job, deep_merge
 from tests.support.controlplane import ADMIN_TOKEN, KUBERNETES_VERSION, ControlPlane
-from tests.support.kubeapi import KubeApi
+from tests.support.kubeapi import KubeApi, api_path
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,6 +91,34 @@ REFUSED_BY_THE_SERVER = [
     ({"distributed": {"zeroStage": 0, "offloadOptimizer": True}}, "offloadOptimizer"),
     ({"retryPolicy": {"maxRestarts": -1}}, "spec.retryPolicy.maxRestarts"),
     ({"bogus": True}, "bogus"),
+    ({"resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits[memory]"),
+    ({"resources": {"limits": {"memory": "1.2.3"}}}, "spec.resources.limits[memory]"),
+    ({"resources": {"requests": {"cpu": "-1"}}}, "spec.resources.requests[cpu]"),
+    ({"resources": {"requests": {"cpu": 1.5}}}, "spec.resources.requests.cpu"),
+    ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "spec.resources.requests"),
+    ({"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1G"}}}, "spec.resources.requests"),
+    ({"scheduling": {"tolerations": [{"operator": "Equal"}]}}, "spec.scheduling.tolerations[0].operator"),
+    (
+        {"scheduling": {"tolerations": [{"key": "dedicated", "operator": "Exists", "value": "ml"}]}},
+        "spec.scheduling.tolerations[0].value",
+    ),
+    (
+        {"scheduling": {"tolerations": [{"key": "dedicated", "tolerationSeconds": 30}]}},
+        "spec.scheduling.tolerations[0].tolerationSeconds",
+    ),
+    (
+        {"scheduling": {"tolerations": [{"key": "dedicated", "effect": "Never"}]}},
+        "spec.scheduling.tolerations[0].effect",
+    ),
+    ({"scheduling": {"tolerations": [{"key": "a/b/c", "operator": "Exists"}]}}, "spec.scheduling.tolerations[0].key"),
+    ({"scheduling": {"tolerations": [{"key": "dedicated", "value": "a b"}]}}, "spec.scheduling.tolerations[0].value"),
+    ({"scheduling": {"nodeSelector": {"accelerator type": "a100"}}}, "spec.scheduling.nodeSelector"),
+    ({"scheduling": {"nodeSelector": {"x" * 64: "a100"}}}, "spec.scheduling.nodeSelector"),
+    ({"scheduling": {"nodeSelector": {"disk": "-ssd"}}}, "spec.scheduling.nodeSelector.disk"),
+    ({"scheduling": {"nodeSelector": {"disk": "s" * 64}}}, "spec.scheduling.nodeSelector.disk"),
+    ({"scheduling": {"queueName": "team queue"}}, "spec.scheduling.queueName"),
+    ({"scheduling": {"queueName": "q" * 64}}, "spec.scheduling.queueName"),
+    ({"scheduling": {"priorityClassName": "High"}}, "spec.scheduling.priorityClassName"),
 ]
 
 
@@ -93,9 +126,115 @@ REFUSED_BY_THE_SERVER = [
 def test_the_server_refuses_bad_manifests_naming_the_field(
     control_plane: ControlPlane, namespace: str, mistake: dict[str, Any], field: str
 ) -> None:
-    done = apply(control_plane, namespace, a_job("bad").spec(mistake).build(), "--dry-run=server")
+    manifest = a_job("bad").spec(mistake).build()
+    done = apply(control_plane, namespace, manifest, "--dry-run=server")
     assert done.returncode != 0, done.stdout
     assert field in done.stderr, done.stderr
+    with pytest.raises(ValidationError):  # and `kubetune validate` refuses it as well
+        FineTuneJob.model_validate(manifest)
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        {"earlyStopping": {"mode": "minimum"}, "evaluation": {}},
+        {"distributed": {"precision": "bfloat16"}},
+        {"scheduling": {"tolerations": [{"key": "dedicated", "effect": "NoScheduleAtAll"}]}},
+    ],
+    ids=["mode", "precision", "effect"],
+)
+def test_a_wrong_enum_value_is_unsupported_not_too_long(
+    control_plane: ControlPlane, namespace: str, mistake: dict[str, Any]
+) -> None:
+    done = apply(control_plane, namespace, a_job("bad").spec(mistake).build(), "--dry-run=server")
+    assert "Unsupported value" in done.stderr and "Too long" not in done.stderr, done.stderr
+
+
+def dry_run(api: KubeApi, resource: str, namespace: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return api.request("POST", api_path(resource, namespace) + "?dryRun=All&fieldValidation=Strict", body)
+
+
+#: Quantities where Kubernetes' parser has quirks, beside common ones: the models must say what the server
+#: says (CEL's isQuantity, the schema's int-or-string, the request <= limit rule).
+QUANTITIES: list[Any] = [
+    "64Gi", "500m", "1e3", "1E3", "1.5", "8", 8, "0", ".5", "1.", "Mi", "+", "0e-10", "1.5Gi", "Ti", "1" * 64,
+    "lots", "1.2.3", "", "1e", "1K", "1 Gi", " 1", "Pi", "e-10", "-1", -1, "-1Gi", "1e1.5", 1.5, True, "1" * 65,
+]  # fmt: skip
+#: (request, limit) pairs of one resource.
+REQUESTS_AND_LIMITS: list[tuple[Any, Any]] = [
+    ("1", "1"), (2, "2000m"), ("1G", "1Gi"), ("1.0000000001", "1.000000001"), ("1Ki", "1024"),
+    ("2", "1"), ("1Gi", "1G"), ("1e3", "999"), (3, 2), ("1.000000002", "1.0000000011"),
+]  # fmt: skip
+
+
+def test_the_models_and_the_server_agree_on_every_quantity(api: KubeApi, namespace: str) -> None:
+    """isQuantity is Kubernetes' own parser; pydantic uses a port of it. (cel-python has no quantity library,
+    so this is the parity test of the quantity rules.)"""
+    resources = [{"requests": {"cpu": value}} for value in QUANTITIES]
+    resources += [{"requests": {"cpu": low}, "limits": {"cpu": high}} for low, high in REQUESTS_AND_LIMITS]
+    disagreements = []
+    for number, wanted in enumerate(resources):
+        manifest = a_job(f"quantity-{number}").spec(resources=wanted).build()
+        code, body = dry_run(api, JOBS, namespace, manifest)
+        try:
+            FineTuneJob.model_validate(manifest)
+            models = True
+        except ValidationError:
+            models = False
+        if (code < 300) != models:
+            disagreements.append((wanted, code, body.get("message"), models))
+    assert disagreements == []
+
+
+#: Jobs the server accepts, whose worker pods must be accepted too: in a namespace whose ResourceQuota
+#: requires cpu and memory requests (default requests), with every scheduling field set.
+ACCEPTED_JOBS: list[dict[str, Any]] = [
+    {},
+    {"distributed": {"accelerator": "cpu"}},
+    {"distributed": {"accelerator": "cpu"}, "resources": {"limits": {"memory": "512Mi"}}},
+    {"resources": {"requests": {"cpu": "500m", "memory": "1e9"}, "limits": {"cpu": 2, "memory": "1G"}}},
+    {
+        "scheduling": {
+            "nodeSelector": {"kubernetes.io/arch": "amd64", "pool": "A.b-c_9", "empty": ""},
+            "tolerations": [
+                {"operator": "Exists"},
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "dedicated", "value": "ml", "effect": ""},
+                {"key": "spot", "effect": "NoExecute", "tolerationSeconds": 60},
+            ],
+            "queueName": "team-a.queue_1",
+            "priorityClassName": "kubetune-test.high",
+        }
+    },
+]
+
+
+def test_pods_of_jobs_the_server_accepts_are_accepted_where_quotas_require_requests(api: KubeApi) -> None:
+    namespace = "quota-requires-requests"
+    api.create("v1/namespaces", None, {"metadata": {"name": namespace}})
+    api.create(
+        "scheduling.k8s.io/v1/priorityclasses", None, {"metadata": {"name": "kubetune-test.high"}, "value": 1000}
+    )
+    quota = {"metadata": {"name": "requests"}, "spec": {"hard": {"requests.cpu": "1000", "requests.memory": "10Ti"}}}
+    code, body = api.create("v1/resourcequotas", namespace, quota)
+    assert code in (201, 409), body
+
+    def counted() -> Any:  # admission uses a quota only once its controller has counted the namespace
+        return (api.get("v1/resourcequotas", namespace, "requests") or {}).get("status", {}).get("hard")
+
+    eventually(counted, 30, message="the quota controller to count the namespace")
+    settings = BuildSettings(trainer_image="kubetune/trainer:test")
+    for number, spec in enumerate(ACCEPTED_JOBS):
+        manifest = a_job(f"pods-{number}").in_namespace(namespace).spec(spec).build()
+        code, body = dry_run(api, JOBS, namespace, manifest)
+        assert code == 201, body
+        job = FineTuneJob.model_validate(deep_merge(manifest, {"metadata": {"uid": "0123-4567"}}))
+        code, body = dry_run(api, "v1/pods", namespace, build_worker_pod(job, 1, 0, settings))
+        assert code == 201, (spec, body.get("message"))
+    pod = build_worker_pod(a_job("none").in_namespace(namespace).metadata(uid="0123-4567").to_job(), 1, 0, settings)
+    del pod["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    code, body = dry_run(api, "v1/pods", namespace, pod)  # the control row: the quota does require them
+    assert code == 403 and "requests.cpu" in body["message"], body.get("message")
 
 
 def test_the_spec_of_a_started_job_is_frozen_but_suspend_is_allowed(api: KubeApi, namespace: str) -> None:

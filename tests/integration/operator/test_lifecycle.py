@@ -261,6 +261,29 @@ async def test_spec_changes_after_start_are_refused() -> None:
         assert names(cluster.pods("demo", attempt=2)) == ["demo-a2-w0", "demo-a2-w1"]
 
 
+async def test_a_stored_invalid_job_fails_naming_the_field_and_gets_nothing() -> None:
+    """The CRD's schema and CEL refuse these on a real API server; a job stored without that validation
+    (an older CRD, one applied without its schema) is re-validated by the operator with the same models."""
+    mistakes = {
+        "not-a-quantity": ({"resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory"),
+        "over-the-limit": ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "spec.resources"),
+        "keyless-equal": ({"scheduling": {"tolerations": [{"operator": "Equal"}]}}, "spec.scheduling.tolerations"),
+    }
+    async with Cluster() as cluster:
+        for name, (mistake, _) in mistakes.items():
+            await cluster.create_job(a_cpu_gang(name).spec(mistake).build())
+        for name, (_, field) in mistakes.items():
+            status = await eventually_async(
+                lambda n=name: cluster.status(n).get("phase") == "Failed" and cluster.status(n)
+            )
+            assert field in status["message"], status
+            await eventually_async(lambda n=name: "InvalidSpec" in {e["reason"] for e in cluster.events(n)})
+        await launched(cluster, running=False)  # the control row: a valid job created after them gets its gang
+        for name in mistakes:
+            assert cluster.pods(name) == [] and cluster.get("v1/services", name) is None
+            assert cluster.get("v1/configmaps", f"{name}-config") is None
+
+
 async def test_deleting_a_job_removes_its_children() -> None:
     async with Cluster() as cluster:
         await launched(cluster)

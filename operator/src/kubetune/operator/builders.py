@@ -49,6 +49,19 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TRAINER_UID = 1000
 
 
+#: The cpu and memory requests of a worker pod whose job (or, without `spec.resources`, the operator's
+#: `--trainer-resources`) sets neither the request nor a limit (from a limit, Kubernetes takes the request
+#: itself). A namespace whose ResourceQuota covers `requests.cpu` or `requests.memory` refuses a pod that
+#: does not state them, so without these such a job would never get its pods. They are there to be
+#: admitted, not to size the trainer: small enough to fit any node a gang could run on (a larger
+#: reservation leaves it unschedulable on small nodes; no limit is set, so the trainer may use more),
+#: yet what a worker needs just to start: one core for its training loop, and 2 GiB for a Python
+#: process with torch, transformers and DeepSpeed imported (about 0.85 GiB resident on CPU, before any
+#: model) plus torchrun. Jobs that know their needs set `spec.resources`; clusters, the chart's
+#: `trainer.resources`.
+DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """Operator-wide choices the builders need beside the job."""
@@ -210,7 +223,7 @@ def trainer_invocation(job: FineTuneJob, attempt: int | None) -> TrainerInvocati
         metrics_port=METRICS_PORT,
         termination_message_path=TERMINATION_MESSAGE_PATH,
         attempt=attempt,
-        accelerator=job.spec.distributed.accelerator,
+        accelerator=job.spec.distributed.cluster_accelerator,
     )
 
 
@@ -234,7 +247,10 @@ def _resources(job: FineTuneJob, settings: BuildSettings) -> dict[str, Any]:
     # Quantities as strings, their canonical wire form (the client library insists on it).
     requests = {k: str(v) for k, v in ((chosen.requests or {}) if chosen else {}).items()}
     limits = {k: str(v) for k, v in ((chosen.limits or {}) if chosen else {}).items()}
-    if spec.distributed.accelerator == "nvidia-gpu":
+    for name, quantity in DEFAULT_REQUESTS.items():
+        if name not in requests and name not in limits:  # with a limit, Kubernetes copies it as the request
+            requests[name] = quantity
+    if spec.distributed.cluster_accelerator == "nvidia-gpu":
         limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(spec.distributed.processes_per_worker)
     return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
 

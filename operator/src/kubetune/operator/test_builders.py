@@ -12,6 +12,7 @@ import yaml
 
 from kubetune.api.job import FineTuneJob
 from kubetune.operator.builders import (
+    DEFAULT_REQUESTS,
     BuildSettings,
     build_configmap,
     build_service,
@@ -99,9 +100,9 @@ def test_worker_pod_meets_the_restricted_pod_security_standard() -> None:
 
 @pytest.mark.parametrize(
     ("accelerator", "processes", "gpus"),
-    [("nvidia-gpu", 4, "4"), ("cpu", 4, None)],
+    [("nvidia-gpu", 4, "4"), ("cpu", 4, None), (None, 2, "2")],  # unset: nvidia-gpu in a cluster
 )
-def test_gpus_are_requested_per_process(accelerator: str, processes: int, gpus: str | None) -> None:
+def test_gpus_are_requested_per_process(accelerator: str | None, processes: int, gpus: str | None) -> None:
     job = make_job(
         distributed={"accelerator": accelerator, "processesPerWorker": processes},
         resources={"limits": {"memory": "16Gi"}},
@@ -207,9 +208,13 @@ def test_service_is_headless_and_publishes_not_ready_workers() -> None:
 @pytest.mark.parametrize(
     ("own", "default", "expected"),
     [
-        (None, None, {}),
+        (None, None, {"requests": DEFAULT_REQUESTS}),
         (None, {"requests": {"cpu": 4, "memory": "16Gi"}}, {"requests": {"cpu": "4", "memory": "16Gi"}}),
-        ({"limits": {"memory": "8Gi"}}, {"requests": {"cpu": 4}}, {"limits": {"memory": "8Gi"}}),  # the job's own win
+        (  # the job's own win, as a whole
+            {"limits": {"memory": "8Gi"}},
+            {"requests": {"cpu": 4}},
+            {"limits": {"memory": "8Gi"}, "requests": {"cpu": DEFAULT_REQUESTS["cpu"]}},
+        ),
     ],
 )
 def test_default_trainer_resources_apply_to_jobs_without_their_own(
@@ -222,6 +227,39 @@ def test_default_trainer_resources_apply_to_jobs_without_their_own(
     )
     job = make_job(distributed={"accelerator": "cpu"}, **({"resources": own} if own else {}))
     assert container(build_worker_pod(job, 1, 0, settings)).get("resources", {}) == expected
+
+
+#: (the job's spec.resources, its accelerator, the container's resources): cpu and memory are requested
+#: even where nothing sets them, so that a ResourceQuota requiring requests admits the pods; never beside a
+#: limit (Kubernetes copies the limit as the request, and a larger default would make the pod invalid).
+DEFAULT_REQUEST_CASES: list[tuple[dict[str, Any] | None, str, dict[str, Any]]] = [
+    (None, "cpu", {"requests": {"cpu": "1", "memory": "2Gi"}}),
+    ({"requests": {"cpu": "8"}}, "cpu", {"requests": {"cpu": "8", "memory": "2Gi"}}),
+    ({"requests": {"memory": "64Gi"}}, "cpu", {"requests": {"cpu": "1", "memory": "64Gi"}}),
+    ({"requests": {"cpu": 500}}, "cpu", {"requests": {"cpu": "500", "memory": "2Gi"}}),
+    ({"limits": {"memory": "512Mi"}}, "cpu", {"requests": {"cpu": "1"}, "limits": {"memory": "512Mi"}}),
+    ({"limits": {"cpu": "2", "memory": "4Gi"}}, "cpu", {"limits": {"cpu": "2", "memory": "4Gi"}}),
+    (
+        {"requests": {"ephemeral-storage": "10Gi"}},
+        "cpu",
+        {"requests": {"ephemeral-storage": "10Gi", "cpu": "1", "memory": "2Gi"}},
+    ),
+    (
+        None,
+        "nvidia-gpu",
+        {"requests": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("own", "accelerator", "expected"), DEFAULT_REQUEST_CASES)
+def test_worker_pods_request_cpu_and_memory_where_nothing_else_does(
+    own: dict[str, Any] | None, accelerator: str, expected: dict[str, Any]
+) -> None:
+    job = make_job(distributed={"accelerator": accelerator}, **({"resources": own} if own else {}))
+    pod = build_worker_pod(job, 1, 0, SETTINGS)
+    assert container(pod)["resources"] == expected
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 
 def test_operator_refuses_bad_default_resources(capsys: pytest.CaptureFixture[str]) -> None:

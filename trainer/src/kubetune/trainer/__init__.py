@@ -5,16 +5,18 @@ Modules, in the order a run uses them:
     main.py         the shell: manifest -> run -> one exit code (ExitReason) and rank 0's result.json
     config.py       the manifest and where files live (pvc:// mounts, paths relative to the manifest)
     distributed.py  rank/world from the launcher's environment; gloo on CPU, NCCL on GPUs; all-reduces
+    preflight.py    before anything slow: device, precision, model and data readable, disk for checkpoints
     errors.py       exception classes per exit reason and `classify`, the one place exceptions map to codes
     data.py         reading (datasets) and checking records; tokenizing text / prompt-completion / chat
                     with the loss mask (-100 outside completions and assistant turns)
     dataset.py      the data pipeline: read, split, tokenize, pack, report
-    report.py       the data report (counts, lengths, truncation, duplicates, leakage)
+    report.py       the data report (counts, lengths, duplicates, leakage; each dropped / truncated line)
     packing.py      the seeded data order per (epoch, step, rank); packing and padding into tensors
     model.py        loading (local, hf://, GGUF), dropout override, LoRA, atomic export
     engine.py       the DeepSpeed config, AdamW and the transformers LR schedule
     loop.py         the training loop: steps, logging, evaluation, early stopping, checkpoints, the end
-    evaluation.py   loss / perplexity / token accuracy / greedy exact match (reusable API)
+    evaluation.py   loss / perplexity / token accuracy / batched greedy exact match (reusable API); the
+                    training loss with logits at the answer positions only
     checkpoint.py   atomic checkpoints with a sidecar state, verification and fallback on resume
     metrics.py      every Prometheus metric and the /metrics + /progress HTTP endpoint
     outputs.py      rank 0's progress.json, metrics.jsonl, result.json and termination message

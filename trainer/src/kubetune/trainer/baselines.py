@@ -58,44 +58,56 @@ def _size(parameters: int | None) -> str:
     return f"{parameters / 1e3:.0f} k"
 
 
-def _quality(row: ApproachResult) -> float:
-    """Exact match where answers were scored, else negative eval loss (higher is better either way)."""
-    if row.exact_match is not None:
+def _compared_on(rows: Sequence[ApproachResult]) -> str:
+    """The metric every row has: exact match where answers were scored, else eval loss."""
+    return "exact match" if all(row.exact_match is not None for row in rows) else "eval loss"
+
+
+def _quality(row: ApproachResult, metric: str) -> float:
+    """Higher is better: exact match, or the negative eval loss (-inf when missing or not finite)."""
+    if metric == "exact match" and row.exact_match is not None:
         return row.exact_match
     return -row.eval_loss if row.eval_loss is not None and math.isfinite(row.eval_loss) else -math.inf
 
 
-def _latency_ratio(row: ApproachResult, other: ApproachResult) -> str | None:
+def _score(row: ApproachResult, metric: str) -> str:
+    if metric == "exact match" and row.exact_match is not None:
+        return f"{row.exact_match:.2f}"
+    return f"{row.eval_loss:.3g}" if row.eval_loss is not None else "?"
+
+
+def _latency_against(row: ApproachResult, other: ApproachResult) -> str | None:
+    """`row`'s answer latency relative to `other`'s ("at 1/2.2 of its latency")."""
     if not row.latency_seconds or not other.latency_seconds:
         return None
     ratio = row.latency_seconds / other.latency_seconds
-    if ratio < 1:
-        return f"at 1/{1 / ratio:.1f} of {other.name}'s latency"
-    return f"at {ratio:.1f}x {other.name}'s latency"
+    return f"at 1/{1 / ratio:.1f} of its latency" if ratio < 1 else f"at {ratio:.1f}x its latency"
 
 
 def verdict(rows: Sequence[ApproachResult]) -> str:
-    """One sentence: which approach won on quality, against the best other one, at what latency and size."""
-    if not rows:
-        return "no approach was evaluated"
-    ranked = sorted(rows, key=_quality, reverse=True)
-    winner = ranked[0]
-    metric = "exact match" if winner.exact_match is not None else "eval loss"
+    """One sentence: did fine-tuning pay off? The fine-tuned model against the best prompting approach,
+    whichever won, with the size and latency that come with each.
 
-    def score(row: ApproachResult) -> str:
-        if row.exact_match is not None:
-            return f"{row.exact_match:.2f}"
-        return f"{row.eval_loss:.3g}" if row.eval_loss is not None else "?"
-
-    if len(ranked) == 1:
-        return f"{winner.name} ({_size(winner.parameters)}) reaches {score(winner)} {metric}"
-    runner_up = ranked[1]
-    sentence = (
-        f"{winner.name} ({_size(winner.parameters)}) reaches {score(winner)} {metric} vs {score(runner_up)} "
-        f"for {runner_up.name} ({_size(runner_up.parameters)})"
-    )
-    slowest = max(rows, key=lambda r: r.latency_seconds or 0.0)
-    latency = _latency_ratio(winner, slowest) if slowest is not winner else _latency_ratio(winner, runner_up)
+    The user fine-tunes to beat prompting, so that is always the comparison: "fine-tuning did not pay
+    off: 0.00 vs 0.75 exact match for base 4-shot" says both what happened to the fine-tuned model and
+    what to use instead."""
+    fine_tuned = next((row for row in rows if row.approach == "fine-tuned"), None)
+    prompting = [row for row in rows if row.approach != "fine-tuned"]
+    if fine_tuned is None or not prompting:
+        only = fine_tuned or (max(prompting, key=lambda r: _quality(r, _compared_on(prompting))) if prompting else None)
+        if only is None:
+            return "no approach was evaluated"
+        metric = _compared_on(prompting or [only])
+        missing = "" if fine_tuned else " (the fine-tuned model was not evaluated)"
+        return f"{only.name} ({_size(only.parameters)}) reaches {_score(only, metric)} {metric}{missing}"
+    metric = _compared_on([fine_tuned, *prompting])
+    best = max(prompting, key=lambda row: _quality(row, metric))
+    ours, theirs = _quality(fine_tuned, metric), _quality(best, metric)
+    outcome = "paid off" if ours > theirs else "did not pay off" if ours < theirs else "only matched prompting"
+    sentence = f"fine-tuning {outcome}: {_score(fine_tuned, metric)} vs {_score(best, metric)} {metric} for {best.name}"
+    if fine_tuned.parameters != best.parameters:
+        sentence += f" ({_size(best.parameters)} parameters; fine-tuned {_size(fine_tuned.parameters)})"
+    latency = _latency_against(fine_tuned, best)
     return f"{sentence}, {latency}" if latency else sentence
 
 
@@ -115,12 +127,12 @@ def similar_train_examples(split: Split, spec: BaselinesSpec, base_model: Any, t
     queries = [retrieval.query_text(r, split.format) for r in split.validation]
     keys = [retrieval.query_text(r, split.format) for r in split.train]
 
-    def embed(texts: list[str]) -> Any:
-        if spec.embeddings == "base-model":
-            return retrieval.model_embeddings(base_model, tokenizer, texts)
-        return retrieval.sentence_embeddings(texts)
-
-    return retrieval.nearest(embed(queries), embed(keys), spec.few_shot_examples)
+    # One call for both sides: the embedding model is loaded once.
+    if spec.embeddings == "base-model":
+        vectors = retrieval.model_embeddings(base_model, tokenizer, queries + keys)
+    else:
+        vectors = retrieval.sentence_embeddings(queries + keys)
+    return retrieval.nearest(vectors[: len(queries)], vectors[len(queries) :], spec.few_shot_examples)
 
 
 def _cases(

@@ -110,7 +110,12 @@ def read_records(path: Path, display: str) -> list[Record]:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:
         bad = _find_bad_json_line(path) if path.suffix.lower() == ".jsonl" else None
-        detail = bad or f"cannot be read: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+        said = str(error).strip().splitlines()[0] if str(error).strip() else None
+        detail = bad or (
+            f"cannot be read: {said}"
+            if said
+            else f"cannot be read as {builder} ({type(error).__name__}); check that it is a valid {path.suffix} file"
+        )
         raise DataError(f"{display}: {detail}") from error
     rows = table.to_list()
     if not rows:
@@ -214,33 +219,65 @@ def tokenize_record(
     record: Record, fmt: str, tokenizer: Any, max_seq_length: int, train_on_inputs: bool
 ) -> Example | None:
     """Token ids and labels of one record, truncated to `max_seq_length`. None when truncation leaves
-    no learned token (the caller counts such examples as dropped)."""
+    no learned token (the caller counts such examples as dropped; `tokenize_or_explain` says why)."""
+    example = tokenize_or_explain(record, fmt, tokenizer, max_seq_length, train_on_inputs)
+    return example if isinstance(example, Example) else None
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A record that leaves no token to learn, and why (for the data report's line by line list)."""
+
+    full_length: int
+    """Tokens before truncation."""
+    answer_start: int | None
+    """Position of the first learned token before truncation; None when no token is learned at all."""
+
+    def cause(self, max_seq_length: int) -> str:
+        if self.answer_start is None:
+            return "dropped: no token to learn (the answer is empty once tokenized)"
+        return (
+            f"dropped: the answer starts after maxSeqLength ({max_seq_length} tokens), at token "
+            f"{self.answer_start + 1} of {self.full_length}"
+        )
+
+
+def tokenize_or_explain(
+    record: Record, fmt: str, tokenizer: Any, max_seq_length: int, train_on_inputs: bool
+) -> Example | Dropped:
+    """The record's Example, truncated to `max_seq_length`, or why it has no token left to learn."""
+    ids, labels = _encode(record, fmt, tokenizer, train_on_inputs)
+    example = Example(ids[:max_seq_length], labels[:max_seq_length], len(ids) > max_seq_length, len(ids))
+    # The first position is never predicted (labels shift by one), so a label there teaches nothing.
+    if any(label != IGNORE_INDEX for label in example.labels[1:]):
+        return example
+    learned = [position for position, label in enumerate(labels) if position and label != IGNORE_INDEX]
+    return Dropped(len(ids), learned[0] if learned else None)
+
+
+def _encode(record: Record, fmt: str, tokenizer: Any, train_on_inputs: bool) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a whole record, before truncation."""
     eos = tokenizer.eos_token_id
     fields = record.fields
     if fmt == "text":
         ids = _with_eos(tokenizer(fields["text"]).input_ids, eos)
-        labels = list(ids)
-    elif fmt == "prompt-completion":
+        return ids, list(ids)
+    if fmt == "prompt-completion":
         prompt = tokenizer(fields["prompt"]).input_ids
         completion = _with_eos(tokenizer(fields["completion"], add_special_tokens=False).input_ids, eos)
-        ids = prompt + completion
         labels = (list(prompt) if train_on_inputs else [IGNORE_INDEX] * len(prompt)) + completion
-    else:
-        messages = _messages(record)
-        if train_on_inputs:
-            ids = tokenizer(_render(tokenizer, messages), add_special_tokens=False).input_ids
-            labels = list(ids)
-        else:
-            text, spans = assistant_spans(tokenizer, messages, record.where)
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = encoded.input_ids
-            labels = [
-                token if any(start <= offset[0] < end for start, end in spans) else IGNORE_INDEX
-                for token, offset in zip(ids, encoded.offset_mapping, strict=True)
-            ]
-    truncated = len(ids) > max_seq_length
-    example = Example(ids[:max_seq_length], labels[:max_seq_length], truncated, len(ids))
-    return example if any(label != IGNORE_INDEX for label in example.labels[1:]) else None
+        return prompt + completion, labels
+    messages = _messages(record)
+    if train_on_inputs:
+        ids = tokenizer(_render(tokenizer, messages), add_special_tokens=False).input_ids
+        return ids, list(ids)
+    text, spans = assistant_spans(tokenizer, messages, record.where)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [
+        token if any(start <= offset[0] < end for start, end in spans) else IGNORE_INDEX
+        for token, offset in zip(encoded.input_ids, encoded.offset_mapping, strict=True)
+    ]
+    return encoded.input_ids, labels
 
 
 @dataclass(frozen=True)

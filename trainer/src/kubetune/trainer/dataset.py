@@ -18,6 +18,7 @@ from kubetune.api.training import DatasetSpec
 from kubetune.trainer import report as reports
 from kubetune.trainer.config import resolve_path
 from kubetune.trainer.data import (
+    Dropped,
     Example,
     GenerationCase,
     Record,
@@ -25,7 +26,7 @@ from kubetune.trainer.data import (
     detect_format,
     generation_case,
     read_records,
-    tokenize_record,
+    tokenize_or_explain,
 )
 from kubetune.trainer.errors import DataError
 from kubetune.trainer.packing import Sequence, build_sequences
@@ -65,8 +66,8 @@ def held_out_split(records: list[Record], fraction: float, seed: int) -> tuple[l
 
 def _tokenize_all(
     records: list[Record], fmt: str, tokenizer: Any, spec: DatasetSpec, train_on_inputs: bool
-) -> list[Example | None]:
-    return [tokenize_record(r, fmt, tokenizer, spec.max_seq_length, train_on_inputs) for r in records]
+) -> list[Example | Dropped]:
+    return [tokenize_or_explain(r, fmt, tokenizer, spec.max_seq_length, train_on_inputs) for r in records]
 
 
 def read_split(spec: DatasetSpec, base: Path, seed: int) -> tuple[list[Record], list[Record], str]:
@@ -92,11 +93,17 @@ def prepare(spec: DatasetSpec, base: Path, seed: int, tokenizer: Any) -> Prepare
     train_examples = _tokenize_all(train_records, fmt, tokenizer, spec, spec.train_on_inputs)
     # Validation always scores the answer tokens only (what the user cares about), whatever trainOnInputs.
     validation_examples = _tokenize_all(validation_records, fmt, tokenizer, spec, False)
-    kept_train = [e for e in train_examples if e is not None]
+    kept_train = [e for e in train_examples if isinstance(e, Example)]
     if not kept_train:
-        raise DataError(f"{spec.train}: no training example has a token left to learn after truncation")
+        first = next(e for e in train_examples if isinstance(e, Dropped))
+        raise DataError(
+            f"{spec.train}: no training example has a token left to learn (the first, {train_records[0].where}: "
+            f"{first.cause(spec.max_seq_length)}); raise dataset.maxSeqLength or shorten the prompts"
+        )
     sequences = build_sequences(kept_train, spec.packing, spec.max_seq_length)
-    kept_validation = [(r, e) for r, e in zip(validation_records, validation_examples, strict=True) if e is not None]
+    kept_validation = [
+        (r, e) for r, e in zip(validation_records, validation_examples, strict=True) if isinstance(e, Example)
+    ]
     cases = [generation_case(r, fmt, tokenizer) for r, _ in kept_validation]
     report = build_report(spec, fmt, train_records, validation_records, train_examples, validation_examples)
     report = _with_sequences(report, len(sequences))
@@ -116,8 +123,8 @@ def build_report(
     fmt: str,
     train_records: list[Record],
     validation_records: list[Record],
-    train_examples: list[Example | None],
-    validation_examples: list[Example | None],
+    train_examples: list[Example | Dropped],
+    validation_examples: list[Example | Dropped],
 ) -> reports.DataReport:
     """The data report of tokenized splits (pure: no files touched)."""
     duplicates = reports.find_duplicates(train_records)
@@ -129,9 +136,9 @@ def build_report(
         validation_split=None if spec.validation else spec.validation_split,
         max_seq_length=spec.max_seq_length,
         packing=spec.packing,
-        sequences=sum(e is not None for e in train_examples),
-        train=reports.split_stats(train_records, train_examples),
-        validation=reports.split_stats(validation_records, validation_examples),
+        sequences=sum(isinstance(e, Example) for e in train_examples),
+        train=reports.split_stats(train_records, train_examples, spec.max_seq_length),
+        validation=reports.split_stats(validation_records, validation_examples, spec.max_seq_length),
         duplicates=len(duplicates),
         duplicate_examples=[r.where for r in duplicates[:10]],
         leaked=len(leaked),

@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune.api.outcome import FitReport
 from kubetune.api.status import ConditionType, Reason
-from kubetune.policies.fit import Evaluation, FitSignal, overfitting, underfitting
+from kubetune.policies.fit import Evaluation, FitSignal, diverged, overfitting, underfitting
 
 
 @dataclass
@@ -30,14 +30,16 @@ class FitHistory:
         if eval_loss is not None:
             self.evaluations.append(asdict(Evaluation(step, eval_loss, train_loss)))
 
-    def reports(self, rising_evaluations: int, progress: float) -> list[FitReport]:
-        """Both diagnostics, True or False, once there are two evaluations to compare."""
+    def reports(self, rising_evaluations: int, progress: float, learning_rate: float | None = None) -> list[FitReport]:
+        """Both diagnostics, True or False, once there are two evaluations to compare — or at once when
+        training diverged, which reads UnderfittingSuspected with its own reason and remedy."""
         history = [Evaluation(**e) for e in self.evaluations]
-        if len(history) < 2:
+        divergence = diverged(history, self.first_train_loss, learning_rate)
+        if len(history) < 2 and divergence is None:
             return []
         signs: dict[str, FitSignal | None] = {
             ConditionType.OVERFITTING_SUSPECTED: overfitting(history, rising_evaluations),
-            ConditionType.UNDERFITTING_SUSPECTED: underfitting(history, self.first_train_loss, progress),
+            ConditionType.UNDERFITTING_SUSPECTED: divergence or underfitting(history, self.first_train_loss, progress),
         }
         return [_report(kind, sign, history[-1].step) for kind, sign in signs.items()]
 

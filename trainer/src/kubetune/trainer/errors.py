@@ -9,6 +9,7 @@ reason too, so `main` has exactly one place that chooses the exit code.
 from __future__ import annotations
 
 from kubetune.api.outcome import ExitReason
+from kubetune.policies.fit import divergence_remedy
 
 
 class TrainerError(Exception):
@@ -42,9 +43,13 @@ class ModelError(TrainerError):
 
 
 class NonFiniteLossError(TrainerError):
-    """The loss became NaN or infinite on some rank (all ranks agree before raising)."""
+    """The loss became NaN or infinite on some rank (all ranks agree before raising). The message gets
+    the remedy appended: a non-finite loss is a diverged run, and its fix is never more of the same."""
 
     reason = ExitReason.NON_FINITE_LOSS
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(f"{message}: training diverged; {divergence_remedy()}", retryable=retryable)
 
 
 class Interrupted(TrainerError):
@@ -102,7 +107,21 @@ def classify(error: BaseException, micro_batch_size: int | None = None) -> tuple
         )
     if _is_peer_lost(error):
         return ExitReason.PEER_LOST, f"lost contact with another rank: {_first_line(error)}", True
-    return None, f"unexpected error: {type(error).__name__}: {_first_line(error)}", True
+    return None, unexpected_error_message(error), True
+
+
+#: What to do about an error nobody foresaw, said wherever one is reported (its name alone helps no one).
+UNEXPECTED_ERROR_ADVICE = (
+    "this is not one of the failures kubetune recognises; the traceback is in this rank's log "
+    "(`kubectl logs` of the worker pod, or logs/attempt-N/rank-R.log in the `kubetune run` workdir): if it "
+    "points at your manifest, data or model, fix that; otherwise please report it with the log"
+)
+
+
+def unexpected_error_message(error: BaseException) -> str:
+    """One line for an unforeseen exception: what it said, and what to do (its type's name alone helps no
+    one). The detail is kept short so that the advice survives a shortened termination message."""
+    return f"unexpected error ({type(error).__name__}: {_first_line(error)[:200]}); {UNEXPECTED_ERROR_ADVICE}"
 
 
 def _first_line(error: BaseException) -> str:

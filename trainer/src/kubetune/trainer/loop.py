@@ -30,7 +30,7 @@ from kubetune.trainer.config import RunPaths
 from kubetune.trainer.dataset import PreparedData
 from kubetune.trainer.diagnostics import suspected
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
-from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+from kubetune.trainer.evaluation import EvaluationSettings, causal_lm_loss, evaluate
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
 from kubetune.trainer.outputs import Recorder
@@ -161,7 +161,7 @@ class Trainer:
         for indexes in batches:
             sequences = [self.data.sequences[i] for i in indexes]
             batch = collate(sequences, self.tokenizer.pad_token_id, self.spec.dataset.packing)
-            loss = self.engine(**{k: v.to(self.rank.device) for k, v in batch.items()}, use_cache=False).loss
+            loss = causal_lm_loss(self.engine, {k: v.to(self.rank.device) for k, v in batch.items()})
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += float(loss.detach())
@@ -274,7 +274,8 @@ class Trainer:
         """Fit diagnostics after an evaluation: gauges and the progress snapshot."""
         self.state.fit.record_evaluation(step, eval_loss, self.recorder.snapshot.metrics.train_loss)
         rising = self.spec.evaluation.overfitting_evaluations if self.spec.evaluation else 3
-        reports = self.state.fit.reports(rising, step / self.total_steps if self.total_steps else 1.0)
+        progress = step / self.total_steps if self.total_steps else 1.0
+        reports = self.state.fit.reports(rising, progress, self.spec.hyperparameters.learning_rate)
         self.metrics.record_fit(suspected(reports, "OverfittingSuspected"), suspected(reports, "UnderfittingSuspected"))
         self.recorder.publish(fit=reports)
         for report in reports:

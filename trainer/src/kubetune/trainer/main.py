@@ -21,7 +21,7 @@ from typing import Any
 from kubetune.api.invocation import TrainerInvocation, attempt_from_environment
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, TrainerResult
-from kubetune.trainer import distributed
+from kubetune.trainer import distributed, preflight
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
 from kubetune.trainer.loop import Trainer
@@ -92,9 +92,10 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     from kubetune.trainer.model import load_model, load_tokenizer
     from kubetune.trainer.packing import BatchPlan
 
-    spec = job.spec
     paths = run_paths(args, job)
-    rank = distributed.initialize(spec.distributed.accelerator)
+    job = preflight.check(job, paths)  # before anything slow: what cannot run here never will
+    spec = job.spec
+    rank = distributed.initialize(spec.distributed.cluster_accelerator)  # decided by the check
     _configure_logging(rank.rank)
     recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
     metrics = TrainerMetrics(job.name, job.namespace)
@@ -146,7 +147,7 @@ def main(parsed: argparse.Namespace) -> int:
     job: FineTuneJob | None = None
     try:
         job = load_job(args.config)
-        distributed.prepare_environment(job.spec.distributed.accelerator)
+        distributed.prepare_environment(preflight.accelerator_of_this_rank(job))
         _configure_logging(int(os.environ.get("RANK", "0")))
         result = _train(args, job, stop, shell)
         code = 0

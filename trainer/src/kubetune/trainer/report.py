@@ -2,9 +2,11 @@
 
 Most failed fine-tunes are data problems that nobody looked at: duplicated examples (the model
 memorises them), validation examples that also sit in the training set (the evaluation flatters the
-model), examples silently cut by maxSeqLength. The report counts all of them, is written as
-`data_report.json` and `data_report.md` in the workdir and logged, and a leakage fraction above
-`dataset.maxLeakageFraction` stops the run as a data error before any compute is spent.
+model), examples silently cut by maxSeqLength or dropped because the cut left nothing to learn. The
+report counts all of them and names each by file and line with its cause (`train.jsonl:17: dropped:
+the answer starts after maxSeqLength (512 tokens)`), so that the fix is an edit, not a search. It is
+written as `data_report.json` and `data_report.md` in the workdir and logged, and a leakage fraction
+above `dataset.maxLeakageFraction` stops the run as a data error before any compute is spent.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetune.trainer.data import Example, Record
+from kubetune.trainer.data import Dropped, Example, Record
 from kubetune.trainer.errors import DataError
 
 PERCENTILES = (50, 90, 95, 99, 100)
+#: Dropped or truncated examples listed by name in data_report.md (the JSON lists every one).
+MARKDOWN_LIST_LIMIT = 20
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class SplitStats:
     examples: int
     """Tokenized examples kept."""
     dropped: int
-    """Examples dropped because truncation left no learned token."""
+    """Examples dropped because no learned token was left (mostly: truncation cut the whole answer)."""
     truncated: int
     """Examples longer than maxSeqLength (cut to it)."""
     tokens: int
@@ -39,6 +44,10 @@ class SplitStats:
     """Tokens that carry loss."""
     length_percentiles: dict[str, int]
     """Token length before truncation at p50, p90, p95, p99 and max."""
+    dropped_examples: list[str] = field(default_factory=list)
+    """Every dropped example as `file:line: dropped: cause`."""
+    truncated_examples: list[str] = field(default_factory=list)
+    """Every truncated example as `file:line: truncated to N tokens (from M)`."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,9 @@ def percentile(values: list[int], q: float) -> int:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def split_stats(records: list[Record], examples: list[Example | None]) -> SplitStats:
-    kept = [e for e in examples if e is not None]
+def split_stats(records: list[Record], examples: Sequence[Example | Dropped], max_seq_length: int) -> SplitStats:
+    """The figures of one split, with every dropped and truncated example named by file, line and cause."""
+    kept = [e for e in examples if isinstance(e, Example)]
     lengths = [e.full_length for e in kept]
     return SplitStats(
         records=len(records),
@@ -89,6 +99,16 @@ def split_stats(records: list[Record], examples: list[Example | None]) -> SplitS
         tokens=sum(len(e.input_ids) for e in kept),
         learned_tokens=sum(sum(1 for label in e.labels[1:] if label != -100) for e in kept),
         length_percentiles={f"p{q}" if q < 100 else "max": percentile(lengths, q) for q in PERCENTILES},
+        dropped_examples=[
+            f"{r.where}: {e.cause(max_seq_length)}"
+            for r, e in zip(records, examples, strict=True)
+            if isinstance(e, Dropped)
+        ],
+        truncated_examples=[
+            f"{r.where}: truncated to {max_seq_length} tokens (from {e.full_length})"
+            for r, e in zip(records, examples, strict=True)
+            if isinstance(e, Example) and e.truncated
+        ],
     )
 
 
@@ -153,7 +173,21 @@ def to_markdown(report: DataReport) -> str:
         f"allowed {report.max_leakage_fraction:.1%}) {', '.join(report.leaked_examples)}",
         "",
     ]
+    for title, named in (
+        ("Dropped (nothing left to learn)", report.train.dropped_examples + report.validation.dropped_examples),
+        ("Truncated to maxSeqLength", report.train.truncated_examples + report.validation.truncated_examples),
+    ):
+        lines += _named_list(title, named)
     return "\n".join(lines)
+
+
+def _named_list(title: str, named: list[str]) -> list[str]:
+    """A section listing the first MARKDOWN_LIST_LIMIT examples (data_report.json has them all)."""
+    if not named:
+        return []
+    more = len(named) - MARKDOWN_LIST_LIMIT
+    tail = [f"- ... and {more} more (all of them in data_report.json)"] if more > 0 else []
+    return [f"## {title}: {len(named)}", "", *(f"- {line}" for line in named[:MARKDOWN_LIST_LIMIT]), *tail, ""]
 
 
 def write(report: DataReport, workdir: Path) -> None:
@@ -173,6 +207,6 @@ def summary_line(report: DataReport) -> str:
     return (
         f"data: {report.train.examples} train / {report.validation.examples} validation examples ({report.format}), "
         f"{report.train.tokens} train tokens, p95 length {report.train.length_percentiles['p95']}, "
-        f"{report.train.truncated} truncated, {report.duplicates} duplicates, {report.leaked} leaked "
-        f"({report.leakage_fraction:.1%})"
+        f"{report.train.truncated} truncated, {report.train.dropped} dropped, {report.duplicates} duplicates, "
+        f"{report.leaked} leaked ({report.leakage_fraction:.1%})"
     )

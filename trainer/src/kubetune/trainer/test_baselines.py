@@ -86,17 +86,41 @@ def row(name: str, exact: float | None, latency: float, parameters: int, loss: f
         (
             [row("base 0-shot", 0.0, 0.5, 135_000_000), row("base 4-shot", 0.41, 1.2, 135_000_000),
              row("reference 4-shot", 0.8, 1.5, 1_700_000_000), row("fine-tuned", 0.97, 0.5, 135_000_000)],
-            "fine-tuned (135 M) reaches 0.97 exact match vs 0.80 for reference 4-shot (1.7 B), at 1/3.0 of reference 4-shot's latency",
+            "fine-tuning paid off: 0.97 vs 0.80 exact match for reference 4-shot (1.7 B parameters; fine-tuned "
+            "135 M), at 1/3.0 of its latency",
         ),
         (
             [row("base 0-shot", 0.1, 0.5, 135_000_000), row("base 4-shot", 0.6, 2.0, 135_000_000), row("fine-tuned", 0.3, 0.5, 135_000_000)],
-            "base 4-shot (135 M) reaches 0.60 exact match vs 0.30 for fine-tuned (135 M), at 4.0x fine-tuned's latency",
+            "fine-tuning did not pay off: 0.30 vs 0.60 exact match for base 4-shot, at 1/4.0 of its latency",
+        ),
+        (  # a diverged run: the fine-tuned model is the worst of all, and still the one compared
+            [row("base 0-shot", 0.25, 0.5, 5_000), row("base 4-shot", 0.75, 1.0, 5_000), row("fine-tuned", 0.0, 0.5, 5_000)],
+            "fine-tuning did not pay off: 0.00 vs 0.75 exact match for base 4-shot, at 1/2.0 of its latency",
+        ),
+        (
+            [row("base 4-shot", 0.75, 1.0, 5_000), row("fine-tuned", 1.0, 2.0, 5_000)],
+            "fine-tuning paid off: 1.00 vs 0.75 exact match for base 4-shot, at 2.0x its latency",
+        ),
+        (
+            [row("base 4-shot", 1.0, 1.0, 5_000), row("fine-tuned", 1.0, 0.0, 5_000)],
+            "fine-tuning only matched prompting: 1.00 vs 1.00 exact match for base 4-shot",
         ),
         (
             [row("base 0-shot", None, 0.0, 5_000, loss=3.0), row("fine-tuned", None, 0.0, 5_000, loss=0.5)],
-            "fine-tuned (5 k) reaches 0.5 eval loss vs 3 for base 0-shot (5 k)",
+            "fine-tuning paid off: 0.5 vs 3 eval loss for base 0-shot",
         ),
+        (
+            [row("base 0-shot", None, 0.0, 5_000, loss=3.0), row("fine-tuned", None, 0.0, 5_000, loss=float("nan"))],
+            "fine-tuning did not pay off: nan vs 3 eval loss for base 0-shot",
+        ),
+        (
+            [row("base 0-shot", 0.1, 0.5, 5_000), row("base 4-shot", 0.6, 2.0, 5_000)],
+            "base 4-shot (5 k) reaches 0.60 exact match (the fine-tuned model was not evaluated)",
+        ),
+        ([], "no approach was evaluated"),
     ],
 )  # fmt: skip
-def test_the_verdict_matches_the_numbers(rows: list[ApproachResult], sentence: str) -> None:
+def test_the_verdict_places_the_fine_tuned_model_against_the_best_prompt(
+    rows: list[ApproachResult], sentence: str
+) -> None:
     assert verdict(rows) == sentence

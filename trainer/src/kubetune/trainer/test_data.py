@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.api.training import DatasetSpec
 from kubetune.trainer import report as reports
-from kubetune.trainer.data import IGNORE_INDEX, Record, generation_case, read_records, tokenize_record
+from kubetune.trainer.data import IGNORE_INDEX, Dropped, Record, generation_case, read_records, tokenize_record
 from kubetune.trainer.dataset import held_out_split, prepare
 from kubetune.trainer.errors import DataError
 from tests.support import tiny
@@ -189,3 +189,61 @@ def test_percentile_is_nearest_rank() -> None:
     assert reports.percentile([5, 1, 3], 50) == 3
     assert reports.percentile(list(range(1, 101)), 95) == 95
     assert reports.percentile([7], 99) == 7
+
+
+def test_the_report_names_the_line_and_cause_of_every_dropped_or_truncated_example(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    long_words = " apple river stone cloud" * 5
+    records = tiny.examples("prompt-completion", 20)
+    records[2] = {"prompt": "Map: apple\nAnswer:", "completion": long_words}  # file line 3: cut
+    records[15] = {"prompt": f"Map:{long_words}\nAnswer:", "completion": " window"}  # file line 17: no answer left
+    lines = [json.dumps(r) for r in records]
+    lines.insert(9, "")  # a blank line: records after it sit one line further down
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    validation = tiny.write_jsonl(tmp_path / "validation.jsonl", tiny.examples("prompt-completion", 4, start=20))
+    spec = DatasetSpec(train=str(train), validation=str(validation), max_seq_length=16)
+    report = prepare(spec, tmp_path, seed=1, tokenizer=tokenizer).report
+
+    cut = len(tokenizer(records[2]["prompt"]).input_ids + tokenizer(long_words, add_special_tokens=False).input_ids) + 1
+    prompt = len(tokenizer(records[15]["prompt"]).input_ids)
+    answer = len(tokenizer(" window", add_special_tokens=False).input_ids) + 1
+    assert report.train.truncated_examples == [f"{train}:3: truncated to 16 tokens (from {cut})"]
+    assert report.train.dropped_examples == [
+        f"{train}:17: dropped: the answer starts after maxSeqLength (16 tokens), at token {prompt + 1} of "
+        f"{prompt + answer}"
+    ]
+    assert (report.train.truncated, report.train.dropped) == (1, 1)
+    assert report.validation.dropped_examples == report.validation.truncated_examples == []
+    reports.write(report, tmp_path / "work")
+    markdown = (tmp_path / "work" / "data_report.md").read_text()
+    assert "## Dropped (nothing left to learn): 1" in markdown and f"- {train}:17: dropped: the answer" in markdown
+    assert f"- {train}:3: truncated to 16 tokens" in markdown
+    saved = json.loads((tmp_path / "work" / "data_report.json").read_text())
+    assert saved["train"]["dropped_examples"] == report.train.dropped_examples
+
+
+@pytest.mark.parametrize(
+    ("dropped", "cause"),
+    [
+        (Dropped(full_length=40, answer_start=30), "dropped: the answer starts after maxSeqLength (16 tokens), at token 31 of 40"),
+        (Dropped(full_length=5, answer_start=None), "dropped: no token to learn (the answer is empty once tokenized)"),
+    ],
+)  # fmt: skip
+def test_a_dropped_example_says_why(dropped: Dropped, cause: str) -> None:
+    assert dropped.cause(16) == cause
+
+
+def test_the_markdown_lists_the_first_examples_and_counts_the_rest(tmp_path: Path, tokenizer: Any) -> None:
+    records = [{"text": "apple river stone cloud green tiger piano " * 3} for _ in range(30)]
+    records += tiny.examples("text", 4)
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", [{**r, "n": i} for i, r in enumerate(records)])
+    validation = tiny.write_jsonl(tmp_path / "validation.jsonl", tiny.examples("text", 2, start=10))
+    report = prepare(
+        DatasetSpec(train=str(train), validation=str(validation), max_seq_length=16), tmp_path, 1, tokenizer
+    ).report
+    assert len(report.train.truncated_examples) == 30
+    markdown = reports.to_markdown(report)
+    assert markdown.count("truncated to 16 tokens") == reports.MARKDOWN_LIST_LIMIT
+    assert f"... and {30 - reports.MARKDOWN_LIST_LIMIT} more (all of them in data_report.json)" in markdown

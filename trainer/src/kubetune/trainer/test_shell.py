@@ -71,7 +71,7 @@ def test_a_bad_manifest_is_a_config_error_naming_the_field(tmp_path: Path) -> No
             True,
             "another rank",
         ),
-        (ValueError("something else"), None, True, "unexpected error: ValueError: something else"),
+        (ValueError("something else"), None, True, "(ValueError: something else); this is not one of"),
     ],
 )
 def test_classify_maps_every_failure_to_one_reason(
