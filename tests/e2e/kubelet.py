@@ -230,13 +230,14 @@ class ProcessKubelet:
             return data
 
     async def _patch(self, url: str, body: Mapping[str, Any]) -> bool:
+        """Merge-patch `url`; False when the object is gone or changed since `body`'s resourceVersion."""
         assert self._session is not None
         for delay in (0.1, 0.2, 0.5, 1.0, 2.0, 0):
             try:
                 async with self._session.patch(url, data=json.dumps(body), headers=MERGE_PATCH) as response:
                     if response.status < 300:
                         return True
-                    if response.status == 404:
+                    if response.status in (404, 409):
                         return False
                     logger.debug("kubelet: PATCH %s: HTTP %s", url, response.status)
             except aiohttp.ClientError as error:
@@ -390,6 +391,10 @@ class ProcessKubelet:
     async def _write_status(
         self, runtime: PodRuntime, phase: str, state: Mapping[str, Any], ip: str, ready: bool = False
     ) -> None:
-        current = await self._get(self._pod_url(runtime)) or runtime.pod
-        status = pod_status(runtime, current, phase, state, ip, ready)
-        await self._patch(self._pod_url(runtime, "status"), {"status": status})
+        """Keeps others' conditions (DisruptionTarget): written only over the version read, else read again."""
+        for _ in range(10):
+            current = await self._get(self._pod_url(runtime)) or runtime.pod
+            version = {"resourceVersion": current.get("metadata", {}).get("resourceVersion")}
+            body = {"metadata": version, "status": pod_status(runtime, current, phase, state, ip, ready)}
+            if await self._patch(self._pod_url(runtime, "status"), body) or current is runtime.pod:
+                return
