@@ -18,15 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from kubetune.api.crd import open_api_schema
 from kubetune.api.job import FineTuneJobSpec, immutability_cel_rule
+from kubetune.api.kubernetes_syntax import is_qualified_name, parse_quantity, qualified_name_cel
 from kubetune.api.operations import (
     EarlyStoppingSpec,
     EvaluationSpec,
     ResourcesSpec,
     SchedulingSpec,
     TolerationSpec,
-    is_qualified_name,
-    parse_quantity,
-    qualified_name_cel,
 )
 from kubetune.api.training import DistributedSpec, MethodSpec, ModelSpec
 from tests.support.builders import a_job
