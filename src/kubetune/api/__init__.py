@@ -10,6 +10,8 @@ this package (CLI, operator, trainer, local runner); it imports neither side. Mo
                  distributed
 - operations.py  how the job is run and kept alive: evaluation, early stopping, checkpointing, retry
                  policy, storage, resources, scheduling
+- kubernetes_syntax.py  Kubernetes' own rules (qualified names, label values, quantities) as the API
+                 server applies them, with the CEL the CRD uses for each
 - status.py      FineTuneJobStatus: phase, conditions (ConditionType and Reason constants), progress,
                  metrics, evaluation results
 - outcome.py     the trainer <-> supervisor contract: exit codes (ExitReason), TrainerResult,
