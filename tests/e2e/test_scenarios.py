@@ -153,16 +153,11 @@ def test_5_disruption_is_replaced_without_counting(
     # maxRestarts 0: the job can only finish if the disruption is not counted as a restart
     job = submit(cluster, kubelet, "s5-disruption", a_scenario("tiny", inputs).retry(max_restarts=0))
     pods = job.wait_running(attempt=1)
-    victim = pods[1]
-    condition = {
-        "type": "DisruptionTarget",
-        "status": "True",
-        "reason": "PreemptionByScheduler",
-        "message": "preempted by a higher-priority pod",
-    }
-    conditions = [*victim["status"]["conditions"], condition]
-    cluster.patch(PODS, job.namespace, victim["metadata"]["name"], {"status": {"conditions": conditions}}, "status")
-    cluster.delete(PODS, job.namespace, victim["metadata"]["name"])
+    victim = pods[1]["metadata"]["name"]
+    # as the cluster disrupts a pod: the Eviction API marks it DisruptionTarget and deletes it, in one request
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim, "namespace": job.namespace}}
+    code, answer = cluster.request("POST", f"/api/v1/namespaces/{job.namespace}/pods/{victim}/eviction", eviction)
+    assert code == 201, answer
     status = job.wait_phase("Succeeded", "Failed", timeout=180)
     assert status["phase"] == "Succeeded", status
     assert status["attempt"] == 2 and status["restarts"] == 0, status
