@@ -26,6 +26,13 @@ PARTS = ("trainer", "operator", "overheads")
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every code path")
+    parser.add_argument(
+        "--profile",
+        choices=("cpu", "smol"),
+        default="cpu",
+        help="cpu: the whole benchmark; smol: the trainer comparison (part `trainer`) and the LM head + loss "
+        "alone (part `loss`) on SmolLM2-135M's shape, written to docs/benchmarks-smol.json and its section of --out",
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the Markdown report")
     parser.add_argument("--results", type=Path, help="also write the raw results as JSON here")
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise SystemExit(f"--parts: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
-    profile = workload.QUICK if args.quick else workload.CPU
+    profile = workload.QUICK if args.quick else workload.PROFILES[args.profile]
     results: dict[str, Any] = {
         "quick": args.quick,
         "profile": workload.describe(profile),
@@ -79,14 +86,45 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return results
 
 
+def main_smol(args: argparse.Namespace) -> int:
+    """The SmolLM2-shaped measurements: the trainer comparison (part `trainer`) and the LM head + loss
+    alone (part `loss`, `bench.loss_head`), into docs/benchmarks-smol.json (a part not run keeps its
+    earlier figures) and the smol section of the report, nothing else."""
+    asked = {p.strip() for p in args.parts.split(",")}
+    parts = asked & {"trainer", "loss"} if asked != set(PARTS) else {"trainer", "loss"}
+    path = ROOT / "docs" / "benchmarks-smol.json"
+    results: dict[str, Any] = report.load_results(path) or {}
+    if "trainer" in parts:
+        with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
+            results |= run(argparse.Namespace(**{**vars(args), "parts": "trainer"}), args.work or Path(tmp))
+    if "loss" in parts:
+        from bench import loss_head
+
+        size, profile = workload.SMOL.model, workload.SMOL
+        _say("LM head + loss alone:")
+        measured = loss_head.measure(profile.micro_batch * profile.seq_length, size.hidden, size.vocab or 0)
+        results["loss_head"] = {**measured, "machine": machine.describe()}
+        _say(f"  {json.dumps(measured)}")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.results:
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+    if not report.replace_block(args.out, report.SMOL_START, report.SMOL_END, report.smol_section(results)):
+        _say(f"{args.out}: no {report.SMOL_START!r} marker; run `make bench` once to write the section")
+    _say(f"smol: wrote {path.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.profile == "smol" and not args.quick:
+        return main_smol(args)
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         work = args.work or Path(tmp)
         results = run(args, work)
     gpu = report.load_gpu(ROOT / "docs" / "benchmarks-gpu.json")
+    smol = report.load_results(ROOT / "docs" / "benchmarks-smol.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.render(results, gpu))
+    args.out.write_text(report.render(results, gpu, smol))
     if args.results:
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     readme = args.readme or (None if args.quick else ROOT / "README.md")

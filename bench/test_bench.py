@@ -69,3 +69,48 @@ def test_readme_table_replaces_only_the_marked_block(tmp_path: Path) -> None:
     unmarked = tmp_path / "OTHER.md"
     unmarked.write_text("no markers\n")
     assert not report.update_readme(unmarked, "table") and unmarked.read_text() == "no markers\n"
+
+
+def test_the_smol_section_replaces_only_its_own_block(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n{report.smol_section(None)}\n## 2. GPU\n")
+    run = {"side": "kubetune", "repetition": 0, "tokens_per_second": 90.0, "step_seconds": 22.0, "process_seconds": 99}
+    side = {"tokens_per_second": 90.0, "peak_rss_bytes": 3 * 2**30}
+    smol = {
+        "profile": {
+            "model": {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "intermediate": 1536, "vocab": 49152},
+            "precision": "fp32",
+            "processes": 2,
+            "zero_stage": 2,
+            "seq_length": 512,
+            "micro_batch": 2,
+            "accumulation": 1,
+            "steps": 5,
+            "warmup_steps": 2,
+            "repetitions": 1,
+        },
+        "machine": {"cpu": "x", "cores": 2, "memory_gib": 8, "date": "d", "load_at_start": 1, "load_at_end": 2},
+        "seconds": 60.0,
+        "trainer": {
+            "summary": {
+                "uniform": {
+                    "kubetune": side,
+                    "transformers": {**side, "tokens_per_second": 75.0, "peak_rss_bytes": 4 * 2**30},
+                    "tokens_per_second_ratio": 1.2,
+                }
+            },
+            "runs": [run, {**run, "side": "transformers", "peak_rss_bytes": None}],
+        },
+    }
+    assert report.replace_block(doc, report.SMOL_START, report.SMOL_END, report.smol_section(smol))
+    text = doc.read_text()
+    assert text.startswith("# B\n") and text.endswith("\n## 2. GPU\n") and "Pending" not in text
+    assert "| uniform | 90 | 75 | **1.20x** | 3072 MiB | 4096 MiB | 25.0 % |" in text
+
+
+def test_window_peak_looks_only_inside_the_measured_steps() -> None:
+    from bench.trainers import window_peak
+
+    samples = [(1.0, 900), (2.0, 300), (3.0, 500), (4.0, 400), (5.0, 950)]
+    assert window_peak(samples, 2.0, 4.0) == 500
+    assert window_peak(samples, 6.0, 7.0) is None

@@ -45,6 +45,10 @@ class Run:
     process_seconds: float = 0.0
     """Wall time of the whole torchrun, start-up and end-of-run evaluation/export included."""
     peak_memory_bytes: float | None = None
+    peak_rss_bytes: float | None = None
+    """The largest resident set of a rank process sampled inside the measured steps (from /proc, four
+    times a second): on the CPU, the whole process's memory at its busiest during training (model,
+    gradients, optimizer state, activations, logits)."""
     checkpoint_seconds: list[float] = field(default_factory=list)
     """Each checkpoint save (kubetune's log), in seconds."""
     out_of_step_seconds: float | None = None
@@ -105,14 +109,47 @@ class MetricsPoller:
                     self.values[name] = float(line.rsplit(" ", 1)[1])
 
 
-def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> float:
+def _resident(pid: int) -> int | None:
+    """VmRSS (resident set) of a process in bytes; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+
+
+def window_peak(samples: list[tuple[float, int]], start: float, end: float) -> int | None:
+    """The largest sampled memory between `start` and `end` (wall-clock seconds); None without samples."""
+    inside = [size for at, size in samples if start <= at <= end]
+    return max(inside) if inside else None
+
+
+def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[float, list[tuple[float, int]]]:
+    """Run `command` to the end; (wall seconds, samples of (time.time(), largest resident set of its
+    descendants, the ranks, in bytes) four times a second). The measured step window picks its peak from
+    them (`window_peak`): the whole process's peak would be start-up's or the export's, not a step's."""
+    from tests.support.launch import descendants
+
     began = time.perf_counter()
+    samples: list[tuple[float, int]] = []
     with log.open("w") as handle:
-        result = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
-    if result.returncode != 0:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            while process.poll() is None:
+                if time.perf_counter() - began > timeout:
+                    raise subprocess.TimeoutExpired(command, timeout)
+                sizes = [size for pid in descendants(process.pid) if (size := _resident(pid)) is not None]
+                if sizes:
+                    samples.append((time.time(), max(sizes)))
+                time.sleep(0.25)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    if process.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"{' '.join(command[:6])}... failed ({result.returncode}); log {log}:\n{tail}")
-    return time.perf_counter() - began
+        raise RuntimeError(f"{' '.join(command[:6])}... failed ({process.returncode}); log {log}:\n{tail}")
+    return time.perf_counter() - began, samples
 
 
 def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: dict[str, str], timeout: float) -> Run:
@@ -127,9 +164,11 @@ def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: d
         f"--metrics-port={port}",
     ]
     with MetricsPoller(port, ("kubetune_gpu_memory_peak_bytes",)) as poller:
-        seconds = _run(command, env, folder / "run.log", timeout)
+        seconds, samples = _run(command, env, folder / "run.log", timeout)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("kind") == "train"]
+    ends = [r["time"] for r in train]
+    rss = window_peak(samples, ends[profile.warmup_steps - 1], ends[-1])
     measured = stats.window([r["time"] for r in train], [r["tokens"] for r in train], profile.warmup_steps)
     timed = train[profile.warmup_steps :]
     inside = sum(r["step_seconds"] for r in timed) / len(timed)
@@ -139,6 +178,7 @@ def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: d
         measured,
         seconds,
         peak_memory_bytes=poller.values.get("kubetune_gpu_memory_peak_bytes"),
+        peak_rss_bytes=rss,
         checkpoint_seconds=[float(s) for s in _CHECKPOINT_LINE.findall(log)],
         out_of_step_seconds=measured.seconds / measured.steps - inside,
     )
@@ -148,9 +188,10 @@ def run_transformers(
     profile: workload.Profile, manifest: Path, folder: Path, env: dict[str, str], timeout: float
 ) -> Run:
     command = [*torchrun(profile), "-m", "bench.hf_side", f"--config={manifest}", f"--out={folder}"]
-    seconds = _run(command, env, folder / "run.log", timeout)
+    seconds, samples = _run(command, env, folder / "run.log", timeout)
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(profile.processes)]
     times = ranks[0]["step_end_times"]
+    rss = window_peak(samples, times[profile.warmup_steps - 1], times[-1])
     tokens = stats.per_step_tokens([r["micro_batch_tokens"] for r in ranks], ranks[0]["accumulation"], len(times))
     measured = stats.window(times, tokens, profile.warmup_steps)
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
@@ -161,6 +202,7 @@ def run_transformers(
         measured,
         seconds,
         peak_memory_bytes=max(peaks) if peaks else None,
+        peak_rss_bytes=rss,
         parameters=ranks[0]["parameters"],
     )
 
@@ -227,11 +269,13 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         for side in SIDES:
             mine = [r for r in runs if r.dataset == dataset and r.side == side]
             peaks = [r.peak_memory_bytes for r in mine if r.peak_memory_bytes is not None]
+            rss = [r.peak_rss_bytes for r in mine if r.peak_rss_bytes is not None]
             sides[side] = {
                 "tokens_per_second": stats.median([r.tokens_per_second for r in mine]),
                 "step_seconds": stats.median([r.step_seconds for r in mine]),
                 "runs": len(mine),
                 "peak_memory_bytes": max(peaks) if peaks else None,
+                "peak_rss_bytes": stats.median(rss) if rss else None,
             }
         summary[dataset] = {
             **sides,

@@ -277,6 +277,13 @@ class DistributedSpec(ApiModel):
     precision: Literal["bf16", "fp16", "fp32"] = doc(
         "precision of the training computation. Default bf16.", default="bf16"
     )
+    grad_accum_dtype: Literal["fp32", "precision"] | None = doc(
+        "gradAccumDtype: what gradients are accumulated in across micro-batches with bf16 or fp16 `precision`: "
+        "`fp32` (a separate fp32 gradient buffer; needs zeroStage >= 1) or `precision` (the training precision: "
+        "half the gradient memory, but bf16's 8-bit mantissa loses small contributions as micro-batches add up). "
+        "Unset: fp32 at zeroStage >= 1, the precision at zeroStage 0. No effect with fp32 precision.",
+        default=None,
+    )
 
     @property
     def cluster_accelerator(self) -> Accelerator:
@@ -289,5 +296,13 @@ class DistributedSpec(ApiModel):
             check=lambda d: not d.offload_optimizer or d.zero_stage >= 1,
             message="`offloadOptimizer` needs `zeroStage` of 1 or more",
             field="offloadOptimizer",
-        )
+        ),
+        Rule(
+            cel="!has(self.gradAccumDtype) || self.gradAccumDtype != 'fp32' || "
+            "(has(self.precision) && self.precision == 'fp32') || !has(self.zeroStage) || self.zeroStage >= 1",
+            check=lambda d: d.grad_accum_dtype != "fp32" or d.precision == "fp32" or d.zero_stage >= 1,
+            message="`gradAccumDtype: fp32` with bf16 or fp16 precision needs `zeroStage` of 1 or more "
+            "(DeepSpeed keeps the fp32 gradients in its ZeRO optimizer)",
+            field="gradAccumDtype",
+        ),
     ]

@@ -44,6 +44,12 @@ TRAINER_METRICS: tuple[Metric, ...] = (
     Metric("kubetune_epoch", "gauge", "trainer", "Fractional epochs completed."),
     Metric("kubetune_optimizer_steps_total", "counter", "trainer", "Optimizer steps completed."),
     Metric("kubetune_tokens_total", "counter", "trainer", "Non-padding training tokens processed by the gang."),
+    Metric(
+        "kubetune_skipped_steps_total",
+        "counter",
+        "trainer",
+        "Optimizer steps skipped by the fp16 loss scaler (gradient overflow; the scale is lowered).",
+    ),
     Metric("kubetune_step_duration_seconds", "histogram", "trainer", "Wall time of one optimizer step, in seconds."),
     Metric("kubetune_progress_ratio", "gauge", "trainer", "Optimizer steps done / planned, 0 to 1."),
     Metric("kubetune_estimated_remaining_seconds", "gauge", "trainer", "Estimated time to finish, in seconds."),

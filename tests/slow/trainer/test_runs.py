@@ -36,6 +36,7 @@ EXPECTED_METRICS: dict[str, tuple[str, Any]] = {
     "kubetune_epoch": ("gauge", lambda v: v == pytest.approx(3.0)),
     "kubetune_optimizer_steps": ("counter", lambda v: v == 60),
     "kubetune_tokens": ("counter", lambda v: v > 60 * 8 * 5),
+    "kubetune_skipped_steps": ("counter", lambda v: v == 0),
     "kubetune_step_duration_seconds": ("histogram", None),
     "kubetune_progress_ratio": ("gauge", lambda v: v == 1.0),
     "kubetune_estimated_remaining_seconds": ("gauge", lambda v: v == 0),

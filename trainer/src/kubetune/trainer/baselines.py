@@ -200,7 +200,7 @@ def approach_rows(
 
 def parameter_count(model: Any) -> int:
     """Parameters of the model as deployed: LoRA adapters excluded (they are merged on export)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+    return sum(distributed.numel(p) for name, p in model.named_parameters() if "lora_" not in name)
 
 
 def prompting_baselines(

@@ -131,8 +131,12 @@ class Checkpointer:
     rank: distributed.Rank
 
     def clean_partials(self) -> None:
-        """Remove half-written checkpoints of an earlier, killed attempt (rank 0), then wait for it."""
-        if self.rank.is_main and self.directory.is_dir():
+        """Remove half-written checkpoints of an earlier, killed attempt, then wait for every rank.
+
+        The first process of every node cleans, not only rank 0: a node whose checkpoint folder is not the
+        one rank 0 sees (a node-local volume) would otherwise keep its half-written shards forever. On a
+        shared volume the nodes remove the same folders; removal tolerates a folder already gone."""
+        if self.rank.local_rank == 0 and self.directory.is_dir():
             for stale in self.directory.glob(".partial-step-*"):
                 log.warning("removing an incomplete checkpoint from an earlier attempt: %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)

@@ -90,6 +90,12 @@ def all_reduce_sum(values: list[float], device: Any) -> list[float]:
     return result
 
 
+def numel(parameter: Any) -> int:
+    """A parameter's full element count. Under ZeRO-3 DeepSpeed partitions parameters and leaves an empty
+    placeholder on every rank (`numel()` is 0); the full size is in its partition metadata, `ds_numel`."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -2,6 +2,8 @@
 
 DeepSpeed does the distributed work (ZeRO partitioning, offload, mixed precision, gradient
 accumulation, clipping, checkpoint files); this module only translates the spec into its config.
+With bf16 or fp16 weights, gradients are accumulated over micro-batches in fp32 wherever DeepSpeed can
+(`grad_accum_dtype`): adding many small bf16 gradients in bf16 loses them.
 The optimizer is torch's AdamW (decoupled weight decay, not applied to biases and norm weights, as is
 usual for transformers); the schedule is transformers' `get_scheduler` (constant / linear / cosine
 after a linear warm-up), handed to DeepSpeed so that it steps and checkpoints it with the optimizer.
@@ -42,7 +44,21 @@ def deepspeed_config(spec: FineTuneJobSpec, world: int) -> dict[str, Any]:
     }
     if hp.max_grad_norm > 0:
         config["gradient_clipping"] = hp.max_grad_norm
+    accumulate = grad_accum_dtype(dist.precision, dist.zero_stage, dist.grad_accum_dtype)
+    if accumulate is not None:
+        config["data_types"] = {"grad_accum_dtype": accumulate}
     return config
+
+
+def grad_accum_dtype(precision: str, zero_stage: int, requested: str | None) -> str | None:
+    """DeepSpeed's `data_types.grad_accum_dtype` for the spec's gradAccumDtype; None: DeepSpeed's default
+    (the training precision). DeepSpeed accumulates in fp32 with bf16 or fp16 weights only inside its ZeRO
+    optimizers, so unset means fp32 at stage 1 and above; an explicit fp32 at stage 0 is refused by the API."""
+    if precision == "fp32" or requested == "precision":
+        return None
+    if requested == "fp32" or zero_stage >= 1:
+        return "fp32"
+    return None
 
 
 def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:

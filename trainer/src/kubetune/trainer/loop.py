@@ -1,8 +1,10 @@
 """The training loop: optimizer steps, logging, evaluation, early stopping, checkpoints and the end.
 
-Every rank runs the same sequence of steps. At the end of each optimizer step the ranks all-reduce
-one small vector (loss sum, micro-batches, tokens, stop requests), so they agree on a non-finite loss
-and on SIGTERM at the same step boundary. Evaluations are collective too, and the early-stopping policy
+Every rank runs the same sequence of steps. A step starts by all-reducing its count of trained tokens
+(every trained token of the step weighs the same: `loss.py`) and ends by all-reducing one small vector
+(summed token loss, tokens, stop requests), so the ranks agree on the loss, on a non-finite loss and on
+SIGTERM at the same step boundary. A step DeepSpeed's fp16 loss scaler skipped (gradient overflow) is
+counted, not fatal; any other non-finite loss sets the loss gauge, then stops the run. Evaluations are collective too, and the early-stopping policy
 sees identical numbers on every rank, so all ranks stop together.
 
 Set KUBETUNE_TRACE_DATA=<path prefix> to have each rank append the example indexes of every step to
@@ -30,7 +32,8 @@ from kubetune.trainer.config import RunPaths
 from kubetune.trainer.dataset import PreparedData
 from kubetune.trainer.diagnostics import suspected
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
-from kubetune.trainer.evaluation import EvaluationSettings, causal_lm_loss, evaluate
+from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+from kubetune.trainer.loss import backward_scale, chunked_head, token_loss_sum, trained_tokens
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
 from kubetune.trainer.outputs import Recorder
@@ -77,7 +80,9 @@ class Trainer:
         self.periodic = replace(self.evaluation, exact_match=False)
         trace = os.environ.get(TRACE_ENV)
         self.trace = f"{trace}.rank{rank.rank}.jsonl" if trace else None
-        self.parameters = sum(p.numel() for p in engine.module.parameters())
+        self.parameters = sum(distributed.numel(p) for p in engine.module.parameters())
+        self.head = chunked_head(engine.module, self.spec.distributed.zero_stage)
+        """The LM head when the loss is computed chunk by chunk with it (kubetune.trainer.loss)."""
 
     def _settings(self) -> EvaluationSettings:
         spec = self.spec.evaluation
@@ -156,25 +161,36 @@ class Trainer:
     def _step(self) -> None:
         began = time.perf_counter()
         lr = float(self.engine.get_lr()[0])
-        loss_sum = micro = tokens = 0.0
         batches = self.plan.micro_batches(self.state.step, self.rank.rank)
-        for indexes in batches:
-            sequences = [self.data.sequences[i] for i in indexes]
+        micro_sequences = [[self.data.sequences[i] for i in indexes] for indexes in batches]
+        # Every trained token of the step weighs the same (kubetune.trainer.loss): count them first.
+        counts = [trained_tokens(sequences) for sequences in micro_sequences]
+        (step_tokens,) = distributed.all_reduce_sum([float(sum(counts))], self.rank.device)
+        scale = backward_scale(self.rank.world, int(step_tokens))
+        skipped_before = getattr(self.engine, "skipped_steps", 0)
+        loss_sum = tokens = 0.0
+        for sequences in micro_sequences:
             batch = collate(sequences, self.tokenizer.pad_token_id, self.spec.dataset.packing)
-            loss = causal_lm_loss(self.engine, {k: v.to(self.rank.device) for k, v in batch.items()})
-            self.engine.backward(loss)
+            summed = token_loss_sum(self.engine, {k: v.to(self.rank.device) for k, v in batch.items()}, self.head)
+            self.engine.backward(summed * scale, scale_wrt_gas=False)
             self.engine.step()
-            loss_sum += float(loss.detach())
-            micro += 1
+            loss_sum += float(summed.detach())
             tokens += token_count(sequences)
         self._trace(batches)
-        total_loss, total_micro, total_tokens, stops = distributed.all_reduce_sum(
-            [loss_sum, micro, tokens, 1.0 if self.stop.requested else 0.0], self.rank.device
+        total_loss, total_tokens, stops = distributed.all_reduce_sum(
+            [loss_sum, tokens, 1.0 if self.stop.requested else 0.0], self.rank.device
         )
         self.state.step += 1
-        if not math.isfinite(total_loss):
+        loss = total_loss / step_tokens if step_tokens else 0.0
+        # An fp16 overflow is the loss scaler's business: DeepSpeed skipped the update and lowered the scale.
+        skipped = getattr(self.engine, "skipped_steps", 0) > skipped_before
+        if skipped:
+            self.metrics.record_skipped_step()
+            log.warning("step %d skipped: fp16 overflow (the loss scaler lowers its scale)", self.state.step)
+        elif not math.isfinite(loss):
+            self.metrics.record_non_finite_loss(loss)  # the alert sees it before the run stops
             raise NonFiniteLossError(
-                f"training loss became {total_loss} at step {self.state.step}",
+                f"training loss became {loss} at step {self.state.step}",
                 retryable=self.spec.retry_policy.restart_on_non_finite_loss,
             )
         # Decide on the agreed value only; the local request is never cleared (a signal may arrive while
@@ -182,7 +198,7 @@ class Trainer:
         self.stopping = stops > 0
         seconds = time.perf_counter() - began
         self.state.tokens += int(total_tokens)
-        self._log_step(total_loss / total_micro, lr, int(total_tokens), seconds)
+        self._log_step(loss, lr, int(total_tokens), seconds, skipped)
 
     def _trace(self, batches: list[list[int]]) -> None:
         if self.trace:
@@ -190,28 +206,34 @@ class Trainer:
             with open(self.trace, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": self.state.step + 1, "examples": examples}) + "\n")
 
-    def _log_step(self, loss: float, lr: float, tokens: int, seconds: float) -> None:
+    def _log_step(self, loss: float, lr: float, tokens: int, seconds: float, skipped: bool = False) -> None:
+        """Record a finished step; a step the fp16 loss scaler skipped has no gradient norm, and its loss
+        is left out of the gauges when it is not finite (that is what the scaler handles)."""
         grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
+        grad_norm = float(grad_norm) if grad_norm is not None and not skipped else None
+        shown = loss if math.isfinite(loss) else None
         epoch = self.plan.epoch_at(self.state.step)
-        self.metrics.record_step(loss, lr, grad_norm, epoch, tokens, seconds)
-        self.state.fit.record_train_loss(loss)
+        self.metrics.record_step(shown, lr, grad_norm, epoch, tokens, seconds)
+        if shown is not None:
+            self.state.fit.record_train_loss(shown)
         progress = self._progress()
         self.metrics.record_progress(self.state.step / self.total_steps, progress.eta_seconds)
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
         self._record_gpu(tokens_per_second)
-        record = {"kind": "train", "step": self.state.step, "epoch": round(epoch, 4), "train_loss": loss, "lr": lr}
+        record = {"kind": "train", "step": self.state.step, "epoch": round(epoch, 4), "train_loss": shown, "lr": lr}
         record |= {
             "grad_norm": grad_norm,
             "tokens": tokens,
             "step_seconds": seconds,
             "tokens_per_second": tokens_per_second,
         }
+        if skipped:
+            record["skipped"] = True
         self.recorder.log_metrics(record)
-        latest = self.recorder.snapshot.metrics
-        metrics = latest.model_copy(
-            update={"train_loss": loss, "learning_rate": lr, "tokens_per_second": tokens_per_second}
-        )
+        update: dict[str, Any] = {"learning_rate": lr, "tokens_per_second": tokens_per_second}
+        if shown is not None:
+            update["train_loss"] = shown
+        metrics = self.recorder.snapshot.metrics.model_copy(update=update)
         self.recorder.publish(progress=progress, metrics=metrics)
 
     def _record_gpu(self, tokens_per_second: float) -> None:

@@ -64,3 +64,27 @@ def test_retention_keeps_the_newest_and_the_best(
     steps: list[int], keep: int, best: int | None, expected: set[int]
 ) -> None:
     assert retained(steps, keep, best) == expected
+
+
+@pytest.mark.parametrize(("rank", "local_rank", "cleans"), [(0, 0, True), (2, 0, True), (3, 1, False)])
+def test_partials_are_cleaned_by_the_first_process_of_every_node(
+    tmp_path: Path, rank: int, local_rank: int, cleans: bool
+) -> None:
+    from kubetune.trainer.checkpoint import Checkpointer
+    from kubetune.trainer.distributed import Rank
+
+    partial = tmp_path / f".partial-{step_name(8)}"
+    (partial / "ds").mkdir(parents=True)
+    kept = write_checkpoint(tmp_path, 4)
+    Checkpointer(tmp_path, 2, Rank(rank, 4, local_rank, "cpu")).clean_partials()
+    assert partial.exists() is not cleans and kept.exists()
+
+
+def test_parameter_counts_read_zero3_partition_metadata() -> None:
+    import torch
+
+    from kubetune.trainer.distributed import numel
+
+    placeholder = torch.nn.Parameter(torch.empty(0))
+    placeholder.ds_numel = 4096  # type: ignore[attr-defined]  # what DeepSpeed's ZeRO-3 sets
+    assert (numel(placeholder), numel(torch.nn.Parameter(torch.ones(3, 5)))) == (4096, 15)
