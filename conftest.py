@@ -44,8 +44,10 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     """The real control plane (tests/support/controlplane.py) with the FineTuneJob CRD applied, shared by
     the session's integration and end-to-end tests; its components' logs are kept in build/ on failure."""
     from tests.support.controlplane import ControlPlane
+    from tests.support.kueue import CRDS as KUEUE_CRDS  # Kueue's, when `make kueue` built it (tests/e2e/test_kueue.py)
 
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane")).start(crds=ROOT / "crds")
+    kueue = [KUEUE_CRDS] if KUEUE_CRDS.is_dir() else []
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane")).start(crds=ROOT / "crds", extra_crds=kueue)
     try:
         yield plane
     finally:

@@ -176,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='default worker-pod resources for jobs that set no spec.resources, e.g. \'{"requests": {"cpu": "4"}}\'',
     )
+    operator.add_argument(
+        "--result-handover-seconds",
+        type=float,
+        default=120.0,
+        help="seconds rank 0 keeps its whole result at GET /result for the operator to take (0 = no handover)",
+    )
+    operator.add_argument(
+        "--progress-unreachable-after",
+        type=float,
+        default=60.0,
+        help="seconds rank 0's progress must be unreachable before a job says ProgressUnavailable",
+    )
+    operator.add_argument(
+        "--kueue",
+        action="store_true",
+        help="run jobs with spec.scheduling.queueName through Kueue Workloads (Kueue installed, README: Kueue)",
+    )
     operator.set_defaults(handler=_lazy("kubetune.operator.main"))
     return parser
 

@@ -14,12 +14,10 @@ container's main process, waits `deletionGracePeriodSeconds` (else `terminationG
 default 30), SIGKILLs every process of the container, reports the terminated state and releases the pod.
 
 The pod IP (a loopback address of its own, see `podexec.Network`) answers on every declared
-containerPort: a forwarder passes connections to the host port the gang's process really listens on,
-so that the operator reaches rank 0's `http://<pod IP>:9400/progress` as in a cluster.
-
-Test hooks stand for what a test cannot cause for real: `kill(pod, signal)` signals a container's
-processes; `oom_kill(pod)` kills them with SIGKILL and reports reason OOMKilled, as the kernel's OOM
-killer plus the container runtime would. Only `restartPolicy: Never` is supported (all kubetune pods).
+containerPort (forwarded to the gang's host port), so the operator reaches `http://<pod IP>:9400/progress`.
+Pods are told apart by uid, as a kubelet does: a pod re-created under the same name is a new pod.
+Test hooks for what a test cannot cause for real: `kill(pod, signal)`; `oom_kill(pod)` (SIGKILL and
+reason OOMKilled, as the OOM killer plus the runtime). Only `restartPolicy: Never` (all kubetune pods).
 """
 
 from __future__ import annotations
@@ -44,8 +42,6 @@ from tests.support.apiserver import KUBELET_FINALIZER
 
 logger = logging.getLogger(__name__)
 
-#: The finalizer that makes pod deletion graceful in the emulator (see the module docstring).
-FINALIZER = KUBELET_FINALIZER
 DEFAULT_GRACE_SECONDS = 30.0
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
@@ -91,7 +87,6 @@ class ProcessKubelet:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # -- test hooks -------------------------------------------------------------------------------------
-
     def kill(self, namespace: str, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal every process of the pod's container (as `kill` inside the container would)."""
         self._call(self._signal(namespace, name, sig, oom=False))
@@ -179,6 +174,12 @@ class ProcessKubelet:
         metadata = pod.get("metadata") or {}
         key = (metadata.get("namespace") or "default", metadata.get("name", ""))
         runtime = self.pods.get(key)
+        if runtime is not None and runtime.pod.get("metadata", {}).get("uid") != metadata.get("uid"):
+            if kind == "DELETED" or not runtime.vanished:
+                return  # an old namesake's late event; or a new one while the old pod is not gone yet
+            if runtime.task is not None and not runtime.task.done():  # start it once the old one has ended
+                return runtime.task.add_done_callback(lambda _: self._on_event(kind, pod))
+            runtime = None
         if kind == "DELETED":
             if runtime is not None:
                 runtime.vanished = True
@@ -248,13 +249,12 @@ class ProcessKubelet:
     async def _bind(self, runtime: PodRuntime) -> bool:
         """Schedule the pod onto this node and take the finalizer that makes its deletion graceful."""
         finalizers = list(runtime.pod.get("metadata", {}).get("finalizers") or [])
-        body: dict[str, Any] = {"spec": {"nodeName": self.node_name}}
-        if FINALIZER not in finalizers:
-            body["metadata"] = {"finalizers": [*finalizers, FINALIZER]}
+        body: dict[str, Any] = {"spec": {"nodeName": self.node_name}, "metadata": {"finalizers": finalizers}}
+        finalizers += [] if KUBELET_FINALIZER in finalizers else [KUBELET_FINALIZER]
         if not await self._patch(self._pod_url(runtime), body):
             return False
-        network = self._network(runtime.pod)
-        await self._write_status(runtime, "Pending", {"waiting": {"reason": "ContainerCreating"}}, ip=network.ip)
+        ip = self._network(runtime.pod).ip
+        await self._write_status(runtime, "Pending", {"waiting": {"reason": "ContainerCreating"}}, ip=ip)
         return True
 
     def _network(self, pod: Mapping[str, Any]) -> podexec.Network:
@@ -385,7 +385,7 @@ class ProcessKubelet:
         if runtime.vanished:
             return
         current = await self._get(self._pod_url(runtime)) or runtime.pod
-        finalizers = [f for f in current.get("metadata", {}).get("finalizers") or [] if f != FINALIZER]
+        finalizers = [f for f in current.get("metadata", {}).get("finalizers") or [] if f != KUBELET_FINALIZER]
         await self._patch(self._pod_url(runtime), {"metadata": {"finalizers": finalizers}})
 
     async def _write_status(

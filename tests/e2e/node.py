@@ -12,7 +12,9 @@ GPU-requesting pods can be scheduled; nothing here uses a GPU).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import ssl
 import threading
 from collections.abc import Mapping
@@ -140,6 +142,7 @@ class ScheduledKubelet(ProcessKubelet):
         self.api = api
         self.ca_file = ca_file
         self.nodes = {name: NodeAgent(api, name) for name in node_names}
+        self.dead_nodes: set[str] = set()
 
     def start(self) -> ScheduledKubelet:
         for agent in self.nodes.values():
@@ -152,9 +155,47 @@ class ScheduledKubelet(ProcessKubelet):
             agent.stop()
         super().stop(timeout)
 
+    async def _stop(self) -> None:
+        """Stop as the process kubelet does, then cancel what is left on its loop (connections still being
+        forwarded, waits of pods that were running): nothing is left pending or unclosed at exit."""
+        await super()._stop()
+        leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        await asyncio.sleep(0.25)  # closed transports release their sockets on the loop's next turns
+
     def stop_heartbeat(self, node_name: str) -> None:
-        """Node loss: the node stops renewing its Lease (its pods' processes keep running)."""
+        """The node stops renewing its Lease (its pods' processes keep running)."""
         self.nodes[node_name].stop_heartbeat()
+
+    def lose_node(self, node_name: str) -> list[str]:
+        """Node loss: the node goes silent and everything on it dies with it. Its containers are killed and
+        nothing more is reported for its pods (no terminated state, no confirmed deletion: a dead node
+        tells nobody), so its pods stay Running, then Terminating, in the API until someone force-deletes
+        them. Returns the names of the pods that were on it."""
+        self.dead_nodes.add(node_name)
+        self.stop_heartbeat(node_name)
+        lost = [runtime for runtime in list(self.pods.values()) if self._node_of(runtime.pod) == node_name]
+        for runtime in lost:
+            self._kill_group(runtime, signal.SIGKILL)
+        return sorted(runtime.name for runtime in lost)
+
+    def revive_node(self, node_name: str) -> None:
+        """The node comes back, empty (a replaced machine): it reports Ready again and runs new pods."""
+        self.dead_nodes.discard(node_name)
+        self.nodes[node_name] = NodeAgent(self.api, node_name).start()
+
+    @staticmethod
+    def _node_of(pod: Mapping[str, Any]) -> str | None:
+        node: str | None = (pod.get("spec") or {}).get("nodeName")
+        return node
+
+    async def _write_status(
+        self, runtime: PodRuntime, phase: str, state: Mapping[str, Any], ip: str, ready: bool = False
+    ) -> None:
+        if self._node_of(runtime.pod) not in self.dead_nodes:
+            await super()._write_status(runtime, phase, state, ip, ready)
 
     def _session_options(self) -> dict[str, Any]:
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -164,7 +205,8 @@ class ScheduledKubelet(ProcessKubelet):
         }
 
     def _accepts(self, pod: Mapping[str, Any]) -> bool:
-        return (pod.get("spec") or {}).get("nodeName") in self.nodes
+        node = self._node_of(pod)
+        return node in self.nodes and node not in self.dead_nodes
 
     async def _bind(self, runtime: PodRuntime) -> bool:
         """The scheduler bound it already; report the sandbox being made (its IP known)."""
@@ -173,7 +215,7 @@ class ScheduledKubelet(ProcessKubelet):
         return True
 
     async def _release(self, runtime: PodRuntime) -> None:
-        if runtime.vanished:
+        if runtime.vanished or self._node_of(runtime.pod) in self.dead_nodes:
             return
         assert self._session is not None
         options = {"gracePeriodSeconds": 0, "preconditions": {"uid": runtime.pod["metadata"]["uid"]}}

@@ -2,7 +2,7 @@
 
 Split from `kubelet.py` (the watch loop and process life cycle) so each stays small: the pod's runtime
 record, the pod status a kubelet writes (pure), and TCP forwarding from a pod's own loopback address to
-the port its process really listens on.
+the port its process really listens on (which a test may deny, see netfilter.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.e2e.netfilter import INGRESS, drop
 
 #: Condition types the kubelet owns and rewrites; others (e.g. DisruptionTarget) are kept.
 KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled")
@@ -90,7 +92,12 @@ def pod_status(
 
 
 async def forward_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-    """Pass one connection on to 127.0.0.1:`port`, both ways, until either side closes."""
+    """Pass one connection on to 127.0.0.1:`port`, both ways, until either side closes; unless a test
+    denies the pod address and port (netfilter.INGRESS, a NetworkPolicy's effect): then nothing passes."""
+    local = writer.get_extra_info("sockname") or ("", 0)
+    if INGRESS.denies(str(local[0]), int(local[1])):
+        await drop(reader, writer)
+        return
     try:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:

@@ -26,6 +26,7 @@ from typing import Any
 import kubernetes.client as k8s
 import yaml
 
+from kubetune.operator.settings import OperatorSettings
 from tests.support.apiserver import JOBS, PODS, OperatorThread, fast_settings
 from tests.support.chart import NAMESPACE as OPERATOR_NAMESPACE
 from tests.support.chart import render
@@ -40,6 +41,14 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
+
+
+def operator_settings() -> OperatorSettings:
+    """The in-process operator's settings: the tests' short timers, and a bound on unreachable progress
+    (30 s) and a handover of rank 0's whole result (40 s) short enough for a scenario to see both, yet
+    longer than a trainer here takes to start serving (8-10 s alone, measured up to 23 s while other
+    tests load the two cores)."""
+    return fast_settings(progress_unreachable_after=30.0, result_handover_seconds=40.0)
 
 
 class RealCluster:
@@ -108,8 +117,9 @@ class RealCluster:
         assert self.server is not None, "the cluster is not started"
         return self.server.inject(fault)
 
-    def start_operator(self) -> None:
-        self.operator = OperatorThread(fast_settings(), self.operator_configuration(), None)
+    def start_operator(self, settings: OperatorSettings | None = None) -> None:
+        """The in-process operator, with `operator_settings()` unless told (tests/e2e/test_kueue.py: `kueue`)."""
+        self.operator = OperatorThread(settings or operator_settings(), self.operator_configuration(), None)
         asyncio.run(self.operator.start(timeout=60))
 
     def stop_operator(self) -> None:
@@ -142,10 +152,11 @@ class RealCluster:
         assert code < 300 or code == 409, f"namespace {namespace}: HTTP {code}: {body}"
         self._namespaces.add(namespace)
 
-    def ensure_claim(self, namespace: str, claim: str) -> None:
-        """A ReadWriteMany claim bound to a PersistentVolume of its own (the kubelet maps it to a folder)."""
+    def ensure_claim(self, namespace: str, claim: str, access_mode: str = "ReadWriteMany") -> None:
+        """A claim (ReadWriteMany unless told) bound to a PersistentVolume of its own (the kubelet maps it to a
+        folder, whatever its access mode: the process kubelet attaches nothing, so it never refuses a mount)."""
         volume = f"{namespace}-{claim}"
-        spec = {"accessModes": ["ReadWriteMany"], "storageClassName": "kubetune-test"}
+        spec = {"accessModes": [access_mode], "storageClassName": "kubetune-test"}
         pv = {
             "metadata": {"name": volume},
             "spec": spec | {"capacity": {"storage": "1Gi"}, "hostPath": {"path": f"/nonexistent/{volume}"},

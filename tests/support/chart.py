@@ -88,6 +88,10 @@ SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "service-monitor": ({"monitoring": {"serviceMonitor": {"enabled": True}}}, MONITORING_APIS),
     "prometheus-rule": ({"monitoring": {"prometheusRule": {"enabled": True}}}, MONITORING_APIS),
     "dashboard": ({"monitoring": {"dashboard": {"enabled": True}}}, ()),
+    "network-policy": (
+        {"networkPolicy": {"enabled": True}, "watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
+        (),
+    ),
     "all-monitoring-namespaced": (
         {**ALL_MONITORING_ON, "watch": {"allNamespaces": False, "namespaces": ["team-a"]}},
         MONITORING_APIS,

@@ -23,6 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,9 +135,10 @@ class ControlPlane:
     def admin_kubeconfig(self) -> Path:
         return self.folder / "admin.kubeconfig"
 
-    def start(self, crds: Path | None = None, timeout: float = 90) -> ControlPlane:
+    def start(self, crds: Path | None = None, timeout: float = 90, extra_crds: Sequence[Path] = ()) -> ControlPlane:
         """Start every component; `crds` (a file or folder) is applied and Established before the
-        controller-manager starts, so that its garbage collector watches those kinds from the start."""
+        controller-manager starts, so that its garbage collector watches those kinds from the start;
+        `extra_crds` (Kueue's) too, applied server-side (too large for a client-side apply's annotation)."""
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run `make controlplane` (builds it from tests/controlplane)")
         pki = self.folder / "pki"
@@ -183,6 +185,8 @@ class ControlPlane:
             self._wait_ready(timeout)
             if crds is not None:
                 self._apply_crds(crds)
+            for folder in extra_crds:
+                self._apply_crds(folder, "--server-side")
             for component in (controller_manager, scheduler):
                 self.components.append(component)
                 component.start(env)
@@ -192,8 +196,8 @@ class ControlPlane:
         self.started_in = time.monotonic() - started
         return self
 
-    def _apply_crds(self, crds: Path) -> None:
-        for args in (("apply", "-f", str(crds)), ("wait", "--for=condition=Established", "crd", "--all")):
+    def _apply_crds(self, crds: Path, *options: str) -> None:
+        for args in (("apply", *options, "-f", str(crds)), ("wait", "--for=condition=Established", "crd", "--all")):
             done = self.kubectl(*args)
             if done.returncode != 0:
                 raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")

@@ -180,6 +180,8 @@ def declare_resources(server: ApiServer) -> None:
     server.resources[PODS] = info(namespaced=True, kind="Pod", verbs=verbs, subresources={"status"})
     server.resources["v1/services"] = info(namespaced=True, kind="Service", verbs=verbs)
     server.resources["v1/configmaps"] = info(namespaced=True, kind="ConfigMap", verbs=verbs)
+    server.resources["v1/resourcequotas"] = info(namespaced=True, kind="ResourceQuota", verbs=verbs)
+    server.resources["v1/persistentvolumeclaims"] = info(namespaced=True, kind="PersistentVolumeClaim", verbs=verbs)
     server.resources[JOBS] = info(namespaced=True, kind="FineTuneJob", verbs=verbs, subresources={"status"})
     crd = custom_resource_definition()
     server.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]] = crd

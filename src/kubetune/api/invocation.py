@@ -26,6 +26,12 @@ ATTEMPT_ENV: Final = "KUBETUNE_ATTEMPT"
 ACCELERATOR_ENV: Final = "DS_ACCELERATOR"
 #: Where `pvc://claim/path` URIs are mounted inside a pod (one folder per claim).
 PVC_ROOT_ENV: Final = "KUBETUNE_PVC_ROOT"
+#: How long torchrun (torch elastic's agent) waits for its ranks after forwarding SIGTERM before it
+#: SIGKILLs them, in seconds. The pinned torch (2.13) reads it when `--shutdown-timeout` is not given
+#: (`torch.distributed.launcher.api.LaunchConfig`; 30 s without it); an older torchrun ignores it and
+#: waits its fixed 30 s. An environment variable rather than the flag, because an older torchrun refuses
+#: an unknown flag.
+SHUTDOWN_TIMEOUT_ENV: Final = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 
 #: Exit code of every command for bad input (a manifest, file or flag that is wrong): the trainer's
 #: InvalidConfig, and the usage-error code of command-line tools.
@@ -75,6 +81,12 @@ _FLAGS: Final = {
         "keep serving /metrics and /progress this many seconds after the run ends, so that a scraper sees the "
         "final values; SIGTERM ends the wait. 0 = exit at once",
     ),
+    "result_handover_seconds": _Flag(
+        "--result-handover-seconds",
+        "after the run, rank 0 serves its whole result at GET /result until the supervisor confirms it "
+        "(DELETE /result) or this many seconds pass; SIGTERM ends the wait. 0 = no handover (the supervisor "
+        "reads result.json)",
+    ),
     "termination_message_path": _Flag(
         "--termination-message-path",
         "where the final one-line result goes for Kubernetes (written when the path's folder exists)",
@@ -98,12 +110,18 @@ class TrainerInvocation:
     """TCP port of rank 0's /metrics and /progress; 0 turns the endpoint off."""
     metrics_linger_seconds: float = 0.0
     """Seconds rank 0 keeps serving its endpoint after the run ends (so a scraper sees the end)."""
+    result_handover_seconds: float = 0.0
+    """Seconds rank 0 waits, after the run, for the supervisor to take its whole result from GET /result
+    (the operator: the termination message is capped at 4096 bytes); 0: no handover."""
     termination_message_path: str = "/dev/termination-log"
     """File for the one-line final result Kubernetes shows; written only when its folder exists."""
     attempt: int | None = None
     """The gang attempt (1, 2, ...), passed as KUBETUNE_ATTEMPT; None = not supervised."""
     accelerator: str | None = None
     """`cpu` or `nvidia-gpu` (spec.distributed.accelerator); None = let the trainer decide."""
+    shutdown_timeout_seconds: int | None = None
+    """Seconds the launcher gives the ranks to checkpoint and exit after SIGTERM before it kills them,
+    passed as TORCH_ELASTIC_SHUTDOWN_TIMEOUT (for the launcher, not a `train` flag); None = torch's default."""
 
     def argv(self) -> list[str]:
         """`train` and its flags, as `kubetune` (or `python -m kubetune.cli`) takes them."""
@@ -119,6 +137,8 @@ class TrainerInvocation:
         env = accelerator_environment(self.accelerator) if self.accelerator else {}
         if self.attempt is not None:
             env[ATTEMPT_ENV] = str(self.attempt)
+        if self.shutdown_timeout_seconds is not None:
+            env[SHUTDOWN_TIMEOUT_ENV] = str(self.shutdown_timeout_seconds)
         return env
 
     @classmethod

@@ -172,6 +172,16 @@ class CheckpointingSpec(ApiModel):
         ge=1,
     )
     keep: int = doc("keep: newest checkpoints kept, besides the best one. Default 2.", default=2, ge=1, le=100)
+    grace_period_seconds: int = doc(
+        "gracePeriodSeconds: how long a worker has, after SIGTERM (preemption, eviction, node drain, "
+        "suspension, deletion), to write its checkpoint and exit before it is killed, in seconds: the pods' "
+        "terminationGracePeriodSeconds. torchrun waits 5 s less for its ranks, so that it, not the kubelet, "
+        "ends a rank that overruns. Raise it when one checkpoint of the model takes longer. Default 30 "
+        "(Kubernetes' own default).",
+        default=30,
+        ge=10,
+        le=3600,
+    )
 
 
 class RetryPolicySpec(ApiModel):
@@ -192,8 +202,10 @@ class RetryPolicySpec(ApiModel):
         le=3600,
     )
     startup_timeout_seconds: int = doc(
-        "startupTimeoutSeconds: how long a worker may wait on its image (ErrImagePull, ImagePullBackOff) or "
-        "container configuration (CreateContainerConfigError) before the job fails, in seconds. Default 300.",
+        "startupTimeoutSeconds: how long a scheduled worker may wait on its image (ErrImagePull, "
+        "ImagePullBackOff), its container configuration (CreateContainerConfigError) or its volumes and "
+        "image pull (ContainerCreating, e.g. a ReadWriteOnce claim attached to another node) before the job "
+        "fails, in seconds; it must cover a cold pull of the trainer image. Default 300.",
         default=300,
         ge=10,
     )
@@ -202,6 +214,14 @@ class RetryPolicySpec(ApiModel):
         "seconds. Default 600.",
         default=600,
         ge=10,
+    )
+    node_lost_grace_seconds: int = doc(
+        "nodeLostGraceSeconds: how long a worker's node may stop reporting (NotReady or Unknown) before its "
+        "pods are force-deleted and the gang restarts from the last checkpoint, in seconds; the restart is "
+        "not counted against maxRestarts. Default 120.",
+        default=120,
+        ge=10,
+        le=3600,
     )
     restart_on_non_finite_loss: bool = doc(
         "restartOnNonFiniteLoss: treat a NaN/inf loss as retryable (the gang rolls back to the last "

@@ -1,8 +1,16 @@
 """The contract between a trainer process and whatever supervises it (the operator or the local runner).
 
 A trainer ends with an exit code from `ExitReason` and, on rank 0, a `TrainerResult` written to
-`result.json` and (shortened) to Kubernetes' termination-message file. While it runs, rank 0 publishes a
-`ProgressSnapshot`. Supervisors decide from these alone, so the table below is the whole vocabulary:
+`result.json` and to Kubernetes' termination-message file. While it runs, rank 0 publishes a
+`ProgressSnapshot`. Supervisors decide from these alone, so the table below is the whole vocabulary.
+
+The termination message is capped (4096 bytes, by the kubelet), and a result with baselines, a reference
+model and fit diagnostics can be larger. So in a cluster the whole result travels another way: rank 0,
+once finished, keeps serving it at `GET /result` (its snapshot says `resultReady`) until the operator
+confirms it has it, or until a bounded handover time runs out (`--result-handover-seconds`); the
+termination message carries the whole result when it fits, else a shortened one whose `resultFile` says
+where the whole `result.json` is (see `TrainerResult.termination_message`). The status never silently
+loses a field: either it has the whole result, or it says where the whole result is.
 
 | exit | reason              | retryable | meaning                                                        |
 |------|---------------------|-----------|----------------------------------------------------------------|
@@ -27,8 +35,12 @@ from typing import Literal
 from kubetune.api.base import ApiModel, doc
 from kubetune.api.status import EvaluationSummary, Metrics, Progress
 
-#: The termination message Kubernetes keeps is at most 4096 bytes; ours stays well inside.
-TERMINATION_MESSAGE_LIMIT = 2048
+#: The kubelet keeps at most 4096 bytes of a container's termination message (it cuts the rest, which
+#: would leave unreadable JSON); `TrainerResult.termination_message` always fits. Measured in bytes.
+TERMINATION_MESSAGE_LIMIT = 4096
+#: Longest `reason` and `resultFile` kept in a shortened termination message, in characters: both are
+#: short in practice; the bound only makes "always fits" hold for any input.
+_SHORT_FIELD = 512
 
 
 class ExitReason(Enum):
@@ -97,14 +109,59 @@ class TrainerResult(ApiModel):
         default=None,
     )
     fit: list[FitReport] = doc("fit: over- and under-fitting diagnostics at the end.", default=[])
+    result_file: str | None = doc(
+        "resultFile: set only on a shortened result (a termination message too small for the whole one): "
+        "where the whole result.json is. None: this is the whole result.",
+        default=None,
+    )
 
-    def termination_message(self) -> str:
-        """The result as a single JSON line that fits Kubernetes' termination message."""
-        text = self.model_dump_json(by_alias=True, exclude_none=True)
-        if len(text) <= TERMINATION_MESSAGE_LIMIT:
-            return text
-        short = self.model_copy(update={"message": self.message[:512], "evaluation": None, "fit": []})
-        return short.model_dump_json(by_alias=True, exclude_none=True)[:TERMINATION_MESSAGE_LIMIT]
+    def wire(self) -> str:
+        """The result as one JSON line (camelCase, no nulls): what GET /result serves."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+    def termination_message(self, result_file: str = "result.json") -> str:
+        """The result as one JSON line of at most TERMINATION_MESSAGE_LIMIT bytes: the whole result when it
+        fits; else shortened step by step (the approaches' rows go first, then fit diagnostics and the rest
+        of the evaluation but the verdict, then the verdict, then the message is cut) and marked with
+        `resultFile`, so a reader knows it is not the whole result and where the whole one is."""
+        whole = self.wire()
+        if _fits(whole):
+            return whole
+        short = {"result_file": result_file[:_SHORT_FIELD], "reason": self.reason[:_SHORT_FIELD]}
+        marked = self.model_copy(update=short)
+        evaluation = self.evaluation
+        steps: list[dict[str, object]] = []
+        if evaluation is not None:
+            steps.append({"evaluation": evaluation.model_copy(update={"approaches": None})})
+            steps.append({"evaluation": EvaluationSummary(verdict=evaluation.verdict), "fit": []})
+        steps.append({"evaluation": None, "fit": []})
+        for update in steps:
+            text = marked.model_copy(update=update).wire()
+            if _fits(text):
+                return text
+        bare = marked.model_copy(update={"evaluation": None, "fit": []})
+        if not _fits(bare.model_copy(update={"message": ""}).wire()):  # an absurdly long path
+            bare = bare.model_copy(update={"output_path": None, "metrics": None})
+        return _cut_message(bare)
+
+
+def _fits(text: str) -> bool:
+    return len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+
+
+def _cut_message(result: TrainerResult) -> str:
+    """The result's JSON with its message cut to the longest prefix that fits (JSON escaping makes the
+    byte count of a prefix unpredictable, so the prefix length is searched)."""
+    if _fits(result.wire()):
+        return result.wire()
+    low, high = 0, len(result.message)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _fits(result.model_copy(update={"message": result.message[:middle] + "..."}).wire()):
+            low = middle
+        else:
+            high = middle - 1
+    return result.model_copy(update={"message": result.message[:low] + "..."}).wire()
 
 
 class ProgressSnapshot(ApiModel):
@@ -118,3 +175,8 @@ class ProgressSnapshot(ApiModel):
     )
     updated_at: float = doc("updatedAt: Unix time of this snapshot, in seconds.")
     fit: list[FitReport] = doc("fit: over- and under-fitting diagnostics so far.", default=[])
+    result_ready: bool = doc(
+        "resultReady: the run has ended and its whole TrainerResult waits at GET /result until the supervisor "
+        "confirms it has it (DELETE /result) or the handover time runs out.",
+        default=False,
+    )

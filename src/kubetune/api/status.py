@@ -29,6 +29,15 @@ class ConditionType:
     SUSPENDED = "Suspended"
     OVERFITTING_SUSPECTED = "OverfittingSuspected"
     UNDERFITTING_SUSPECTED = "UnderfittingSuspected"
+    PROGRESS_UNAVAILABLE = "ProgressUnavailable"
+    """True while the operator cannot reach rank 0's progress endpoint (pod port 9400)."""
+    RESULT_INCOMPLETE = "ResultIncomplete"
+    """True when the status holds a shortened trainer result; its message says where the whole one is."""
+    ADMITTED = "Admitted"
+    """Kueue (spec.scheduling.queueName): True once the job's Workload is admitted; False with reason Queued
+    while it waits for quota (the message names the LocalQueue and gives Kueue's reason), or Evicted."""
+    STORAGE_WARNING = "StorageWarning"
+    """True when the last launch found claims that may not hold the gang (kubetune.policies.storage)."""
 
 
 class Reason:
@@ -53,15 +62,57 @@ class Reason:
     CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
     UNSCHEDULABLE = "Unschedulable"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    CONTAINER_CREATING_TIMEOUT = "ContainerCreatingTimeout"
+    """Failed: a scheduled worker stayed in ContainerCreating (volumes not attached or mounted, e.g. a
+    Multi-Attach of a ReadWriteOnce claim, or a slow image pull) past `retryPolicy.startupTimeoutSeconds`."""
+    CLAIM_NOT_SHAREABLE = "ClaimNotShareable"
+    """Failed before launch: a ReadWriteOncePod claim would be mounted by more than one worker pod."""
+    CLAIM_SINGLE_NODE = "ClaimSingleNode"
+    """Warning Event at launch: a ReadWriteOnce claim with workers that may land on different nodes."""
+    CLAIM_READ_ONLY = "ClaimReadOnly"
+    """Warning Event at launch: checkpoints or output go to a claim that only offers ReadOnlyMany."""
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    """Warning Event at launch: a claim the job names does not exist (yet); its pods wait unschedulable."""
+    CLAIMS_USABLE = "ClaimsUsable"
+    """StorageWarning turned False: a later launch found nothing to warn about."""
     SUSPENDED = "JobSuspended"
     RESUMED = "JobResumed"
     SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    """Created=False, phase Pending: the gang does not fit a ResourceQuota of the namespace; retried when a
+    quota changes."""
+    CREATE_FORBIDDEN = "CreateForbidden"
+    """Created=False, phase Pending: the API server refused the operator itself (RBAC); retried."""
+    POD_REJECTED = "PodRejected"
+    """Failed: the API server or an admission plugin refused the worker pod the spec produced."""
+    STALE_CHILDREN = "WaitingForStaleObjects"
+    """Event: a deleted job of the same name still has children; they are removed before this job starts."""
+    QUEUED = "Queued"
+    """Admitted=False: the job's Kueue Workload waits in its LocalQueue; no pod exists (phase Pending, or
+    Suspended after an eviction while it waits for re-admission)."""
+    WORKLOAD_ADMITTED = "WorkloadAdmitted"
+    """Admitted=True: Kueue admitted the Workload; the gang runs on the admitted flavor's nodes."""
+    EVICTED = "Evicted"
+    """Admitted=False, phase Suspended: Kueue evicted the Workload (preemption, an admission check withdrawn);
+    the gang was removed with its checkpoints kept and resumes from them once re-admitted."""
+    NODE_LOST = "NodeLost"
+    """Restarting (not counted): a worker's node stopped reporting; its pods were force-deleted."""
+    UNKNOWN_FIELDS = "UnknownFieldsIgnored"
+    """Warning Event: the job has fields of a newer CRD than the operator knows; they are ignored."""
     OVERFITTING = "EvalLossRising"
     UNDERFITTING = "LossPlateauHigh"
     DIVERGED = "TrainingDiverged"
     """On UnderfittingSuspected: the training loss rose far above where it started (or stopped being a
     number): the learning rate is too high, which no amount of extra training fixes."""
     HEALTHY_FIT = "FitLooksHealthy"
+    PROGRESS_UNREACHABLE = "ProgressUnreachable"
+    """On ProgressUnavailable: rank 0's `GET /progress` refused or timed out for longer than the operator's
+    `progress_unreachable_after`; the message names the fix (allow operator -> trainer pods on TCP 9400)."""
+    PROGRESS_READABLE = "ProgressReadable"
+    """On ProgressUnavailable, False: the operator reads rank 0's progress again."""
+    RESULT_NOT_HANDED_OVER = "ResultNotHandedOver"
+    """On ResultIncomplete: the whole result did not reach the operator and the termination message was too
+    small for it; the message gives the path of the whole result.json."""
 
 
 class Condition(ApiModel):

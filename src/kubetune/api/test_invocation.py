@@ -8,6 +8,7 @@ from kubetune.api.invocation import (
     ACCELERATOR_ENV,
     ATTEMPT_ENV,
     EXIT_BAD_INPUT,
+    SHUTDOWN_TIMEOUT_ENV,
     TrainerInvocation,
     accelerator_environment,
     attempt_from_environment,
@@ -59,6 +60,10 @@ def test_every_train_flag_comes_from_the_contract() -> None:
             {ATTEMPT_ENV: "1", ACCELERATOR_ENV: "cpu", "CUDA_VISIBLE_DEVICES": ""},
         ),
         (TrainerInvocation(config="c", attempt=2, accelerator="nvidia-gpu"), {ATTEMPT_ENV: "2"}),
+        (
+            TrainerInvocation(config="c", attempt=1, shutdown_timeout_seconds=55),
+            {ATTEMPT_ENV: "1", SHUTDOWN_TIMEOUT_ENV: "55"},
+        ),
     ],
 )
 def test_environment(invocation: TrainerInvocation, expected: dict[str, str]) -> None:
@@ -69,6 +74,16 @@ def test_environment(invocation: TrainerInvocation, expected: dict[str, str]) ->
 def test_attempt_from_environment(monkeypatch: pytest.MonkeyPatch, value: str, attempt: int | None) -> None:
     monkeypatch.setenv(ATTEMPT_ENV, value)
     assert attempt_from_environment() == attempt
+
+
+def test_the_shutdown_timeout_is_what_the_installed_torchrun_reads() -> None:
+    """torch's elastic launcher takes TORCH_ELASTIC_SHUTDOWN_TIMEOUT as its SIGTERM -> SIGKILL wait when no
+    `--shutdown-timeout` is given (the pinned torch); the pods pass the grace period that way."""
+    launcher = pytest.importorskip("torch.distributed.launcher.api")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SHUTDOWN_TIMEOUT_ENV, "55")
+        config = launcher.LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=1)
+    assert config.shutdown_timeout == 55
 
 
 def test_accelerator_environment_and_exit_codes() -> None:

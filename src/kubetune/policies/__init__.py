@@ -35,13 +35,19 @@ Modules:
               reason, message); backoff_seconds (backoffSeconds * 2^(restarts-1), capped at 600 s);
               restarts_left (maxRestarts)
 - deadlines:  active_deadline_left (activeDeadlineSeconds, suspension not counted), startup_verdict
-              (image pull / config errors past startupTimeoutSeconds, unschedulable past
-              schedulingTimeoutSeconds)
+              (image pull / config errors / ContainerCreating past startupTimeoutSeconds, unschedulable
+              past schedulingTimeoutSeconds)
+- storage:    check_claims(spec, observed claims) -> StorageVerdict (fail ReadWriteOncePod with > 1 worker;
+              warn ReadWriteOnce, ReadOnlyMany for writes, a missing claim); apply_to_launch: the operator
+              runs it before each attempt launches
 - suspension: queue_name (Kueue), the messages of a suspended / resumed job
 - gang:       GangPlan(attempt, create, delete); launch / keep / remove_all / gang_broken
 - status:     set_condition (lastTransitionTime moves only on change), apply_progress, apply_result,
               transition_events -> Event(type Normal|Warning, reason, message)
 - reconcile:  decide(job, workers, now, progress) -> Decision, the state machine composing the above
+- handover:   the whole result taken from rank 0's GET /result: worker 0 seen as ended with it
+              (handed_over), when rank 0 may be told so (confirmable)
+- progress_reach: ProgressUnavailable when rank 0's progress cannot be read for longer than a bound
 - spec_changes: effective_spec / refused_fields: a started job keeps the spec it launched with (only
               `suspend` and `scheduling` may change)
 - early_stopping: observe(spec, state, value, step) -> improved / stop (patience, minDelta), run by the

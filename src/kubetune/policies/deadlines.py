@@ -9,6 +9,7 @@ job: without these limits it would wait forever while holding a queue slot. Time
 | job started, not suspended                                   | activeDeadlineSeconds        | DeadlineExceeded |
 | pending worker waiting on ErrImagePull, ImagePullBackOff, ... | retryPolicy.startupTimeoutSeconds  | ImagePullFailed |
 | pending worker waiting on CreateContainerConfigError          | retryPolicy.startupTimeoutSeconds  | CreateContainerConfigError |
+| pending worker waiting on ContainerCreating (volumes, pull)   | retryPolicy.startupTimeoutSeconds  | ContainerCreatingTimeout |
 | pending worker unschedulable                                  | retryPolicy.schedulingTimeoutSeconds | Unschedulable |
 """
 
@@ -26,6 +27,12 @@ from kubetune.policies.retry import FailureKind, FailureVerdict
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 #: Waiting reasons that mean the container cannot be configured (a missing Secret or ConfigMap key).
 CONFIG_ERROR_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+#: The waiting reason of a scheduled container the kubelet has not started yet: its volumes are being
+#: attached and mounted, its image pulled. It never ends on its own when a volume cannot be attached (a
+#: ReadWriteOnce claim attached to another node: Multi-Attach) or mounted, so it is under the same deadline.
+CREATING_REASONS = frozenset({"ContainerCreating"})
+#: Every waiting reason `retryPolicy.startupTimeoutSeconds` covers.
+STARTUP_REASONS = IMAGE_PULL_REASONS | CONFIG_ERROR_REASONS | CREATING_REASONS
 
 
 def deadline_start(status: FineTuneJobStatus) -> datetime | None:
@@ -58,8 +65,8 @@ def _stuck_for(since: datetime | None, now: datetime) -> float:
 
 
 def startup_verdict(worker: WorkerObservation, policy: RetryPolicySpec, now: datetime) -> FailureVerdict | None:
-    """A permanent failure when a pending worker has waited on its image, its configuration or the
-    scheduler for longer than allowed; None otherwise."""
+    """A permanent failure when a pending worker has waited on its image, its configuration, its volumes
+    (ContainerCreating) or the scheduler for longer than allowed; None otherwise."""
     if worker.state != "pending":
         return None
     name = f"worker {worker.index}"
@@ -71,6 +78,13 @@ def startup_verdict(worker: WorkerObservation, policy: RetryPolicySpec, now: dat
     if worker.waiting_reason in CONFIG_ERROR_REASONS and waited >= policy.startup_timeout_seconds:
         text = f"{name} could not be configured for {waited:.0f}s ({worker.waiting_reason}){detail}"
         return FailureVerdict(FailureKind.PERMANENT, Reason.CONTAINER_CONFIG_ERROR, text, worker.index)
+    if worker.waiting_reason in CREATING_REASONS and waited >= policy.startup_timeout_seconds:
+        text = (
+            f"{name} was still ContainerCreating after {waited:.0f}s{detail}: a volume could not be attached or "
+            "mounted (a ReadWriteOnce claim attached to another node: Multi-Attach; see the pod's events) or the "
+            "image pull is slower than retryPolicy.startupTimeoutSeconds allows"
+        )
+        return FailureVerdict(FailureKind.PERMANENT, Reason.CONTAINER_CREATING_TIMEOUT, text, worker.index)
     unschedulable = _stuck_for(worker.unschedulable_since, now)
     if worker.unschedulable_since is not None and unschedulable >= policy.scheduling_timeout_seconds:
         detail = f": {worker.unschedulable_message}" if worker.unschedulable_message else ""
@@ -82,7 +96,7 @@ def startup_verdict(worker: WorkerObservation, policy: RetryPolicySpec, now: dat
 def startup_check_in(worker: WorkerObservation, policy: RetryPolicySpec, now: datetime) -> float | None:
     """Seconds until `startup_verdict` could change for this worker (for a supervisor's next look)."""
     waits: list[float] = []
-    if worker.state == "pending" and worker.waiting_reason in IMAGE_PULL_REASONS | CONFIG_ERROR_REASONS:
+    if worker.state == "pending" and worker.waiting_reason in STARTUP_REASONS:
         waits.append(policy.startup_timeout_seconds - _stuck_for(worker.waiting_since, now))
     if worker.state == "pending" and worker.unschedulable_since is not None:
         waits.append(policy.scheduling_timeout_seconds - _stuck_for(worker.unschedulable_since, now))

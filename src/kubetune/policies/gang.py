@@ -37,6 +37,9 @@ class GangPlan:
     """Worker indexes to start for `attempt`."""
     delete: tuple[WorkerRef, ...] = ()
     """Workers to remove (any attempt). Workers already being removed are not listed again."""
+    force_delete: tuple[WorkerRef, ...] = ()
+    """Workers to remove without waiting for their end to be confirmed (their machine is lost; see
+    node_loss.py); may list workers already being removed."""
 
 
 def _refs(workers: Sequence[WorkerObservation]) -> tuple[WorkerRef, ...]:

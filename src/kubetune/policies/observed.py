@@ -58,6 +58,13 @@ class WorkerObservation:
     unschedulable_message: str | None = None
     deleting: bool = False
     """Its removal has begun (a pod with a deletionTimestamp, a process sent SIGTERM)."""
+    finished_at: datetime | None = None
+    """When it terminated, where known."""
+    node: str | None = None
+    """The machine it runs on (a Kubernetes node name); None when not placed or not known."""
+    node_lost_since: datetime | None = None
+    """Since when its machine has stopped reporting (a Node whose Ready condition is not True); None while
+    the machine is healthy or where machines cannot be lost (the local runner)."""
 
     @property
     def killed_by_signal(self) -> int | None:

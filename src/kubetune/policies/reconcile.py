@@ -24,7 +24,7 @@ from datetime import datetime
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, ProgressSnapshot
 from kubetune.api.status import FINISHED_PHASES, ConditionType, FineTuneJobStatus, Phase, Reason
-from kubetune.policies import deadlines, gang, retry, suspension
+from kubetune.policies import deadlines, gang, node_loss, queueing, retry, suspension
 from kubetune.policies.gang import GangPlan
 from kubetune.policies.observed import WorkerObservation, of_attempt
 from kubetune.policies.retry import FailureKind, FailureVerdict
@@ -142,6 +142,14 @@ def _fail(
     return _conclude(job, status, gang.remove_all(workers, prev.attempt), check_again_in=_ttl_left(job, status, now))
 
 
+def refuse_launch(
+    job: FineTuneJob, workers: Sequence[WorkerObservation], reason: str, message: str, now: datetime
+) -> Decision:
+    """Fail `job` instead of launching its next attempt: what a supervisor's check before a launch (the
+    operator's claims check, kubetune.policies.storage) does when the gang cannot run."""
+    return _fail(job, job.status or FineTuneJobStatus(), workers, reason, message, now)
+
+
 def _suspend(
     job: FineTuneJob, prev: FineTuneJobStatus, workers: Sequence[WorkerObservation], now: datetime
 ) -> Decision:
@@ -165,9 +173,7 @@ def _launch(
         return _conclude(job, prev, gang.remove_all(workers, prev.attempt))
     attempt = prev.attempt + 1
     size = job.spec.distributed.workers
-    message = f"attempt {attempt}: created {size} worker(s)"
-    status = with_fields(prev, attempt=attempt, start_time=prev.start_time or now)
-    status = set_condition(status, ConditionType.CREATED, "True", Reason.GANG_CREATED, message, now)
+    status = with_fields(prev, attempt=attempt)  # Created and startTime follow once the workers exist
     if prev.phase == "Suspended":
         status = clear_condition(
             status, ConditionType.SUSPENDED, Reason.RESUMED, suspension.resumed_message(attempt), now
@@ -203,12 +209,15 @@ def _verdict(
     current = of_attempt(workers, attempt)
     verdicts = [v for w in current if (v := retry.classify_worker(w, policy, memory or None)) is not None]
     verdicts += [v for w in current if (v := deadlines.startup_verdict(w, policy, now)) is not None]
+    if (lost_node := node_loss.verdict(job, workers, attempt, now)) is not None:
+        verdicts.append(lost_node)
     lost = gang.gang_broken(workers, attempt, size)
     if lost and not verdicts:
         names = ", ".join(str(i) for i in lost)
         message = f"worker(s) {names} of attempt {attempt} vanished or are being removed by someone else"
         verdicts.append(FailureVerdict(FailureKind.DISRUPTION, Reason.DISRUPTED, message, lost[0]))
-    return retry.root_cause(verdicts)
+    cause = retry.root_cause(verdicts)
+    return None if cause is None or node_loss.awaits_attribution(cause, workers, attempt, now) else cause
 
 
 def _after_failure(
@@ -272,16 +281,80 @@ def _active(
     if len(current) == size and all(w.state == "succeeded" for w in current):
         return _succeeded(job, prev, workers, now)
     status = apply_progress(prev, progress, attempt, now)
+    if len(current) == size:
+        status = _created(status, attempt, size, now)
     running = len(current) == size and all(w.state in ("running", "succeeded") for w in current)
+    events: tuple[Event, ...] = ()
     if running:
         message = f"attempt {attempt}: {size} worker(s) training"
         status = set_condition(status, ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, message, now)
         status = clear_condition(status, ConditionType.RESTARTING, Reason.WORKERS_RUNNING, message, now)
         status = with_phase(status, "Running", message)
+    elif not current and _creation_refused(prev):
+        pass  # the refusal's reason and message stay until a create succeeds (see `refused`)
     elif prev.phase != "Running":
         status = _waiting_for_workers(status, attempt, size - sum(w.state != "pending" for w in current), now)
+        status, events = _unschedulable(status, prev, current)
     checks = [deadlines.startup_check_in(w, job.spec.retry_policy, now) for w in current]
-    return _conclude(job, status, gang.keep(workers, attempt, size), check_again_in=_soonest(*checks))
+    decision = _conclude(job, status, gang.keep(workers, attempt, size), check_again_in=_soonest(*checks))
+    return replace(decision, events=decision.events + events) if events else decision
+
+
+def _created(status: FineTuneJobStatus, attempt: int, size: int, now: datetime) -> FineTuneJobStatus:
+    """Record the gang of `attempt` as created (its Created condition, the job's startTime): only once every
+    worker is observed, so a refused create is never reported as done."""
+    message = f"attempt {attempt}: created {size} worker(s)"
+    status = with_fields(status, start_time=status.start_time or now)
+    return set_condition(status, ConditionType.CREATED, "True", Reason.GANG_CREATED, message, now)
+
+
+def _creation_refused(status: FineTuneJobStatus) -> bool:
+    created = find_condition(status, ConditionType.CREATED)
+    return created is not None and created.status == "False"
+
+
+def _unschedulable(
+    status: FineTuneJobStatus, prev: FineTuneJobStatus, current: Sequence[WorkerObservation]
+) -> tuple[FineTuneJobStatus, tuple[Event, ...]]:
+    """A gang waiting on the scheduler says why, in the scheduler's words ("0/3 nodes are available: 3
+    Insufficient nvidia.com/gpu."), with a Warning Event when that reason first appears or changes."""
+    waiting = [w for w in current if w.state == "pending" and w.unschedulable_message]
+    if not waiting:
+        return status, ()
+    names = ", ".join(str(w.index) for w in waiting)
+    message = f"{status.message}; worker(s) {names} cannot be scheduled: {waiting[0].unschedulable_message}"
+    status = with_phase(status, status.phase, message)
+    changed = prev.message != message
+    return status, (Event("Warning", Reason.UNSCHEDULABLE, message),) if changed else ()
+
+
+@dataclass(frozen=True)
+class CreateRefusal:
+    """The API server refused to create a worker (the supervisor's observation of that refusal)."""
+
+    retryable: bool
+    """True: the job waits (a quota, the operator's own permissions) and creating is retried; False: the spec
+    produced a pod the cluster will never accept, the job fails."""
+    reason: str
+    message: str
+
+
+def refused(job: FineTuneJob, workers: Sequence[WorkerObservation], refusal: CreateRefusal, now: datetime) -> Decision:
+    """The decision after the server refused a worker of the current attempt (the status written by the
+    decision that asked for it is `job.status`). A gang is all or nothing: the workers already created are
+    removed, so a partial gang neither holds quota nor waits at a rendezvous that cannot complete. A
+    retryable refusal keeps the job Pending with Created=False naming the cause (not counted as a
+    restart); anything else fails the job. Either way the refusal is a Warning Event."""
+    prev = job.status or FineTuneJobStatus()
+    event = Event("Warning", refusal.reason, refusal.message)
+    if not refusal.retryable:
+        decision = _fail(job, prev, workers, refusal.reason, refusal.message, now)
+        return replace(decision, events=(*decision.events, event))
+    message = f"attempt {prev.attempt}: {refusal.message}"
+    status = set_condition(prev, ConditionType.CREATED, "False", refusal.reason, message, now)
+    status = with_phase(status, "Pending", message)
+    decision = _conclude(job, status, gang.remove_all(workers, prev.attempt))
+    return replace(decision, events=(*decision.events, event))
 
 
 #: One step of an active job: (job, status written last time, workers, now, rank 0's progress) -> decision.
@@ -299,10 +372,13 @@ _DEFAULT_STEP: _Step = _active
 
 
 def decide(
-    job: FineTuneJob, workers: Sequence[WorkerObservation], now: datetime, progress: ProgressSnapshot | None = None
+    job: FineTuneJob,
+    workers: Sequence[WorkerObservation],
+    now: datetime,
+    progress: ProgressSnapshot | None = None,
+    queue: queueing.WorkloadObservation | None = None,
 ) -> Decision:
-    """The decision for `job` (whose `status` is the one written last time) given every worker observed
-    now (any attempt) and rank 0's latest progress snapshot."""
+    """The decision for `job` (status: the one written last time), every worker now, rank 0's progress, its Workload."""
     prev = job.status or FineTuneJobStatus()
     if prev.phase in FINISHED_PHASES:
         return _already_finished(job, prev, workers, now)
@@ -310,10 +386,14 @@ def decide(
     if left is not None and left <= 0:
         message = f"the job ran longer than activeDeadlineSeconds ({job.spec.active_deadline_seconds}s)"
         return _fail(job, prev, workers, Reason.DEADLINE_EXCEEDED, message, now)
+    if (held := queueing.hold(job, workers, queue, now)) is not None:
+        return _conclude(job, *held)  # a queued job runs only while Kueue admits it; then it says Admitted
+    prev = queueing.admitted(job, prev, queue, now)
     if job.spec.suspend:
         return _suspend(job, prev, workers, now)
     step = _launch if prev.attempt == 0 else _STEP_OF_PHASE.get(prev.phase, _DEFAULT_STEP)
     decision = step(job, prev, workers, now, progress)
-    if left is not None:
-        return replace(decision, check_again_in=_soonest(decision.check_again_in, left))
-    return decision
+    plan = node_loss.with_force_deletions(decision.plan, job, workers, now)
+    later = _soonest(decision.check_again_in, node_loss.check_in(job, workers, now))
+    decision = replace(decision, plan=plan, check_again_in=later)
+    return replace(decision, check_again_in=_soonest(decision.check_again_in, left))  # `left` None: unchanged

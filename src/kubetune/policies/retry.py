@@ -43,7 +43,8 @@ REASON_OF_EXIT: dict[ExitReason, str] = {
 }
 
 #: Reasons that are usually consequences of another worker's failure; a root cause is preferred.
-_CONSEQUENTIAL = {Reason.PEER_LOST}
+#: Failures that are the consequence of another worker's (a peer it lost), never a cause of their own.
+CONSEQUENTIAL_REASONS = frozenset({Reason.PEER_LOST})
 
 
 class FailureKind(Enum):
@@ -144,7 +145,7 @@ def _priority(verdict: FailureVerdict) -> int:
         return 0
     if verdict.kind is FailureKind.DISRUPTION:
         return 1
-    return 3 if verdict.reason in _CONSEQUENTIAL else 2
+    return 3 if verdict.reason in CONSEQUENTIAL_REASONS else 2
 
 
 def root_cause(verdicts: Sequence[FailureVerdict]) -> FailureVerdict | None:

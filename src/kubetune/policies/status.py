@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
+from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import (
     Condition,
     ConditionType,
@@ -22,12 +22,20 @@ from kubetune.api.status import (
     OutputStatus,
     Phase,
     Progress,
+    Reason,
 )
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 #: Conditions whose turning True is bad news (a Warning event).
-WARNING_CONDITIONS = frozenset({ConditionType.FAILED, ConditionType.RESTARTING})
+WARNING_CONDITIONS = frozenset(
+    {
+        ConditionType.FAILED,
+        ConditionType.RESTARTING,
+        ConditionType.PROGRESS_UNAVAILABLE,
+        ConditionType.RESULT_INCOMPLETE,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,22 @@ def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: d
     if result.evaluation is not None:
         fields["evaluation"] = result.evaluation
     status = with_fields(status, **fields)
-    return apply_fit(status, result.fit, now)
+    return _note_shortened(apply_fit(status, result.fit, now), result, now)
+
+
+def _note_shortened(status: FineTuneJobStatus, result: TrainerResult, now: datetime) -> FineTuneJobStatus:
+    """A shortened result (a termination message too small for the whole one, see TrainerResult.
+    termination_message) is applied as far as it goes, and a condition says so and where the whole one is,
+    instead of the missing fields vanishing silently."""
+    if result.result_file is None:
+        return status
+    message = (
+        f"the whole trainer result did not reach the operator (rank 0's GET /result on port 9400), and the "
+        f"termination message (at most {TERMINATION_MESSAGE_LIMIT} bytes) carried a shortened one: evaluation "
+        f"rows, the verdict or fit diagnostics may be missing from this status; the whole result is in "
+        f"{result.result_file}"
+    )
+    return set_condition(status, ConditionType.RESULT_INCOMPLETE, "True", Reason.RESULT_NOT_HANDED_OVER, message, now)
 
 
 def transition_events(previous: FineTuneJobStatus, current: FineTuneJobStatus) -> list[Event]:

@@ -55,7 +55,14 @@ def pending(**kw: Any) -> WorkerObservation:
         (pending(waiting_reason="ImagePullBackOff", waiting_since=T0), 60, Reason.IMAGE_PULL_FAILED),
         (pending(waiting_reason="ErrImagePull", waiting_since=T0), 61, Reason.IMAGE_PULL_FAILED),
         (pending(waiting_reason="CreateContainerConfigError", waiting_since=T0), 60, Reason.CONTAINER_CONFIG_ERROR),
-        (pending(waiting_reason="ContainerCreating", waiting_since=T0), 6000, None),
+        (pending(waiting_reason="ContainerCreating", waiting_since=T0), 59, None),
+        (pending(waiting_reason="ContainerCreating", waiting_since=T0), 60, Reason.CONTAINER_CREATING_TIMEOUT),
+        (
+            pending(waiting_reason="ContainerCreating", waiting_message="Multi-Attach error", waiting_since=T0),
+            6000,
+            Reason.CONTAINER_CREATING_TIMEOUT,
+        ),
+        (pending(waiting_reason="PodInitializing", waiting_since=T0), 6000, None),
         (pending(unschedulable_since=T0), 119, None),
         (
             pending(unschedulable_since=T0, unschedulable_message="0/3 nodes: Insufficient nvidia.com/gpu"),
@@ -76,3 +83,12 @@ def test_startup_check_in_says_when_a_verdict_may_change() -> None:
     worker = pending(waiting_reason="ErrImagePull", waiting_since=T0, unschedulable_since=T0)
     assert startup_check_in(worker, POLICY, T0 + timedelta(seconds=10)) == 50
     assert startup_check_in(pending(), POLICY, T0) is None
+    creating = pending(waiting_reason="ContainerCreating", waiting_since=T0)
+    assert startup_check_in(creating, POLICY, T0 + timedelta(seconds=45)) == 15
+
+
+def test_container_creating_message_names_the_likely_causes() -> None:
+    worker = pending(waiting_reason="ContainerCreating", waiting_since=T0)
+    verdict = startup_verdict(worker, POLICY, T0 + timedelta(seconds=61))
+    assert verdict is not None
+    assert "ContainerCreating after 61s" in verdict.message and "Multi-Attach" in verdict.message

@@ -48,9 +48,11 @@ def launched(job: FineTuneJob) -> FineTuneJob:
 
 
 def test_a_new_job_launches_attempt_1_and_reports_pending() -> None:
-    _, decision = step(make_job(), [])
+    job, decision = step(make_job(), [])
     assert (decision.status.phase, decision.plan.attempt, decision.plan.create) == ("Pending", 1, (0, 1))
-    assert decision.status.start_time == T0
+    assert decision.status.start_time is None and not decision.events, "nothing is created yet"
+    _, decision = step(job, [w(0, "pending"), w(1, "pending")], T0 + timedelta(seconds=1))
+    assert decision.status.start_time == T0 + timedelta(seconds=1)
     assert [e.reason for e in decision.events] == [Reason.GANG_CREATED]
 
 
@@ -147,7 +149,7 @@ def test_max_restarts_exhausted_fails_the_job() -> None:
 
 
 def test_active_deadline_fails_and_removes_every_worker() -> None:
-    job = launched(make_job(activeDeadlineSeconds=60))
+    job, _ = step(launched(make_job(activeDeadlineSeconds=60)), [w(0, "pending"), w(1, "pending")])  # startTime
     _, decision = step(job, [w(0), w(1)], T0 + timedelta(seconds=59))
     assert decision.status.phase == "Running" and decision.check_again_in == 1
     _, decision = step(job, [w(0), w(1, "succeeded")], T0 + timedelta(seconds=60))

@@ -96,11 +96,12 @@ async def test_the_operator_creates_a_jobs_children(
     configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
     kube = Kube(configuration, RetrySettings(attempts=1))
     try:
-        await kube.create_configmap(builders.build_configmap(job, manifest["spec"]))
-        await kube.create_service(builders.build_service(job))
-        await kube.create_pod(
-            builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="kubetune/trainer:test"))
-        )
+        uid = job.metadata.uid or ""
+        await kube.create_configmap(builders.build_configmap(job, manifest["spec"]), uid)
+        await kube.create_service(builders.build_service(job), uid)
+        pod = builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="kubetune/trainer:test"))
+        await kube.create_pod(pod, uid)
+        await kube.create_pod(pod, uid)  # "already exists", and this job's: success
     finally:
         kube.close()
     for resource in ("v1/configmaps", "v1/services", "v1/pods"):

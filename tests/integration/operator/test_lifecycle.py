@@ -184,6 +184,8 @@ async def test_max_restarts_exhausted_fails_the_job() -> None:
         for pod in new:
             await cluster.kubelet_run(pod)
         await cluster.kubelet_exit(new[1], 7, result("Failed", "PeerLost", "rank 3 vanished", retryable=True))
+        # (a peer-lost failure waits for its cause while the peer looks alive: here the peer failed too)
+        await cluster.kubelet_exit(new[0], 1, "Traceback: rank 3 died")
         status = await eventually_async(
             lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
         )

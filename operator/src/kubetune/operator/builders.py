@@ -30,6 +30,7 @@ import yaml
 from kubetune.api.invocation import PVC_ROOT_ENV, TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import ResourcesSpec
+from kubetune.policies.storage import claims_of
 from kubetune.policies.suspension import QUEUE_LABEL
 
 JOB_LABEL = "kubetune.io/job-name"
@@ -47,6 +48,10 @@ METRICS_PORT = 9400
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: Non-root user and group the trainer runs as (the trainer image's `kubetune` user).
 TRAINER_UID = 1000
+#: Seconds of a pod's grace period (`spec.checkpointing.gracePeriodSeconds`) that torchrun does not give its
+#: ranks: after SIGTERM it waits this much less than the kubelet, so that a rank that overruns is ended by
+#: torchrun, which then exits with its own report, rather than everything by the kubelet's SIGKILL.
+TORCHRUN_EXIT_MARGIN_SECONDS = 5
 
 
 #: The cpu and memory requests of a worker pod whose job (or, without `spec.resources`, the operator's
@@ -74,6 +79,12 @@ class BuildSettings:
     default_resources: ResourcesSpec | None = None
     """Requests and limits of worker pods whose job sets no `spec.resources` (the chart's
     `trainer.resources`)."""
+    result_handover_seconds: float = 120.0
+    """Seconds rank 0 keeps serving its whole result at GET /result after the run, for the operator to take
+    (`--result-handover-seconds`, see kubetune.policies.handover). The operator normally takes it at its
+    next reconcile (within `reconcile_interval`); the bound covers an operator restart or rollout, and keeps
+    a job from hanging when the operator is down or cut off: then rank 0's pod (its accelerators) is held
+    this long in vain, and the status gets what fits the termination message."""
 
 
 def service_name(job: FineTuneJob) -> str:
@@ -133,15 +144,7 @@ def pvc_path(value: str) -> str:
 
 def claims(job: FineTuneJob) -> dict[str, bool]:
     """Every PVC the job names -> whether it is written to (checkpoints, output)."""
-    spec = job.spec
-    read = [spec.model.source, spec.dataset.train, spec.dataset.validation]
-    written = [spec.storage.checkpoints, spec.storage.output]
-    found: dict[str, bool] = {}
-    for value, writes in [(v, False) for v in read] + [(v, True) for v in written]:
-        if value and value.startswith("pvc://"):
-            claim = value.removeprefix("pvc://").partition("/")[0]
-            found[claim] = found.get(claim, False) or writes
-    return found
+    return claims_of(job.spec)
 
 
 def storage_dirs(job: FineTuneJob) -> tuple[str, str]:
@@ -197,7 +200,7 @@ def build_service(job: FineTuneJob) -> dict[str, Any]:
     }
 
 
-def _command(job: FineTuneJob) -> list[str]:
+def _command(job: FineTuneJob, settings: BuildSettings) -> list[str]:
     distributed = job.spec.distributed
     return [
         "torchrun",
@@ -208,11 +211,13 @@ def _command(job: FineTuneJob) -> list[str]:
         f"--master_port={RENDEZVOUS_PORT}",
         "-m",
         "kubetune.cli",
-        *trainer_invocation(job, attempt=None).argv(),
+        *trainer_invocation(job, attempt=None, result_handover_seconds=settings.result_handover_seconds).argv(),
     ]
 
 
-def trainer_invocation(job: FineTuneJob, attempt: int | None) -> TrainerInvocation:
+def trainer_invocation(
+    job: FineTuneJob, attempt: int | None, result_handover_seconds: float = 0.0
+) -> TrainerInvocation:
     """What each rank of the job's pods runs: the shared contract with the local runner."""
     checkpoints, output = storage_dirs(job)
     return TrainerInvocation(
@@ -222,8 +227,10 @@ def trainer_invocation(job: FineTuneJob, attempt: int | None) -> TrainerInvocati
         output_dir=output,
         metrics_port=METRICS_PORT,
         termination_message_path=TERMINATION_MESSAGE_PATH,
+        result_handover_seconds=result_handover_seconds,
         attempt=attempt,
         accelerator=job.spec.distributed.cluster_accelerator,
+        shutdown_timeout_seconds=job.spec.checkpointing.grace_period_seconds - TORCHRUN_EXIT_MARGIN_SECONDS,
     )
 
 
@@ -296,7 +303,7 @@ def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: Build
         "name": CONTAINER,
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": _command(job),
+        "command": _command(job, settings),
         "env": _env(job, attempt, index),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
@@ -323,11 +330,16 @@ def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: Build
             "subdomain": service_name(job),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            # SIGTERM (preemption, eviction, drain, suspension) -> the ranks checkpoint; SIGKILL after this.
+            "terminationGracePeriodSeconds": job.spec.checkpointing.grace_period_seconds,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": TRAINER_UID,
                 "runAsGroup": TRAINER_UID,
                 "fsGroup": TRAINER_UID,
+                # Re-own a claim's files only when its root is not ours yet: a recursive chown of a claim
+                # full of checkpoints on every start would delay each attempt by minutes.
+                "fsGroupChangePolicy": "OnRootMismatch",
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],

@@ -38,6 +38,8 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Answers that callers treat as states ("not found", "already exists"), not as failures.
 EXPECTED_STATUS = frozenset({404, 409})
 MERGE_PATCH = "application/merge-patch+json"
+#: The Kueue API the operator speaks (Workload and ResourceFlavor; v1beta2 is what Kueue v0.17 stores).
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,41 @@ class RetrySettings:
 
 
 class ApiError(Exception):
-    """An API call that failed for good: `status` is the HTTP code (0: no response)."""
+    """An API call that failed for good: `status` is the HTTP code (0: no response), `details` the
+    server's Status object when it sent one (reason, message, details.causes)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
+        self.details = details or {}
+
+    @property
+    def server_message(self) -> str:
+        """The server's own sentence (Status.message), else this error's text."""
+        return str(self.details.get("message") or self)
+
+
+class StaleObjectError(Exception):
+    """A child's name is taken by an object that belongs to another owner: typically a deleted job of the
+    same name whose children the garbage collector has not removed yet."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name} belongs to another (deleted) job of the same name; waiting for its removal")
+        self.kind = kind
+        self.name = name
+
+
+def _status_body(error: ApiException) -> dict[str, Any] | None:
+    try:
+        body = json.loads(error.body) if error.body else None
+    except (TypeError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def owner_uids(obj: dict[str, Any]) -> set[str]:
+    """The uids of an object's owners."""
+    return {ref.get("uid", "") for ref in obj.get("metadata", {}).get("ownerReferences") or []}
 
 
 def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
@@ -102,7 +134,7 @@ class Kube:
                 if status not in EXPECTED_STATUS:  # 404 / 409 answer "is it there?": not errors
                     metrics.record_api_error(verb, status)
                 if status not in RETRYABLE_STATUS or attempt == self.retry.attempts:
-                    raise ApiError(status, str(error.reason or error.body)) from error
+                    raise ApiError(status, str(error.reason or error.body), _status_body(error)) from error
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 metrics.record_api_error(verb, 0)
                 if attempt == self.retry.attempts:
@@ -164,13 +196,9 @@ class Kube:
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
-    async def create_pod(self, pod: dict[str, Any]) -> None:
-        namespace = pod["metadata"]["namespace"]
-        await self._ignore(
-            409,
-            self._call(
-                "create_pod", lambda: self._core.create_namespaced_pod(namespace, cast(Any, pod), **self._options())
-            ),
+    async def create_pod(self, pod: dict[str, Any], owner_uid: str) -> None:
+        await self._create_owned(
+            pod, owner_uid, "pod", self._core.create_namespaced_pod, self._core.read_namespaced_pod
         )
 
     async def delete_pod(self, namespace: str, name: str) -> None:
@@ -179,25 +207,58 @@ class Kube:
             self._call("delete_pod", lambda: self._core.delete_namespaced_pod(name, namespace, **self._options())),
         )
 
-    async def create_service(self, service: dict[str, Any]) -> None:
-        namespace = service["metadata"]["namespace"]
-        await self._ignore(
-            409,
-            self._call(
-                "create_service",
-                lambda: self._core.create_namespaced_service(namespace, cast(Any, service), **self._options()),
-            ),
+    async def create_service(self, service: dict[str, Any], owner_uid: str) -> None:
+        await self._create_owned(
+            service, owner_uid, "service", self._core.create_namespaced_service, self._core.read_namespaced_service
         )
 
-    async def create_configmap(self, configmap: dict[str, Any]) -> None:
-        namespace = configmap["metadata"]["namespace"]
-        await self._ignore(
-            409,
-            self._call(
-                "create_configmap",
-                lambda: self._core.create_namespaced_config_map(namespace, cast(Any, configmap), **self._options()),
-            ),
+    async def create_configmap(self, configmap: dict[str, Any], owner_uid: str) -> None:
+        await self._create_owned(
+            configmap,
+            owner_uid,
+            "configmap",
+            self._core.create_namespaced_config_map,
+            self._core.read_namespaced_config_map,
         )
+
+    async def _create_owned(
+        self, manifest: dict[str, Any], owner_uid: str, kind: str, create: Callable[..., Any], read: Callable[..., Any]
+    ) -> None:
+        """Create a child of the job `owner_uid`. "Already exists" is success only when the existing object is
+        this job's; one of another owner (a deleted job of the same name, not yet collected) is deleted,
+        with its uid as precondition, and StaleObjectError raised: the caller looks again later."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            await self._call(f"create_{kind}", lambda: create(namespace, cast(Any, manifest), **self._options()))
+            return
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        try:
+            existing: dict[str, Any] = await self._call(f"get_{kind}", lambda: read(name, namespace, **self._options()))
+        except ApiError as error:
+            if error.status == 404:  # removed meanwhile: the next reconcile creates it
+                raise StaleObjectError(kind, name) from error
+            raise
+        if owner_uid in owner_uids(existing):
+            return
+        stale_uid = existing.get("metadata", {}).get("uid")
+        logger.info("%s %s/%s belongs to another owner; deleting it (uid %s)", kind, namespace, name, stale_uid)
+        await self._delete_child(kind, namespace, name, stale_uid)
+        raise StaleObjectError(kind, name)
+
+    async def _delete_child(self, kind: str, namespace: str, name: str, uid: str | None) -> None:
+        deletes = {
+            "pod": self._core.delete_namespaced_pod,
+            "service": self._core.delete_namespaced_service,
+            "configmap": self._core.delete_namespaced_config_map,
+        }
+        body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid), propagation_policy="Background")
+        try:
+            await self._call(f"delete_{kind}", lambda: deletes[kind](name, namespace, body=body, **self._options()))
+        except ApiError as error:
+            if error.status not in (404, 409):  # gone, or already replaced (uid precondition failed)
+                raise
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -209,6 +270,119 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A PersistentVolumeClaim (read-only: the operator never creates or changes claims); None when it
+        does not exist."""
+        try:
+            result: dict[str, Any] = await self._call(
+                "get_claim",
+                lambda: self._core.read_namespaced_persistent_volume_claim(name, namespace, **self._options()),
+            )
+            return result
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def delete_pod_now(self, namespace: str, name: str) -> None:
+        """Force deletion (grace 0): for a pod whose node is lost and will never confirm its end."""
+        await self._ignore(
+            404,
+            self._call(
+                "delete_pod",
+                lambda: self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, **self._options()),
+            ),
+        )
+
+    async def list_quotas(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            "list_quotas", lambda: self._core.list_namespaced_resource_quota(namespace, **self._options())
+        )
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call("get_node", lambda: self._core.read_node(name, **self._options()))
+            return result
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    # --- Kueue (queued jobs: kubetune.operator.workloads) ----------------------------------------------
+
+    async def _get_or_none(self, verb: str, call: Callable[[], Any]) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(verb, call)
+            return result
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(
+            "get_workload",
+            lambda: self._custom.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, **self._options()
+            ),
+        )
+
+    async def create_workload(self, workload: dict[str, Any]) -> dict[str, Any]:
+        """Create the job's Workload; when it exists already (a lost race with a previous reconcile), the one stored."""
+        namespace, name = workload["metadata"]["namespace"], workload["metadata"]["name"]
+        try:
+            created: dict[str, Any] = await self._call(
+                "create_workload",
+                lambda: self._custom.create_namespaced_custom_object(
+                    KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", workload, **self._options()
+                ),
+            )
+            return created
+        except ApiError as error:
+            if error.status != 409 or (existing := await self.get_workload(namespace, name)) is None:
+                raise
+            return existing
+
+    async def patch_workload_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of the Workload's status (carrying its resourceVersion: a stale read is refused, 409)."""
+        await self._call(
+            "patch_workload_status",
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, patch,
+                _content_type=MERGE_PATCH, **self._options(),
+            ),
+        )  # fmt: skip
+
+    async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(
+            "get_resource_flavor",
+            lambda: self._custom.get_cluster_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", name, **self._options()
+            ),
+        )
+
+    async def get_priority(self, priority_class: str) -> int | None:
+        """The value of a PriorityClass; None when it does not exist."""
+        found = await self._get_or_none(
+            "get_priority_class",
+            lambda: self._custom.get_cluster_custom_object(
+                "scheduling.k8s.io", "v1", "priorityclasses", priority_class, **self._options()
+            ),
+        )
+        return int(found["value"]) if found is not None and "value" in found else None
+
+    async def unsuspend_job(self, namespace: str, name: str) -> None:
+        """spec.suspend: false on a queued job that Kueue admitted (Kueue's convention for its integrations)."""
+        body = {"spec": {"suspend": False}}
+        await self._call(
+            "unsuspend_job",
+            lambda: self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH, **self._options()
+            ),
+        )
 
     @staticmethod
     async def _ignore(status: int, call: Awaitable[T]) -> T | None:

@@ -73,6 +73,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         trainer_resources=ResourcesSpec.model_validate_json(resources) if resources else None,
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
+        result_handover_seconds=getattr(args, "result_handover_seconds", 120.0),
+        progress_unreachable_after=getattr(args, "progress_unreachable_after", 60.0),
+        kueue=getattr(args, "kueue", False),
     )
 
 

@@ -30,11 +30,16 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def owned_by(pod: Mapping[str, Any], job_name: str) -> bool:
+def owned_by(pod: Mapping[str, Any], job_name: str, job_uid: str | None = None) -> bool:
     """Whether a pod is a worker of this job. The listing selects by the job-name label only; a worker
     also carries the worker-index and attempt labels (`observe_pod` reads both), so a pod that merely
-    copies the job-name label, made by hand or by another tool, is not taken for one."""
-    labels = pod.get("metadata", {}).get("labels") or {}
+    copies the job-name label, made by hand or by another tool, is not taken for one. With `job_uid`, the
+    pod must also be owned by that very object: a deleted job's workers (being removed by the garbage
+    collector) are never taken for those of a new job of the same name."""
+    metadata = pod.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    if job_uid is not None and job_uid not in {ref.get("uid") for ref in metadata.get("ownerReferences") or []}:
+        return False
     return labels.get(JOB_LABEL) == job_name and INDEX_LABEL in labels and ATTEMPT_LABEL in labels
 
 
@@ -62,8 +67,38 @@ def _state(pod: Mapping[str, Any], container: Mapping[str, Any]) -> WorkerState:
     return "running" if phase in ("Running", "Unknown") else "pending"
 
 
-def observe_pod(pod: Mapping[str, Any]) -> WorkerObservation:
-    """The observation of one worker pod (it must carry the worker-index and attempt labels)."""
+def node_of(pod: Mapping[str, Any]) -> str | None:
+    node: str | None = (pod.get("spec") or {}).get("nodeName")
+    return node
+
+
+def suspects_node_loss(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod shows what a lost node leaves behind, so that its Node is worth reading: the
+    node-lifecycle controller has set Ready=False on a pod whose container was last seen running, or the
+    pod is being deleted and no end was ever reported. (Reading every worker's Node on every reconcile
+    would cost a request per worker; this costs one only when something is off.)"""
+    if node_of(pod) is None or "terminated" in _container_state(pod):
+        return False
+    ready = _condition(pod, "Ready")
+    not_ready = ready is not None and ready.get("status") != "True" and "running" in _container_state(pod)
+    return not_ready or bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def node_lost_since(node: Mapping[str, Any] | None) -> datetime | None:
+    """Since when a Node has not been Ready (its kubelet stopped reporting: Unknown; or reports NotReady);
+    None while it is Ready, or when the Node is gone (the pod garbage collector removes pods of deleted
+    Nodes itself)."""
+    if node is None:
+        return None
+    ready = _condition(node, "Ready")
+    if ready is None or ready.get("status") == "True":
+        return None
+    return parse_time(ready.get("lastTransitionTime"))
+
+
+def observe_pod(pod: Mapping[str, Any], node: Mapping[str, Any] | None = None) -> WorkerObservation:
+    """The observation of one worker pod (it must carry the worker-index and attempt labels); `node` is its
+    Node when it was read (see `suspects_node_loss`)."""
     metadata = pod.get("metadata", {})
     labels = metadata.get("labels") or {}
     container = _container_state(pod)
@@ -98,6 +133,9 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerObservation:
         unschedulable_since=parse_time((scheduled or {}).get("lastTransitionTime")) if unschedulable else None,
         unschedulable_message=(scheduled or {}).get("message") if unschedulable else None,
         deleting=bool(metadata.get("deletionTimestamp")),
+        finished_at=parse_time(terminated.get("finishedAt")),
+        node=node_of(pod),
+        node_lost_since=node_lost_since(node),
     )
 
 

@@ -59,6 +59,30 @@ NAMESPACED_RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         ("",), ("events",), ("create", "patch"), "Kubernetes Events for every transition (kopf posts v1 Events)"
     ),
+    PolicyRule(
+        ("",),
+        ("resourcequotas",),
+        ("get", "list", "watch"),
+        "read-only: a gang is created only when all of it fits the namespace's quotas, and retried when they change",
+    ),
+    PolicyRule(
+        ("",),
+        ("persistentvolumeclaims",),
+        ("get",),
+        "read-only: before each launch, whether the job's claims can be mounted by the whole gang (access modes)",
+    ),
+    PolicyRule(
+        ("kueue.x-k8s.io",),
+        ("workloads",),
+        ("get", "list", "watch", "create"),
+        "Kueue (--kueue): one Workload per queued job, no pod before Kueue admits it; its changes wake the job",
+    ),
+    PolicyRule(
+        ("kueue.x-k8s.io",),
+        ("workloads/status",),
+        ("patch",),
+        "Kueue (--kueue): give an evicted Workload's quota back once its gang is gone; mark it Finished",
+    ),
 )
 
 CLUSTER_RULES: tuple[PolicyRule, ...] = (
@@ -69,6 +93,24 @@ CLUSTER_RULES: tuple[PolicyRule, ...] = (
         "kopf discovers the FineTuneJob CRD and waits for it before watching",
     ),
     PolicyRule(("",), ("namespaces",), ("get", "list", "watch"), "kopf follows namespaces it may serve"),
+    PolicyRule(
+        ("",),
+        ("nodes",),
+        ("get",),
+        "read-only: a worker whose node stopped reporting is force-deleted after retryPolicy.nodeLostGraceSeconds",
+    ),
+    PolicyRule(
+        ("kueue.x-k8s.io",),
+        ("resourceflavors",),
+        ("get",),
+        "read-only, Kueue (--kueue): the admitted flavors' node labels and tolerations, for the worker pods",
+    ),
+    PolicyRule(
+        ("scheduling.k8s.io",),
+        ("priorityclasses",),
+        ("get",),
+        "read-only, Kueue (--kueue): a queued job's priority (its PriorityClass's value) on its Workload",
+    ),
 )
 
 ALL_RULES: tuple[PolicyRule, ...] = NAMESPACED_RULES + CLUSTER_RULES

@@ -15,25 +15,34 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from kubetune.api.job import FineTuneJob
+from kubetune.api.skew import unknown_fields_message, without_unknown_fields
 from kubetune.api.status import FINISHED_PHASES, FineTuneJobStatus, Reason
 from kubetune.operator import builders, metrics
-from kubetune.operator.kube import Kube
-from kubetune.operator.observe import observe_pod, owned_by
+from kubetune.operator.creation import GangCreator
+from kubetune.operator.kube import ApiError, Kube, StaleObjectError, owner_uids
+from kubetune.operator.observe import node_of, observe_pod, owned_by, suspects_node_loss
 from kubetune.operator.progress import ProgressSource
+from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.workloads import WorkloadSync
+from kubetune.policies import queueing, storage
 from kubetune.policies.observed import WorkerObservation
-from kubetune.policies.reconcile import Decision, decide
+from kubetune.policies.progress_reach import with_reach
+from kubetune.policies.reconcile import Decision, decide, refused
 from kubetune.policies.spec_changes import effective_spec, refused_fields
 from kubetune.policies.status import Event
 
 logger = logging.getLogger(__name__)
+
+#: Seconds before looking again while a deleted namesake's children are being removed.
+STALE_RECHECK_SECONDS = 1.0
 
 #: Posts one Kubernetes event about the job: (job body, event).
 EventPoster = Callable[[Mapping[str, Any], Event], None]
@@ -68,6 +77,9 @@ class Reconciler:
         self.progress = progress
         self.post_event = post_event
         self.clock = clock
+        self.creator = GangCreator(kube, settings.build_settings())
+        self.rank_zero = RankZeroWatch(progress)
+        self.workloads = WorkloadSync(kube, settings.build_settings()) if settings.kueue else None
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.monotonic()
@@ -84,13 +96,53 @@ class Reconciler:
         job = await self._effective_job(body)
         if job is None:
             return Outcome(exists=True, finished=True)
-        pods = [pod for pod in await self.kube.list_pods(namespace, name) if owned_by(pod, name)]
-        workers = [observe_pod(pod) for pod in pods]
-        progress = await self._progress(job, pods, workers)
-        decision = decide(job, workers, self.clock(), progress)
-        await self._apply(body, job, pods, decision)
+        uid = body.get("metadata", {}).get("uid")
+        pods = [pod for pod in await self.kube.list_pods(namespace, name) if owned_by(pod, name, uid)]
+        workers = await self._observe(pods)
+        previous = job.status or FineTuneJobStatus()
+        rank_zero = await self.rank_zero.look(previous, pods, workers)
+        workers = rank_zero.workers(workers, previous.attempt)  # worker 0 ended, once its whole result is in
+        now = self.clock()
+        queued, workload = await self.workloads.look(job) if self.workloads else (None, None)
+        if queueing.unsuspend_on_admission(job, queued):  # Kueue's convention: admission unsuspends
+            await self.kube.unsuspend_job(namespace, name)
+            job = job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": False})})
+        decision = decide(job, workers, now, rank_zero.snapshot, queued)
+        decision = with_reach(decision, previous, rank_zero.reach, now, self.settings.progress_unreachable_after)
+        if decision.plan.create and decision.plan.attempt != (job.status or FineTuneJobStatus()).attempt:
+            decision = await self._check_storage(job, workers, decision, now)
+        decision = await self._apply(body, queueing.placed(job, queued), pods, workers, decision)
+        if self.workloads:
+            await self.workloads.follow(job, decision.status.phase, workers, queued, workload, now)
+        await self.rank_zero.confirm(rank_zero, decision.status)
         finished = decision.status.phase in FINISHED_PHASES
         return Outcome(exists=not decision.delete_job, check_again_in=decision.check_again_in, finished=finished)
+
+    async def _observe(self, pods: list[dict[str, Any]]) -> list[WorkerObservation]:
+        """The workers, with the Node of each pod that shows signs of a lost node (read once per node)."""
+        nodes: dict[str, dict[str, Any] | None] = {}
+        for pod in pods:
+            node = node_of(pod)
+            if node is not None and node not in nodes and suspects_node_loss(pod):
+                nodes[node] = await self.kube.get_node(node)
+        return [observe_pod(pod, nodes.get(node_of(pod) or "")) for pod in pods]
+
+    async def _check_storage(
+        self, job: FineTuneJob, workers: list[WorkerObservation], launch: Decision, now: datetime
+    ) -> Decision:
+        """Before a new attempt launches: read its claims (kubetune.policies.storage decides). A claim the
+        operator may not read (403: a chart without that rule) is left out and not judged."""
+        observed: dict[str, storage.ClaimObservation | None] = {}
+        for claim in storage.claims_of(job.spec):
+            try:
+                found = await self.kube.get_claim(job.namespace, claim)
+            except ApiError as error:
+                if error.status != 403:
+                    raise
+                logger.warning("cannot read PersistentVolumeClaim %s/%s: %s", job.namespace, claim, error)
+                continue
+            observed[claim] = storage.ClaimObservation.from_manifest(found) if found is not None else None
+        return storage.apply_to_launch(job, workers, launch, storage.check_claims(job.spec, observed), now)
 
     async def _effective_job(self, body: dict[str, Any]) -> FineTuneJob | None:
         """The job as the policies must see it: the live object, with the spec it launched with (changes
@@ -99,19 +151,35 @@ class Reconciler:
         configmap = await self.kube.get_configmap(
             meta.get("namespace", "default"), builders.configmap_name(meta.get("name", ""))
         )
+        if configmap is not None and meta.get("uid") not in owner_uids(configmap):
+            configmap = None  # a deleted namesake's, not yet collected: this job has launched nothing yet
         launched_text = ((configmap or {}).get("data") or {}).get(builders.LAUNCHED_SPEC_KEY)
         launched = json.loads(launched_text) if launched_text else None
         live_spec = body.get("spec") or {}
         refused = refused_fields(launched, live_spec) if launched is not None else []
-        try:
-            job = FineTuneJob.model_validate({**body, "spec": effective_spec(launched, live_spec)})
-        except ValidationError as error:
-            await self._reject(body, error)
+        job = await self._validated(body, {**body, "spec": effective_spec(launched, live_spec)})
+        if job is None:
             return None
         if refused and (job.status or FineTuneJobStatus()).observed_generation != job.metadata.generation:
             fields = ", ".join(f"spec.{name}" for name in refused)
             message = f"changes to {fields} were ignored: a started job's spec is immutable except `suspend`"
             self.post_event(body, Event("Warning", Reason.SPEC_CHANGE_REFUSED, message))
+        return job
+
+    async def _validated(self, body: dict[str, Any], document: dict[str, Any]) -> FineTuneJob | None:
+        """The job in `document`; fields of a newer CRD that the models do not know are ignored with a Warning
+        Event (once per generation), anything else invalid fails the job."""
+        try:
+            return FineTuneJob.model_validate(document)
+        except ValidationError as error:
+            skewed = without_unknown_fields(document, error)
+            if skewed is None:
+                await self._reject(body, error)
+                return None
+            cleaned, paths = skewed
+        job = await self._validated(body, cleaned)
+        if job is not None and (job.status or FineTuneJobStatus()).observed_generation != job.metadata.generation:
+            self.post_event(body, Event("Warning", Reason.UNKNOWN_FIELDS, unknown_fields_message(paths)))
         return job
 
     async def _reject(self, body: dict[str, Any], error: ValidationError) -> None:
@@ -126,18 +194,16 @@ class Reconciler:
         await self.kube.patch_job_status(meta["namespace"], meta["name"], {"phase": "Failed", "message": message})
         self.post_event(body, Event("Warning", Reason.INVALID_SPEC, message))
 
-    async def _progress(self, job: FineTuneJob, pods: list[dict[str, Any]], workers: list[WorkerObservation]) -> Any:
-        status = job.status or FineTuneJobStatus()
-        if status.phase != "Running":
-            return None
-        for pod, worker in zip(pods, workers, strict=True):
-            if worker.attempt == status.attempt and worker.index == 0 and worker.state == "running":
-                return await self.progress(pod)
-        return None
-
     async def _apply(
-        self, body: dict[str, Any], job: FineTuneJob, pods: list[dict[str, Any]], decision: Decision
-    ) -> None:
+        self,
+        body: dict[str, Any],
+        job: FineTuneJob,
+        pods: list[dict[str, Any]],
+        workers: list[WorkerObservation],
+        decision: Decision,
+    ) -> Decision:
+        """Write the status, post the events, then act on the plan. A refused create is decided on by the
+        policies (`refused`) and that second decision applied in turn; returns the decision that holds."""
         namespace, name = job.namespace, job.name
         previous = job.status or FineTuneJobStatus()
         if decision.status != previous:
@@ -146,10 +212,17 @@ class Reconciler:
         for event in decision.events:
             self.post_event(body, event)
         if decision.plan.create:
-            await self._ensure_shared_children(job, body)
-            for index in decision.plan.create:
-                pod = builders.build_worker_pod(job, decision.plan.attempt, index, self.settings.build_settings())
-                await self.kube.create_pod(pod)
+            try:
+                refusal = await self.creator.create(job, body, decision.plan.attempt, decision.plan.create)
+            except StaleObjectError as stale:
+                self.post_event(body, Event("Normal", Reason.STALE_CHILDREN, str(stale)))
+                return replace(decision, check_again_in=STALE_RECHECK_SECONDS)
+            if refusal is not None:  # decided on the pods as they are now (some of the gang may exist)
+                uid = body.get("metadata", {}).get("uid")
+                pods = [p for p in await self.kube.list_pods(namespace, name) if owned_by(p, name, uid)]
+                workers = await self._observe(pods)
+                written = job.model_copy(update={"status": decision.status})
+                return await self._apply(body, written, pods, workers, refused(written, workers, refusal, self.clock()))
         by_ref = {
             (
                 int(p["metadata"]["labels"][builders.ATTEMPT_LABEL]),
@@ -157,18 +230,19 @@ class Reconciler:
             ): p
             for p in pods
         }
+        for ref in decision.plan.force_delete:
+            if (victim := by_ref.get((ref.attempt, ref.index))) is not None:
+                logger.info("force-deleting %s: its node %s is lost", victim["metadata"]["name"], node_of(victim))
+                await self.kube.delete_pod_now(namespace, victim["metadata"]["name"])
+        forced = set(decision.plan.force_delete)
         for ref in decision.plan.delete:
             victim = by_ref.get((ref.attempt, ref.index))
-            if victim is not None:
+            if victim is not None and ref not in forced:
                 await self.kube.delete_pod(namespace, victim["metadata"]["name"])
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
             await self.kube.delete_job(namespace, name)
-
-    async def _ensure_shared_children(self, job: FineTuneJob, body: dict[str, Any]) -> None:
-        """The headless Service and the ConfigMap, created once per job (before its first pods)."""
-        await self.kube.create_service(builders.build_service(job))
-        await self.kube.create_configmap(builders.build_configmap(job, body.get("spec") or {}))
+        return decision
 
     @staticmethod
     def _record(namespace: str, name: str, previous: FineTuneJobStatus, decision: Decision) -> None:

@@ -46,6 +46,12 @@ class OperatorSettings:
     """Port of rank 0's `GET /progress` on worker 0's pod IP."""
     progress_timeout: float = 2.0
     """Seconds one progress request may take."""
+    progress_unreachable_after: float = 60.0
+    """Seconds reads of rank 0's progress must fail at the connection (refused, timed out) before the job
+    says ProgressUnavailable (kubetune.policies.progress_reach): longer than a trainer takes to start
+    serving (imports and rendezvous, while its port is closed), short enough to be seen while it trains."""
+    result_handover_seconds: float = 120.0
+    """Seconds rank 0 keeps its whole result at GET /result for the operator (BuildSettings has why)."""
     metrics_port: int | None = 8080
     """Port of the operator's /metrics; None: not served."""
     health_port: int | None = 8081
@@ -57,11 +63,20 @@ class OperatorSettings:
     watch_client_timeout: int = 330
     """Seconds kopf waits on a silent watch before reconnecting (more than the server's)."""
 
+    kueue: bool = False
+    """Run jobs with `spec.scheduling.queueName` as a Kueue external framework: one Workload per job, no pod
+    before Kueue admits it (kubetune.operator.workloads). Off by default: it needs Kueue installed and
+    configured for it (README.md, Kueue); off, the queue name is only a label on the pods."""
+
     trainer_resources: ResourcesSpec | None = None
     """Worker-pod resources for jobs that set no `spec.resources`; None: none requested."""
 
     def build_settings(self) -> BuildSettings:
-        return BuildSettings(trainer_image=self.trainer_image, default_resources=self.trainer_resources)
+        return BuildSettings(
+            trainer_image=self.trainer_image,
+            default_resources=self.trainer_resources,
+            result_handover_seconds=self.result_handover_seconds,
+        )
 
     def kopf_settings(self) -> kopf.OperatorSettings:
         """kopf's settings, every one that matters set explicitly."""

@@ -267,3 +267,26 @@ def test_operator_refuses_bad_default_resources(capsys: pytest.CaptureFixture[st
 
     assert main(["operator", "--trainer-resources", '{"requests": {"cpu": "lots"}}']) == 2
     assert "--trainer-resources: requests.cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("checkpointing", "grace", "torchrun"),
+    [
+        ({}, 30, "25"),  # Kubernetes' own default; torch's agent would wait 30 s, the kubelet too
+        ({"gracePeriodSeconds": 600}, 600, "595"),  # a large model's SIGTERM checkpoint
+        ({"gracePeriodSeconds": 10}, 10, "5"),
+    ],
+)
+def test_the_grace_period_reaches_the_pod_and_torchrun(
+    checkpointing: dict[str, int], grace: int, torchrun: str
+) -> None:
+    pod = build_worker_pod(make_job(checkpointing=checkpointing), attempt=1, index=0, settings=SETTINGS)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+    env = {e["name"]: e.get("value") for e in container(pod)["env"]}
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == torchrun
+    assert container(pod)["command"][0] == "torchrun"  # the launcher that reads it
+
+
+def test_claims_are_re_owned_only_when_their_root_is_not_the_trainers() -> None:
+    context = build_worker_pod(make_job(), attempt=1, index=0, settings=SETTINGS)["spec"]["securityContext"]
+    assert context["fsGroup"] == 1000 and context["fsGroupChangePolicy"] == "OnRootMismatch"

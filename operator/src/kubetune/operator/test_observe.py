@@ -145,3 +145,13 @@ def test_a_pod_being_deleted_says_so() -> None:
 )
 def test_owned_by_checks_labels_client_side(labels: dict[str, str], owned: bool) -> None:
     assert owned_by(pod(None, False, **labels), "j") is owned
+
+
+@pytest.mark.parametrize(
+    ("owners", "owned"),
+    [(["uid-1"], True), (["uid-0"], False), ([], False), (["uid-0", "uid-1"], True)],
+)
+def test_owned_by_checks_the_owner_uid(owners: list[str], owned: bool) -> None:
+    worker = pod(None, False)
+    worker["metadata"]["ownerReferences"] = [{"uid": uid, "kind": "FineTuneJob", "name": "j"} for uid in owners]
+    assert owned_by(worker, "j", "uid-1") is owned

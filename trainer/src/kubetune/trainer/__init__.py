@@ -18,7 +18,8 @@ Modules, in the order a run uses them:
     evaluation.py   loss / perplexity / token accuracy / batched greedy exact match (reusable API); the
                     training loss with logits at the answer positions only
     checkpoint.py   atomic checkpoints with a sidecar state, verification and fallback on resume
-    metrics.py      every Prometheus metric and the /metrics + /progress HTTP endpoint
+    metrics.py      every Prometheus metric and the /metrics + /progress + /result HTTP endpoint
+    handover.py     the whole result waiting at GET /result for the operator (the termination message is capped)
     outputs.py      rank 0's progress.json, metrics.jsonl, result.json and termination message
     state.py        the stop request (SIGTERM) and RunState, what a checkpoint's sidecar holds
     baselines.py    zero-shot / few-shot prompting baselines beside the fine-tuned model, and the verdict

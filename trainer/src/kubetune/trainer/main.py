@@ -2,7 +2,8 @@
 
 This is the thin shell around the trainer's parts: it reads the manifest, joins the gang, prepares data
 and model, runs the loop, and turns whatever happened into one exit code (`ExitReason`) and, on rank 0,
-`result.json` plus the termination message. All exception mapping goes through `errors.classify`.
+`result.json` plus the termination message, and in a cluster the whole result handed to the operator
+(kubetune.trainer.handover). All exception mapping goes through `errors.classify`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +25,7 @@ from kubetune.api.outcome import ExitReason, TrainerResult
 from kubetune.trainer import distributed, preflight
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
+from kubetune.trainer.handover import ResultHandover
 from kubetune.trainer.loop import Trainer
 from kubetune.trainer.outputs import Recorder
 from kubetune.trainer.state import StopRequest
@@ -82,6 +84,8 @@ class _Shell:
 
     recorder: Recorder | None = None
     server: Any = None
+    handover: ResultHandover = field(default_factory=ResultHandover)
+    """Rank 0's whole result at GET /result, once the run has ended (kubetune.trainer.handover)."""
 
 
 def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
@@ -100,7 +104,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
     metrics = TrainerMetrics(job.name, job.namespace)
     if rank.is_main and args.metrics_port:
-        shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json)
+        shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json, shell.handover)
     recorder.publish(phase="Starting")
     set_seed(spec.hyperparameters.seed)
     base = paths.manifest.parent
@@ -165,9 +169,15 @@ def main(parsed: argparse.Namespace) -> int:
     if code != 0:
         result = result.model_copy(update={"step": progress.step, "total_steps": progress.total_steps})
     result = result.model_copy(update={"metrics": recorder.snapshot.metrics})
-    recorder.finish(result, args.termination_message_path, pod_leader=os.environ.get("LOCAL_RANK", "0") == "0")
-    log.info("finished: %s", result.termination_message())
+    # The handover needs the endpoint, and is pointless once SIGTERM asked the process to go.
+    handing_over = shell.server is not None and args.result_handover_seconds > 0 and not stop.requested
+    leader = os.environ.get("LOCAL_RANK", "0") == "0"
+    recorder.finish(result, args.termination_message_path, leader, shell.handover if handing_over else None)
+    log.info("finished: %s", result.wire())
     distributed.shutdown()
+    if handing_over:
+        log.info("serving the whole result at GET /result for up to %ss", args.result_handover_seconds)
+        shell.handover.wait(args.result_handover_seconds, stop)
     if shell.server is not None and args.metrics_linger_seconds > 0:
         log.info("serving final metrics for up to %s s (SIGTERM ends the wait)", args.metrics_linger_seconds)
         stop.wait(args.metrics_linger_seconds)

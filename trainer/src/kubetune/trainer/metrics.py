@@ -2,7 +2,8 @@
 
 Rank 0 serves them with prometheus-client from its own registry (no process/platform collectors: the
 kubelet and node exporters own those) on `--metrics-port`, together with `GET /progress`, the latest
-`ProgressSnapshot` as JSON, which the operator polls. Names and types follow the catalogue in
+`ProgressSnapshot` as JSON, which the operator polls, and `/result`, the whole result once the run has
+ended (kubetune.trainer.handover). Names and types follow the catalogue in
 `kubetune.monitoring.metrics` (the dashboard and alerts are written against it). Labels are
 `finetunejob` and `namespace` only: `job` belongs to Prometheus' scrape job, and a step label would
 create a series per step. Units are base units (seconds, bytes, ratios 0-1); counters end in `_total`.
@@ -17,6 +18,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from kubetune.trainer.handover import ResultHandover
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,12 @@ class TrainerMetrics:
         self.tokens = Counter(
             "kubetune_tokens", "Non-padding training tokens processed by the gang.", LABELS, registry=self.registry
         ).labels(**labels)
+        self.skipped_steps = Counter(
+            "kubetune_skipped_steps",
+            "Optimizer steps skipped by the fp16 loss scaler (gradient overflow; the scale is lowered).",
+            LABELS,
+            registry=self.registry,
+        ).labels(**labels)
         self.step_seconds = Histogram(
             "kubetune_step_duration_seconds",
             "Wall time of one optimizer step, in seconds.",
@@ -78,9 +87,10 @@ class TrainerMetrics:
         return self._gpu[name]
 
     def record_step(
-        self, loss: float, lr: float, grad_norm: float | None, epoch: float, tokens: int, seconds: float
+        self, loss: float | None, lr: float, grad_norm: float | None, epoch: float, tokens: int, seconds: float
     ) -> None:
-        self.train_loss.set(loss)
+        if loss is not None:
+            self.train_loss.set(loss)
         self.learning_rate.set(lr)
         if grad_norm is not None:
             self.grad_norm.set(grad_norm)
@@ -88,6 +98,13 @@ class TrainerMetrics:
         self.steps.inc()
         self.tokens.inc(tokens)
         self.step_seconds.observe(seconds)
+
+    def record_skipped_step(self) -> None:
+        self.skipped_steps.inc()
+
+    def record_non_finite_loss(self, loss: float) -> None:
+        """Set before the run stops with NonFiniteLoss, so that the alert on the gauge sees it."""
+        self.train_loss.set(loss)
 
     def record_progress(self, ratio: float, remaining_seconds: float | None) -> None:
         self.progress.set(ratio)
@@ -125,29 +142,55 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood the training log."""
 
 
-def wsgi_app(registry: CollectorRegistry, progress_json: Callable[[], bytes]) -> Callable[..., Iterable[bytes]]:
-    """`/progress` -> the snapshot JSON; anything else -> prometheus-client's exposition app."""
+def _json(start_response: Callable[..., Any], body: bytes) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _result(environ: dict[str, Any], start_response: Callable[..., Any], handover: ResultHandover) -> Iterable[bytes]:
+    """GET: the whole result once the run has ended (404 before); DELETE: the supervisor has it."""
+    method, body = environ.get("REQUEST_METHOD"), handover.body()
+    if method == "DELETE" and handover.confirm():
+        start_response("204 No Content", [])
+        return []
+    if method == "GET" and body is not None:
+        return _json(start_response, body)
+    start_response("404 Not Found", [("Content-Length", "0")])
+    return []
+
+
+def wsgi_app(
+    registry: CollectorRegistry, progress_json: Callable[[], bytes], handover: ResultHandover | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """`/progress` -> the snapshot JSON; `/result` -> the whole result (kubetune.trainer.handover);
+    anything else -> prometheus-client's exposition app."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/progress":
-            body = progress_json()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
+            return _json(start_response, progress_json())
+        if environ.get("PATH_INFO") == "/result" and handover is not None:
+            return _result(environ, start_response, handover)
         result: Iterable[bytes] = metrics_app(environ, start_response)
         return result
 
     return app
 
 
-def serve(port: int, registry: CollectorRegistry, progress_json: Callable[[], bytes]) -> Any:
+def serve(
+    port: int, registry: CollectorRegistry, progress_json: Callable[[], bytes], handover: ResultHandover | None = None
+) -> Any:
     """Serve metrics and progress on all interfaces at `port` from a daemon thread; the server, or None
     when the port cannot be bound (training goes on: metrics are not worth a failed run)."""
     from prometheus_client.exposition import ThreadingWSGIServer
 
     try:
         server = make_server(
-            "", port, wsgi_app(registry, progress_json), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+            "",
+            port,
+            wsgi_app(registry, progress_json, handover),
+            server_class=ThreadingWSGIServer,
+            handler_class=_QuietHandler,
         )
     except OSError as error:
         log.warning("metrics port %s unavailable (%s); not serving metrics", port, error)

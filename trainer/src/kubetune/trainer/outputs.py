@@ -4,8 +4,9 @@
   runner reads it; in a cluster the operator polls the same JSON at `GET /progress`);
 - `metrics.jsonl`: one JSON line per logged step (`"kind": "train"`) and per evaluation
   (`"kind": "eval"`), for plots and post-mortems;
-- `result.json`: the `TrainerResult`, and its one-line form in Kubernetes' termination-message file
-  when that file's folder exists.
+- `result.json`: the `TrainerResult` (and a lasting copy beside the exported model), and its one-line
+  form in Kubernetes' termination-message file when that file's folder exists (shortened to fit, see
+  kubetune.trainer.handover for how the whole result reaches the operator).
 
 Other ranks get a `Recorder` that does nothing, so the training loop needs no rank checks.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from kubetune.api.invocation import attempt_from_environment
 from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
+from kubetune.trainer.handover import ResultHandover, claim_uri, result_copy
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -55,9 +57,12 @@ class Recorder:
         metrics: Metrics | None = None,
         phase: str | None = None,
         fit: list[FitReport] | None = None,
+        result_ready: bool | None = None,
     ) -> None:
         """Update the snapshot (only the given parts) and rewrite progress.json."""
         update: dict[str, Any] = {"updated_at": time.time()}
+        if result_ready is not None:
+            update["result_ready"] = result_ready
         if fit is not None:
             update["fit"] = fit
         if progress is not None:
@@ -87,14 +92,32 @@ class Recorder:
             with (self.workdir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
-    def finish(self, result: TrainerResult, termination_path: str | None, pod_leader: bool = False) -> None:
-        """Write result.json (rank 0) and the termination message (rank 0 and the first process of every
-        pod: a supervisor that sees worker N fail first must learn why from worker N's own message)."""
+    def finish(
+        self,
+        result: TrainerResult,
+        termination_path: str | None,
+        pod_leader: bool = False,
+        handover: ResultHandover | None = None,
+    ) -> None:
+        """Write result.json (rank 0: in the workdir and, to outlive the pod, beside the exported model)
+        and the termination message (rank 0 and the first process of every pod: a supervisor that sees
+        worker N fail first must learn why from worker N's own message); it carries the whole result when
+        it fits, else a shortened one naming the lasting copy. With `handover` (rank 0 in a cluster), the
+        whole result is offered at GET /result and the snapshot says `resultReady`."""
+        copy = result_copy(result, self.workdir)
         if self.enabled:
-            write_atomically(self.workdir / "result.json", result.model_dump_json(by_alias=True, indent=2) + "\n")
+            text = result.model_dump_json(by_alias=True, indent=2) + "\n"
+            write_atomically(self.workdir / "result.json", text)
+            if copy != self.workdir / "result.json":
+                with contextlib.suppress(OSError):  # the export folder is gone or read-only: the workdir's stays
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomically(copy, text)
+            if handover is not None:
+                handover.offer(result)
+                self.publish(phase="Finished", result_ready=True)
         if not (self.enabled or pod_leader):
             return
         if termination_path and Path(termination_path).parent.is_dir():
             # OSError: e.g. /dev/termination-log outside a pod, where /dev is not writable.
             with contextlib.suppress(OSError):
-                Path(termination_path).write_text(result.termination_message(), encoding="utf-8")
+                Path(termination_path).write_text(result.termination_message(claim_uri(copy)), encoding="utf-8")

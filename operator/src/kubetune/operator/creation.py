@@ -1,0 +1,53 @@
+"""Creating a gang: all of it or none of it, every refusal classified, stale namesakes cleared first.
+
+The reconciler asks for workers to be created; this module does it the way a real cluster needs:
+
+1. the whole gang is checked against the namespace's ResourceQuotas first (quota.py), so a gang that
+   cannot fit is not created in part;
+2. the job's Service and ConfigMap, then its pods, are created as children of this very job (its uid):
+   an object of the same name left by a deleted job of the same name is deleted and the create retried
+   on a later reconcile (kube.StaleObjectError), never adopted;
+3. a create the server refuses is classified (refusals.py) and returned, for the policies to decide
+   (`kubetune.policies.reconcile.refused`); the job's status says "created" only once every worker
+   exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.job import FineTuneJob
+from kubetune.api.status import Reason
+from kubetune.operator import builders, quota, refusals
+from kubetune.operator.kube import ApiError, Kube
+from kubetune.policies.reconcile import CreateRefusal
+
+
+class GangCreator:
+    """Creates the workers of one attempt, with the job's shared children."""
+
+    def __init__(self, kube: Kube, build: builders.BuildSettings) -> None:
+        self.kube = kube
+        self.build = build
+
+    async def create(
+        self, job: FineTuneJob, body: dict[str, Any], attempt: int, indexes: tuple[int, ...]
+    ) -> CreateRefusal | None:
+        """Create workers `indexes` of `attempt`; the refusal that stopped it, or None when all exist.
+        Raises kube.StaleObjectError while a deleted namesake's objects are in the way."""
+        pods = [builders.build_worker_pod(job, attempt, index, self.build) for index in indexes]
+        shortfall = quota.gang_shortfall(await self.kube.list_quotas(job.namespace), pods)
+        if shortfall is not None:
+            return CreateRefusal(True, Reason.QUOTA_EXCEEDED, shortfall)
+        uid = job.metadata.uid or ""
+        try:
+            await self.kube.create_service(builders.build_service(job), uid)
+            await self.kube.create_configmap(builders.build_configmap(job, body.get("spec") or {}), uid)
+            for pod in pods:
+                await self.kube.create_pod(pod, uid)
+        except ApiError as error:
+            refusal = refusals.classify(error.status, error.details, str(error))
+            if refusal is None:
+                raise
+            return refusal
+        return None

@@ -1,0 +1,85 @@
+"""The whole result travels from the trainer's endpoint to the operator intact, however large.
+
+The trainer's own server and Recorder (kubetune.trainer) on one side, the operator's HTTP client
+(kubetune.operator.progress) and gatherer (kubetune.operator.rank_zero) on the other, with the largest
+result the API allows (tests/support/results.py): about 21 kB, five times the termination message's cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, TrainerResult
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.operator.progress import HttpProgressSource
+from kubetune.operator.rank_zero import RankZeroWatch
+from kubetune.policies.observed import WorkerObservation
+from kubetune.trainer.handover import ResultHandover
+from kubetune.trainer.metrics import serve
+from kubetune.trainer.outputs import Recorder
+from kubetune.trainer.state import StopRequest
+from tests.support.ports import free_port
+from tests.support.results import largest_result
+
+pytestmark = pytest.mark.timeout(30)
+
+POD: dict[str, Any] = {"metadata": {"uid": "u1", "name": "demo-a1-w0"}, "status": {"podIP": "127.0.0.1"}}
+
+
+async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_released(tmp_path: Path) -> None:
+    whole = largest_result().model_copy(update={"output_path": str(tmp_path / "output")})
+    assert len(whole.wire().encode()) > 4 * TERMINATION_MESSAGE_LIMIT
+    port, handover, recorder = free_port(), ResultHandover(), Recorder(tmp_path / "work", enabled=True)
+    server = serve(port, CollectorRegistry(), recorder.progress_json, handover)
+    try:
+        termination = tmp_path / "termination-log"
+        recorder.finish(whole, str(termination), handover=handover)
+        stop, taken = StopRequest(), threading.Event()
+        waiter = threading.Thread(target=lambda: handover.wait(20, stop) and taken.set())
+        waiter.start()
+
+        watch = RankZeroWatch(HttpProgressSource(port, timeout=5.0))
+        status = FineTuneJobStatus(phase="Running", attempt=1)
+        view = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
+        assert view.snapshot is not None and view.snapshot.result_ready and view.reach is not None
+        assert view.reach.reachable and view.result == whole  # every field, every character
+        assert view.workers([WorkerObservation(0, 1, "running")], 1)[0].result == whole
+
+        await watch.confirm(view, status)  # still Running: not used yet, rank 0 keeps waiting
+        await asyncio.sleep(0.2)
+        assert not taken.is_set()
+        succeeded = status.model_copy(update={"phase": "Succeeded"})
+        await watch.confirm(view, succeeded)
+        await asyncio.to_thread(waiter.join, 5)
+        assert taken.is_set()
+        # while its pods end, the finished job's gang is still seen as ended with that result (not removed)
+        ending = await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])
+        assert ending.result == whole and ending.reach is None
+        assert [w.state for w in ending.workers([WorkerObservation(1, 1, "running")], 1)] == ["succeeded"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    # what lasts: the whole result.json beside the export; the termination message fits and points to it
+    assert TrainerResult.model_validate_json((tmp_path / "output" / "result.json").read_text()) == whole
+    short = TrainerResult.model_validate_json(termination.read_text())
+    assert len(termination.read_bytes()) <= TERMINATION_MESSAGE_LIMIT
+    assert short.result_file == str(tmp_path / "output" / "result.json")
+    assert json.loads((tmp_path / "work" / "progress.json").read_text())["resultReady"] is True
+
+
+async def test_an_unreachable_rank_0_is_reported_with_how_long(tmp_path: Path) -> None:
+    clock = iter([100.0, 130.0, 131.0])
+    watch = RankZeroWatch(HttpProgressSource(free_port(), timeout=1.0), clock=lambda: next(clock))
+    status = FineTuneJobStatus(phase="Running", attempt=1)
+    first = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
+    later = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
+    assert first.reach is not None and not first.reach.reachable and first.reach.failing_for == 0
+    assert later.reach is not None and later.reach.failing_for == 30 and later.reach.error
+    assert "127.0.0.1" in later.reach.address and later.result is None
