@@ -27,7 +27,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e import podexec
-from tests.e2e.pod_status import PodRuntime, forward_connection, now, pod_status, shell_exit_code
+from tests.e2e.pod_status import PodRuntime, forward_connection, now, pod_status, shell_exit_code, signal_container
 from tests.support.apiserver import KUBELET_FINALIZER
 
 logger = logging.getLogger(__name__)
@@ -140,9 +139,8 @@ class ProcessKubelet:
 
     @staticmethod
     def _kill_group(runtime: PodRuntime, sig: int) -> None:
-        if runtime.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(runtime.process.pid, sig)
+        if runtime.process is not None:  # every process of the container, ranks in sessions of their own too
+            signal_container(runtime.process.pid, sig)
 
     # -- what differs on a real control plane (overridden by tests/e2e/node.ScheduledKubelet) ------------
 

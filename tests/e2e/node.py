@@ -17,6 +17,7 @@ import logging
 import signal
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,10 +182,19 @@ class ScheduledKubelet(ProcessKubelet):
             self._kill_group(runtime, signal.SIGKILL)
         return sorted(runtime.name for runtime in lost)
 
-    def revive_node(self, node_name: str) -> None:
-        """The node comes back, empty (a replaced machine): it reports Ready again and runs new pods."""
+    def revive_node(self, node_name: str, timeout: float = 60) -> None:
+        """The node comes back, empty (a replaced machine): it reports Ready again and runs new pods. Returns
+        once the node-lifecycle controller has lifted its NotReady/unreachable taints (until then the
+        scheduler avoids it and the taint manager evicts what lands on it)."""
         self.dead_nodes.discard(node_name)
         self.nodes[node_name] = NodeAgent(self.api, node_name).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            taints = ((self.api.get(NODES, None, node_name) or {}).get("spec") or {}).get("taints") or []
+            if not any(t.get("key", "").startswith("node.kubernetes.io/") for t in taints):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"node {node_name} still tainted {timeout:.0f}s after it came back: {taints}")
 
     @staticmethod
     def _node_of(pod: Mapping[str, Any]) -> str | None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from tests.e2e.netfilter import INGRESS, drop
 
@@ -89,6 +92,22 @@ def pod_status(
         ],
     }
     return status
+
+
+def signal_container(pid: int, sig: int) -> None:
+    """Signal every process of a container whose main process is `pid`: its process group and every
+    descendant, also those in a session of their own (torch's elastic agent starts each rank in a new
+    session), as a container runtime signals everything in the container's cgroup. Descendants are listed
+    before anything is signalled: once the main process dies they are re-parented and lost from view."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    for process in descendants:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            process.send_signal(sig)
 
 
 async def forward_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:

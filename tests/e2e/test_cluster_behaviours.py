@@ -7,6 +7,7 @@ retry loop."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_13_a_gang_the_scheduler_cannot_place_says_why(
     job = submit(cluster, kubelet, "s13-unschedulable", huge)
     status = wait_for(job, lambda s: "Insufficient cpu" in s.get("message", ""), "the scheduler's reason")
     assert status["phase"] == "Pending" and "cannot be scheduled: 0/2 nodes are available" in status["message"]
-    assert ("Warning", "Unschedulable") in reasons(job)
+    eventually(lambda: ("Warning", "Unschedulable") in reasons(job), 30, message="the Unschedulable event")
     cluster.delete(JOBS, job.namespace, job.name)
     job.wait_gone()
 
@@ -106,18 +107,26 @@ def lost_node(kubelet: ScheduledKubelet) -> Iterator[list[str]]:
 def test_14_a_lost_node_restarts_the_gang_from_its_checkpoint_without_counting(
     cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, lost_node: list[str]
 ) -> None:
-    spec = a_scenario("tiny", inputs).retry({"maxRestarts": 0, "backoffSeconds": 0, "nodeLostGraceSeconds": 10})
+    # long enough (about 10 s of training) that the node is lost mid-run, after the first checkpoint
+    spec = (
+        a_scenario("tiny", inputs)
+        .hyperparameters({"maxSteps": 400, "epochs": 40})
+        .retry({"maxRestarts": 0, "backoffSeconds": 0, "nodeLostGraceSeconds": 10})
+    )
     job = submit(cluster, kubelet, "s14-node-loss", spec)
     pods = job.wait_running(attempt=1)
     job.wait_checkpoint(step=8)
     node = next(p["spec"]["nodeName"] for p in pods if p["metadata"]["name"].endswith("-w1"))
     lost_node.append(node)
-    kubelet.lose_node(node)
+    assert "tiny-a1-w1" in kubelet.lose_node(node), "the lost node ran worker 1"
     status = wait_for(job, lambda s: condition(s, "Restarting").get("reason") == "NodeLost", "NodeLost", 120)
     assert node in condition(status, "Restarting")["message"], status
     status = job.wait_phase("Succeeded", "Failed", timeout=180)
     assert status["phase"] == "Succeeded", status
     assert status["attempt"] == 2 and status["restarts"] == 0, "a lost node is not the job's failure"
+    assert status["progress"]["step"] == 400, status
+    resumed = re.search(r"resumed from checkpoint \S+ \(step (\d+) of", kubelet.log(job.namespace, "tiny-a2-w0"))
+    assert resumed is not None and int(resumed.group(1)) >= 8, "attempt 2 resumed from the checkpoint"
     assert all(p["spec"]["nodeName"] != node for p in job.pods(attempt=2)), "attempt 2 avoided the lost node"
     assert ("Normal", "NodeLost") in reasons(job) or ("Warning", "NodeLost") in reasons(job)
 

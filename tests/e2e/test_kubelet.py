@@ -175,19 +175,23 @@ import signal, sys, time
 def stop(*_):
     open(sys.argv[1], "w").write("checkpointed"); sys.exit(8)
 signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
 time.sleep(60)
 """
     cluster.create(PODS, NS, pod("graceful", script, container={"args": ["/dev/termination-log"]}))
-    eventually(lambda: (NS, "graceful") in kubelet.running(), 20, message="the pod to run")
+    # deleted only once its handler is in place (a SIGTERM before that would end it with 143)
+    eventually(lambda: "ready" in kubelet.log(NS, "graceful"), 20, message="the pod to run its handler")
     cluster.delete(PODS, NS, "graceful")
     eventually(lambda: gone(cluster, "graceful"), 20, message="the pod to be removed")
-    assert (NS, "graceful", "exited 8") in kubelet.history
+    assert (NS, "graceful", "exited 8") in kubelet.history, [h for h in kubelet.history if h[0] == NS]
 
 
 def test_grace_period_ends_with_sigkill(cluster: RealCluster, kubelet: ScheduledKubelet) -> None:
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
     cluster.create(PODS, NS, pod("stubborn", script, terminationGracePeriodSeconds=1))
-    eventually(lambda: (NS, "stubborn") in kubelet.running(), 20, message="the pod to run")
+    eventually(lambda: "ready" in kubelet.log(NS, "stubborn"), 20, message="the pod to ignore SIGTERM")
     cluster.delete(PODS, NS, "stubborn")
     eventually(lambda: gone(cluster, "stubborn"), 20, message="the pod to be removed")
     assert (NS, "stubborn", f"exited {128 + signal.SIGKILL}") in kubelet.history

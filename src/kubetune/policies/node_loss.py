@@ -92,7 +92,10 @@ def awaits_attribution(
     if cause.reason not in CONSEQUENTIAL_REASONS:
         return False
     current = of_attempt(workers, attempt)
-    failed_at = [w.finished_at for w in current if w.state == "failed" and w.finished_at is not None]
-    recent = bool(failed_at) and (now - min(failed_at)).total_seconds() < PEER_ATTRIBUTION_SECONDS
+    failed = [w for w in current if w.state == "failed"]
+    # A failure with no end time yet is one being handed over by a process still alive (handover.py): recent.
+    recent = any(
+        w.finished_at is None or (now - w.finished_at).total_seconds() < PEER_ATTRIBUTION_SECONDS for w in failed
+    )
     unexplained = any(w.state == "running" and w.node_lost_since is None and not w.deleting for w in current)
     return recent and unexplained

@@ -98,11 +98,13 @@ def test_node_loss(
         (5, w(1, node="node-a", node_lost_since=T0 - timedelta(seconds=1)), "Restarting"),  # explained: NodeLost
         (90, w(1), "Restarting"),  # nobody explained it within the window: counted as the peer loss it is
         (5, w(1, "failed", exit_code=1), "Restarting"),  # the peer failed itself: no wait
+        (None, w(1), "Running"),  # being handed over by rank 0 (no end time yet): recent
     ],
 )
-def test_a_peer_lost_failure_waits_for_its_cause(failed_seconds_ago: int, peer: object, phase: str) -> None:
+def test_a_peer_lost_failure_waits_for_its_cause(failed_seconds_ago: int | None, peer: object, phase: str) -> None:
     job, _ = step(launched(make_job()), [w(0), w(1)], T0 - timedelta(seconds=300))
-    lost_peer = w(0, "failed", exit_code=7, finished_at=T0 - timedelta(seconds=failed_seconds_ago))
+    ended = None if failed_seconds_ago is None else T0 - timedelta(seconds=failed_seconds_ago)
+    lost_peer = w(0, "failed", exit_code=7, finished_at=ended)
     decision = decide(job, [lost_peer, peer], T0)  # type: ignore[list-item]
     assert decision.status.phase == phase
     if phase == "Restarting" and getattr(peer, "node_lost_since", None) is not None:
