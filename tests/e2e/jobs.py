@@ -62,7 +62,7 @@ class Job:
         return self.kubelet.claim_dir(self.namespace, CLAIM) / self.name
 
     def condition(self, type_: str) -> dict[str, Any] | None:
-        return next((c for c in self.status().get("conditions") or [] if c["type"] == type_), None)
+        return condition_in(self.status(), type_) or None
 
     def wait_phase(self, *phases: str, timeout: float = 120) -> dict[str, Any]:
         """Wait until the job's phase is one of `phases`; returns the status. On timeout the failure
@@ -117,6 +117,11 @@ class Job:
         return name
 
 
+def condition_in(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The condition of type `type_` in an object's status (a FineTuneJob's, a Workload's); {} when absent."""
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
 def dump_folder(path: Path, limit: int = 4000) -> str:
     """The tail of every log file below `path`, for failure messages."""
     parts = []
@@ -155,4 +160,4 @@ def submit(cluster: RealCluster, kubelet: ScheduledKubelet, namespace: str, job:
     return Job(cluster, kubelet, namespace, job.name)
 
 
-__all__ = ["CLAIM", "JOBS", "PODS", "Inputs", "Job", "a_scenario", "make_inputs", "submit"]
+__all__ = ["CLAIM", "JOBS", "PODS", "Inputs", "Job", "a_scenario", "condition_in", "make_inputs", "submit"]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.jobs import JOBS, PODS, Inputs, Job, a_scenario, make_inputs, submit
+from tests.e2e.jobs import condition_in as condition
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import RealCluster
 from tests.support.kubeapi import api_path
@@ -39,10 +40,6 @@ def wait_for(job: Job, predicate: Any, what: str, timeout: float = 60) -> dict[s
         return eventually(lambda: (s := job.status()) and predicate(s) and s, timeout, message=what)  # type: ignore[no-any-return]
     except AssertionError as error:
         raise AssertionError(f"{error}\nstatus: {job.status()}\nevents: {reasons(job)}\n{job.logs()}") from None
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 @pytest.mark.timeout(240)

@@ -18,7 +18,7 @@ import yaml
 
 from kubetune.api.job import FineTuneJob
 from kubetune.operator.workloads import workload_name
-from tests.e2e.jobs import JOBS, MAX_STEPS, Inputs, Job, a_scenario, make_inputs, submit
+from tests.e2e.jobs import JOBS, MAX_STEPS, Inputs, Job, a_scenario, condition_in, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import RealCluster, operator_settings
 from tests.e2e.test_scenarios import resumed_step
@@ -75,7 +75,7 @@ def workload(job: Job) -> dict[str, Any]:
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+    return condition_in(obj.get("status") or {}, type_)
 
 
 def wait_queued(job: Job, timeout: float = 60) -> dict[str, Any]:
