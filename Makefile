@@ -128,7 +128,7 @@ $(HELM_DOCS): .cache/bin/.helm-docs-$(HELM_DOCS_VERSION)
 	rm -f .cache/bin/.helm-docs-*
 	touch $@
 
-bench: venv
+bench: venv controlplane
 	$(BIN)/python -m bench
 
 clean:

@@ -1,7 +1,9 @@
 """`python -m bench` (`make bench`): run the CPU benchmarks, write docs/benchmarks.md and the README table.
 
 Parts: `trainer` (kubetune vs transformers' Trainer), `operator` (scale against the emulated API
-server), `overheads` (metrics, progress, checkpoints; needs `trainer`). `--quick` runs every code path
+server), `operator_real` (scale against the real control plane, `make controlplane`; alone, it rewrites
+only its own section, README table and docs/benchmarks-operator-real.json), `overheads` (metrics,
+progress, checkpoints; needs `trainer`). `--quick` runs every code path
 with tiny sizes in about a minute and writes nothing outside `--out` unless asked (the smoke test uses
 it). The GPU part is `bench/gpu.sh`; its results, when there are any, are read from
 docs/benchmarks-gpu.json.
@@ -20,7 +22,8 @@ from typing import Any
 from bench import machine, report, trainers, workload
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("trainer", "operator", "overheads")
+PARTS = ("trainer", "operator", "operator_real", "overheads")
+OPERATOR_REAL_JSON = ROOT / "docs" / "benchmarks-operator-real.json"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +43,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--readme",
         type=Path,
         help="README whose Performance table to update (default: none with --quick, ./README.md otherwise)",
+    )
+    parser.add_argument(
+        "--operator-tree",
+        type=Path,
+        help="operator_real: also measure the operator of this other checkout (a baseline, e.g. a `git worktree`)",
     )
     parser.add_argument("--work", type=Path, help="folder for models, data and run logs (default: a temp folder)")
     return parser.parse_args(argv)
@@ -75,6 +83,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         scales = (10, 20) if args.quick else (100, 500, 1000)
         steady, restarts, life = (3.0, 5, 3) if args.quick else (20.0, 100, 20)
         results["operator"] = operator_scale.run(scales, steady, restarts, life, progress=_say)
+    if "operator_real" in parts:
+        results["operator_real"] = operator_real(args, work / "operator-real")
     if "overheads" in parts:
         from bench import overheads
 
@@ -84,6 +94,45 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results["machine"]["load_at_end"] = machine.load()
     results["seconds"] = time.monotonic() - began
     return results
+
+
+def operator_real(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The real control plane's figures (bench.operator_real), with a baseline when --operator-tree is given;
+    written to docs/benchmarks-operator-real.json (not with --quick)."""
+    import asyncio
+
+    from bench import operator_real as real
+
+    milestones, steady, restarts, burst = ((20, 40), 5.0, 5, 10) if args.quick else ((100, 500, 1000), 30.0, 100, 100)
+    results: dict[str, Any] = {"machine_line": report.machine_line(machine.describe())}
+    _say("operator on the real control plane:")
+    results["run"] = asyncio.run(real.measure(milestones, 20.0, steady, restarts, burst, work / "now", progress=_say))
+    if args.operator_tree is not None:
+        _say(f"  the baseline operator from {args.operator_tree}:")
+        baseline = asyncio.run(
+            real.measure(milestones, 20.0, steady, restarts, 0, work / "before", args.operator_tree, _say)
+        )
+        results["baseline"] = baseline | {"tree_label": args.operator_tree.name}
+    if not args.quick:
+        OPERATOR_REAL_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main_operator_real(args: argparse.Namespace) -> int:
+    """`--parts operator_real` alone: its section of --out, its README table and its JSON, nothing else."""
+    from bench import report_operator
+
+    with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
+        results = operator_real(args, args.work or Path(tmp))
+    if not report.replace_block(args.out, report_operator.SECTION_START, report_operator.SECTION_END,
+                                report_operator.section(results)):  # fmt: skip
+        _say(f"{args.out}: no {report_operator.SECTION_START!r} marker; the section was not written")
+    readme = args.readme or (None if args.quick else ROOT / "README.md")
+    if readme is not None and not report.replace_block(
+        readme, report_operator.README_START, report_operator.README_END, report_operator.readme_table(results)
+    ):
+        _say(f"{readme}: no {report_operator.README_START!r} marker; table not written")
+    return 0
 
 
 def main_smol(args: argparse.Namespace) -> int:
@@ -118,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     if args.profile == "smol" and not args.quick:
         return main_smol(args)
+    if {p.strip() for p in args.parts.split(",")} == {"operator_real"}:
+        return main_operator_real(args)
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         work = args.work or Path(tmp)
         results = run(args, work)
     gpu = report.load_gpu(ROOT / "docs" / "benchmarks-gpu.json")
     smol = report.load_results(ROOT / "docs" / "benchmarks-smol.json")
+    if "operator_real" not in results and (earlier := report.load_results(OPERATOR_REAL_JSON)) is not None:
+        results["operator_real"] = earlier
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report.render(results, gpu, smol))
     if args.results:

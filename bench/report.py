@@ -327,6 +327,10 @@ def render(results: dict[str, Any], gpu: dict[str, Any] | None, smol: dict[str, 
     lines += _gpu_section(gpu)
     if "operator" in results:
         lines += _operator_section(results["operator"])
+    if "operator_real" in results:
+        from bench import report_operator
+
+        lines += [report_operator.section(results["operator_real"]), ""]
     if "overheads" in results:
         step = results["trainer"]["summary"]["uniform"]["kubetune"]["step_seconds"]
         lines += _overheads_section(results["overheads"], step)

@@ -110,6 +110,22 @@ def _status(args: argparse.Namespace) -> int:
     return code
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number above zero (argparse names the flag in its message)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above zero")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result: int = getattr(importlib.import_module(module), function)(args)
@@ -187,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds rank 0's progress must be unreachable before a job says ProgressUnavailable",
+    )
+    operator.add_argument(
+        "--api-writes-per-second",
+        type=_positive(float),
+        default=200.0,
+        help="sustained API writes (creates, patches, deletes) per second; a job's launch is about 5 (default 200)",
+    )
+    operator.add_argument(
+        "--api-write-burst",
+        type=_positive(int),
+        default=400,
+        help="API writes allowed at once after a quiet period (default 400)",
+    )
+    operator.add_argument(
+        "--reconcile-workers",
+        type=_positive(int),
+        default=16,
+        help="jobs reconciled at once; each job by one worker at a time (default 16)",
     )
     operator.add_argument(
         "--kueue",

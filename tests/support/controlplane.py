@@ -122,6 +122,10 @@ class ControlPlane:
     folder: Path
     components: list[Component] = field(default_factory=list)
     port: int = 0
+    users: dict[str, str] = field(default_factory=dict)
+    """More static token users: {token: user name} (no group: RBAC decides what they may do)."""
+    scheduler: bool = True
+    """Run kube-scheduler (the operator benchmark leaves pods unscheduled and plays the kubelet itself)."""
 
     @property
     def url(self) -> str:
@@ -143,7 +147,10 @@ class ControlPlane:
             raise RuntimeError(f"{BINARY} is missing: run `make controlplane` (builds it from tests/controlplane)")
         pki = self.folder / "pki"
         make_certificates(pki)
-        (self.folder / "tokens.csv").write_text(f'{ADMIN_TOKEN},kubetune-admin,kubetune-admin,"system:masters"\n')
+        users = "".join(f"{token},{user},{user}\n" for token, user in self.users.items())
+        (self.folder / "tokens.csv").write_text(
+            f'{ADMIN_TOKEN},kubetune-admin,kubetune-admin,"system:masters"\n{users}'
+        )
         self.port = free_port()
         self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_file, ADMIN_TOKEN)))
         etcd_port, peer_port = free_port(), free_port()
@@ -187,7 +194,7 @@ class ControlPlane:
                 self._apply_crds(crds)
             for folder in extra_crds:
                 self._apply_crds(folder, "--server-side")
-            for component in (controller_manager, scheduler):
+            for component in (controller_manager, scheduler) if self.scheduler else (controller_manager,):
                 self.components.append(component)
                 component.start(env)
         except BaseException:

@@ -5,11 +5,17 @@ to processes). Modules, from the outside in:
 
 - main.py        `kubetune operator`: settings from flags, metrics server, kopf.operator(...)
 - settings.py    every timing and port, and the explicit kopf settings (standalone: one replica, Recreate)
-- handlers.py    the kopf handlers: a daemon per job (the level-triggered loop), wake-ups on job and pod
-                 events, login with the client's credentials, the liveness probe
-- reconciler.py  one reconcile: gather (job, launched spec, pods, progress) -> policies.decide -> apply
-                 (status first, then pods); spec changes to frozen fields are refused
-- kube.py        the only module that calls the Kubernetes API (kubernetes client in a thread, retries)
+- handlers.py    the kopf handlers: jobs into the cache, caches started and synced, reconciles queued,
+                 login with the client's credentials, the liveness probe
+- caches.py      every object the reconcile reads, kept by watches (informer.py), in stores (store.py)
+- informer.py    one list+watch per kind, label-selected on the server; resumes, re-lists on 410 Gone
+- store.py       objects by name and by job; newer versions only; the operator's own writes put in at once
+- workqueue.py   reconciles: one per job at a time, bursts merged, bounded concurrency, timers, backoff
+- reconciler.py  one reconcile: gather (job, launched spec, pods, progress) from the caches -> policies.decide
+                 -> apply (status first, then pods); spec changes to frozen fields are refused
+- creation.py    a gang: quota pre-check, Service and ConfigMap then pods, refusals classified (refusals.py)
+- kube.py        the only module that writes to the Kubernetes API (kubernetes client in a thread, retries,
+                 writes rate-limited by ratelimit.py)
 - observe.py     pod -> WorkerObservation (exit codes, OOMKilled, DisruptionTarget, Unschedulable, ...)
 - builders.py    pure builders: worker pods (restricted PSS), headless Service, ConfigMap; path mapping
 - progress.py    rank 0's GET /progress and /result on worker 0's pod IP, port 9400 (injectable for tests)

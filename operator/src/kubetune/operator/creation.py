@@ -4,7 +4,8 @@ The reconciler asks for workers to be created; this module does it the way a rea
 
 1. the whole gang is checked against the namespace's ResourceQuotas first (quota.py), so a gang that
    cannot fit is not created in part;
-2. the job's Service and ConfigMap, then its pods, are created as children of this very job (its uid):
+2. the job's Service and ConfigMap (unless the cache holds them already), then its pods, are created
+   as children of this very job (its uid), and each answer goes into the cache:
    an object of the same name left by a deleted job of the same name is deleted and the create retried
    on a later reconcile (kube.StaleObjectError), never adopted;
 3. a create the server refuses is classified (refusals.py) and returned, for the policies to decide
@@ -19,15 +20,18 @@ from typing import Any
 from kubetune.api.job import FineTuneJob
 from kubetune.api.status import Reason
 from kubetune.operator import builders, quota, refusals
-from kubetune.operator.kube import ApiError, Kube
+from kubetune.operator.caches import Caches
+from kubetune.operator.kube import ApiError, Kube, owner_uids
+from kubetune.operator.store import Store
 from kubetune.policies.reconcile import CreateRefusal
 
 
 class GangCreator:
     """Creates the workers of one attempt, with the job's shared children."""
 
-    def __init__(self, kube: Kube, build: builders.BuildSettings) -> None:
+    def __init__(self, kube: Kube, caches: Caches, build: builders.BuildSettings) -> None:
         self.kube = kube
+        self.caches = caches
         self.build = build
 
     async def create(
@@ -36,18 +40,27 @@ class GangCreator:
         """Create workers `indexes` of `attempt`; the refusal that stopped it, or None when all exist.
         Raises kube.StaleObjectError while a deleted namesake's objects are in the way."""
         pods = [builders.build_worker_pod(job, attempt, index, self.build) for index in indexes]
-        shortfall = quota.gang_shortfall(await self.kube.list_quotas(job.namespace), pods)
+        shortfall = quota.gang_shortfall(self.caches.quotas.indexed(job.namespace), pods)
         if shortfall is not None:
             return CreateRefusal(True, Reason.QUOTA_EXCEEDED, shortfall)
         uid = job.metadata.uid or ""
         try:
-            await self.kube.create_service(builders.build_service(job), uid)
-            await self.kube.create_configmap(builders.build_configmap(job, body.get("spec") or {}), uid)
+            if not self._exists(self.caches.services, builders.build_service(job), uid):
+                self.caches.record(await self.kube.create_service(builders.build_service(job), uid))
+            configmap = builders.build_configmap(job, body.get("spec") or {})
+            if not self._exists(self.caches.configmaps, configmap, uid):
+                self.caches.record(await self.kube.create_configmap(configmap, uid))
             for pod in pods:
-                await self.kube.create_pod(pod, uid)
+                self.caches.record(await self.kube.create_pod(pod, uid))
         except ApiError as error:
             refusal = refusals.classify(error.status, error.details, str(error))
             if refusal is None:
                 raise
             return refusal
         return None
+
+    @staticmethod
+    def _exists(store: Store, manifest: dict[str, Any], uid: str) -> bool:
+        """Whether the cache holds this child of this job already (a restart re-creates only the pods)."""
+        cached = store.get(manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        return cached is not None and uid in owner_uids(cached)

@@ -1,27 +1,25 @@
-"""The kopf handlers: small functions that only wake, run and report the reconciler.
+"""The kopf handlers: small functions that fill the caches, queue reconciles and report.
 
+- `start_caches` (kopf's startup): starts the informers (kubetune.operator.caches) and, once every one
+  has listed, the reconcile workers (kubetune.operator.workqueue); a cache that cannot fill (no RBAC
+  permission to list a kind) stops the operator with a message naming the kinds.
 - `finetunejob_event`: every event of a job (kopf lists every existing job when it starts, then
-  watches) makes sure that job's loop runs, and wakes it. The loop (`run_job_loop`) is the
-  level-triggered core: reconcile, then sleep until woken by a change or until the next check is due
-  (at most `reconcile_interval`). It ends when the job is gone.
-- `pod_event`: any change of one of a job's pods wakes that job's loop, so reactions are immediate; the
-  loop's own timing only guarantees that nothing is missed.
-- `quota_event`: a ResourceQuota that changes wakes every loop of its namespace (a gang refused for quota
-  is retried when the quota changes).
-- `workload_event` (with `--kueue` only): Kueue admitting, evicting or requeueing a job's Workload wakes
-  that job's loop, so a gang starts or stops as soon as Kueue decides.
-- `stop_job_loops` (kopf's cleanup): cancels every loop when the operator stops.
+  watches) puts the job in the cache and queues its reconcile.
+- the informers queue a job's reconcile on every change of its pods, Service, ConfigMap or Workload,
+  and every job of a namespace whose ResourceQuota changed (a gang refused for quota is retried).
+- each reconcile says when it must run again (`next_reconcile_in`): a running job's progress is read
+  every `reconcile_interval`, deadlines fire on time; nothing re-reads the API server on a timer.
+- `stop_reconciling` (kopf's cleanup): stops the workers and the informers.
 - `operator_login`: kopf authenticates with the same configuration as the `kubernetes` client
   (kube.load_configuration), so both sides use one set of credentials.
-- `operator_probe`: the liveness endpoint reports how many jobs are being reconciled.
+- `operator_probe`: the liveness endpoint reports how many jobs are cached and queued.
 
-Why the loops are our own tasks and not `kopf.daemon`s: kopf puts a finalizer on every object that has a
-daemon (to stop the daemon before the object goes), so a FineTuneJob deleted while the operator is not
-running (uninstalled, crashed, scaled to zero) would hang in Terminating for ever. kubetune needs no
-finalizer: every child carries an owner reference, so Kubernetes' garbage collector removes the gang,
-the Service and the ConfigMap whether or not the operator runs, and a loop whose job is gone simply
-ends. With no handler that requires one, kopf also removes the finalizer that earlier versions left on
-existing jobs.
+Why no `kopf.daemon` per job: kopf puts a finalizer on every object that has a daemon, so a FineTuneJob
+deleted while the operator is not running (uninstalled, crashed, scaled to zero) would hang in
+Terminating for ever. kubetune needs no finalizer: every child carries an owner reference, so
+Kubernetes' garbage collector removes the gang, the Service and the ConfigMap whether or not the
+operator runs. With no handler that requires one, kopf also removes the finalizer that earlier versions
+left on existing jobs.
 
 Handlers are registered on a registry per operator instance (`build_registry`), not kopf's global one,
 so several operators can run in one process (tests) without sharing state.
@@ -30,18 +28,17 @@ so several operators can run in one process (tests) without sharing state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
 
 from kubetune.api.job import GROUP, PLURAL, VERSION
-from kubetune.operator.builders import JOB_LABEL
-from kubetune.operator.reconciler import Reconciler
+from kubetune.operator.reconciler import Outcome, Reconciler
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.workqueue import WorkQueue
 from kubetune.policies.status import Event
 
 logger = logging.getLogger(__name__)
@@ -74,76 +71,13 @@ def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
     )
 
 
-class JobLoops:
-    """The running loop (an asyncio task) and the wake-up event of every job."""
-
-    def __init__(self) -> None:
-        self._wakes: dict[tuple[str, str], asyncio.Event] = {}
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-
-    def event(self, namespace: str, name: str) -> asyncio.Event:
-        return self._wakes.setdefault((namespace, name), asyncio.Event())
-
-    def wake(self, namespace: str | None, name: str | None) -> None:
-        wake = self._wakes.get((namespace or "", name or ""))
-        if wake is not None:
-            wake.set()
-
-    def wake_namespace(self, namespace: str | None) -> None:
-        for (job_namespace, _), wake in self._wakes.items():
-            if job_namespace == (namespace or ""):
-                wake.set()
-
-    def ensure_running(self, namespace: str, name: str, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start the job's loop unless it runs; wake it either way."""
-        key = (namespace, name)
-        task = self._tasks.get(key)
-        if task is None or task.done():
-            self.event(namespace, name)
-            self._tasks[key] = asyncio.get_running_loop().create_task(start(), name=f"reconcile {namespace}/{name}")
-        self.wake(namespace, name)
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._wakes.pop((namespace, name), None)
-        self._tasks.pop((namespace, name), None)
-
-    async def stop_all(self, timeout: float) -> None:
-        """Cancel every loop and wait (at most `timeout` seconds) for them to end."""
-        tasks = [task for task in self._tasks.values() if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-
-async def run_job_loop(
-    reconciler: Reconciler, loops: JobLoops, settings: OperatorSettings, namespace: str, name: str
-) -> None:
-    """Reconcile one job until it is gone (deleted, or its TTL passed) or the loop is cancelled."""
-    wake = loops.event(namespace, name)
-    first_delay, max_delay = settings.error_backoff
-    error_delay = first_delay
-    try:
-        while True:
-            wake.clear()
-            try:
-                outcome = await reconciler.reconcile(namespace, name)
-            except Exception:
-                logger.exception("reconciling %s/%s failed; retrying in %.1fs", namespace, name, error_delay)
-                wait, error_delay = error_delay, min(error_delay * 2, max_delay)
-            else:
-                error_delay = first_delay
-                if not outcome.exists and not wake.is_set():
-                    return  # (woken meanwhile: a job of the same name may have been created; look again)
-                interval = settings.finished_interval if outcome.finished else settings.reconcile_interval
-                wait = min(outcome.check_again_in, interval) if outcome.check_again_in is not None else interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=max(wait, settings.min_interval))
-    finally:
-        loops.forget(namespace, name)
+def next_reconcile_in(outcome: Outcome, settings: OperatorSettings) -> float | None:
+    """Seconds until a job is reconciled again without an event; None once it is gone."""
+    if not outcome.exists:
+        return None
+    interval = settings.finished_interval if outcome.finished else settings.reconcile_interval
+    wait = min(outcome.check_again_in, interval) if outcome.check_again_in is not None else interval
+    return max(wait, settings.min_interval)
 
 
 def build_registry(
@@ -151,42 +85,57 @@ def build_registry(
 ) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers, bound to this reconciler."""
     registry = kopf.OperatorRegistry()
-    loops = JobLoops()
+    caches = reconciler.caches
+
+    async def reconcile(key: Hashable) -> float | None:
+        namespace, name = cast(tuple[str, str], key)
+        return next_reconcile_in(await reconciler.reconcile(namespace, name), settings)
+
+    queue = WorkQueue(reconcile, settings.reconcile_workers, settings.error_backoff)
+    synced = asyncio.Event()
+
+    def job_changed(namespace: str, name: str) -> None:
+        queue.add((namespace, name))
 
     @kopf.on.login(registry=registry)
     def operator_login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(configuration)
 
+    @kopf.on.startup(registry=registry)
+    async def start_caches(**_: Any) -> None:
+        caches.start(reconciler.kube, settings.namespaces, settings.watch_timeouts(), job_changed)
+        late = await caches.wait_synced(settings.cache_sync_timeout)
+        if late:
+            caches.stop()
+            raise kopf.PermanentError(
+                f"could not list {', '.join(late)} within {settings.cache_sync_timeout:.0f} s: check the operator's "
+                "RBAC (the chart's ClusterRole) and its connection to the API server; the log says why"
+            )
+        synced.set()
+
     @kopf.on.probe(id="jobs", registry=registry)
-    def operator_probe(**_: Any) -> int:
-        return len(loops)
+    def operator_probe(**_: Any) -> dict[str, int]:
+        return {"cached": len(caches.jobs), "queued": queue.depth()}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def finetunejob_event(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
-        if name is None or type == "DELETED":
-            loops.wake(namespace, name)  # the running loop sees the job gone and ends
+    async def finetunejob_event(event: Mapping[str, Any], namespace: str | None, name: str | None, **_: Any) -> None:
+        if name is None:
             return
-        job_namespace = namespace or "default"
-        loops.ensure_running(
-            job_namespace, name, lambda: run_job_loop(reconciler, loops, settings, job_namespace, name)
-        )
-
-    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
-    async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        loops.wake(namespace, labels.get(JOB_LABEL))
-
-    @kopf.on.event("", "v1", "resourcequotas", registry=registry)
-    async def quota_event(namespace: str | None, **_: Any) -> None:
-        loops.wake_namespace(namespace)
-
-    if settings.kueue:
-
-        @kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
-        async def workload_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-            loops.wake(namespace, labels.get(JOB_LABEL))
+        body = dict(event.get("object") or {})
+        if event.get("type") == "DELETED":
+            caches.jobs.remove(body)
+        else:
+            caches.jobs.upsert(body)
+        queue.add((namespace or "default", name))
+        if not queue.started:
+            # Started here, not at startup: kopf.event() posts through context variables that kopf sets
+            # only for its handlers, and the workers' tasks inherit this handler's context.
+            await synced.wait()
+            queue.start()
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_job_loops(**_: Any) -> None:
-        await loops.stop_all(timeout=5.0)
+    async def stop_reconciling(**_: Any) -> None:
+        await queue.stop(timeout=5.0)
+        await asyncio.to_thread(caches.stop)
 
     return registry

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator import metrics
-from kubetune.operator.builders import JOB_LABEL
+from kubetune.operator.ratelimit import TokenBucket, WriteLimit
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -111,12 +111,15 @@ def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
 class Kube:
     """Typed-by-purpose calls for FineTuneJobs and their children."""
 
-    def __init__(self, configuration: k8s.Configuration, retry: RetrySettings | None = None) -> None:
+    def __init__(
+        self, configuration: k8s.Configuration, retry: RetrySettings | None = None, writes: WriteLimit | None = None
+    ) -> None:
         self.configuration = configuration
         self.retry = retry or RetrySettings()
         self._client = k8s.ApiClient(configuration)
-        self._core = k8s.CoreV1Api(self._client)
-        self._custom = k8s.CustomObjectsApi(self._client)
+        self.core = self._core = k8s.CoreV1Api(self._client)
+        self.custom = self._custom = k8s.CustomObjectsApi(self._client)
+        self._writes = TokenBucket(writes or WriteLimit())
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -125,6 +128,8 @@ class Kube:
         """Run one blocking call in a thread, retrying transient failures; decode its JSON body."""
         delay = self.retry.first_delay
         for attempt in range(1, self.retry.attempts + 1):
+            if not verb.startswith(("get_", "list_")):
+                await self._writes.acquire()  # writes are rate-limited (ratelimit.WriteLimit); reads are not
             try:
                 response = await asyncio.to_thread(call)
                 body = response.data
@@ -163,14 +168,21 @@ class Kube:
                 return None
             raise
 
-    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        body = {"status": status}
-        await self._call(
+    async def patch_job_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """The job after the patch. With `resource_version`, only if the job is still at that version (else
+        ApiError 409: the caller read a stale copy)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        patched: dict[str, Any] = await self._call(
             "patch_status",
             lambda: self._custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH, **self._options()
             ),
         )
+        return patched
 
     async def delete_job(self, namespace: str, name: str) -> None:
         await self._ignore(
@@ -185,35 +197,26 @@ class Kube:
 
     # --- Children -----------------------------------------------------------------------------------
 
-    async def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        """Pods labelled as the job's (the caller filters again: see observe.owned_by)."""
-        result = await self._call(
-            "list_pods",
-            lambda: self._core.list_namespaced_pod(
-                namespace, label_selector=f"{JOB_LABEL}={job_name}", **self._options()
-            ),
-        )
-        items: list[dict[str, Any]] = result.get("items") or []
-        return items
-
-    async def create_pod(self, pod: dict[str, Any], owner_uid: str) -> None:
-        await self._create_owned(
+    async def create_pod(self, pod: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        return await self._create_owned(
             pod, owner_uid, "pod", self._core.create_namespaced_pod, self._core.read_namespaced_pod
         )
 
-    async def delete_pod(self, namespace: str, name: str) -> None:
-        await self._ignore(
+    async def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as it is being deleted (with its deletionTimestamp); None when it was gone."""
+        deleted: dict[str, Any] | None = await self._ignore(
             404,
             self._call("delete_pod", lambda: self._core.delete_namespaced_pod(name, namespace, **self._options())),
         )
+        return deleted
 
-    async def create_service(self, service: dict[str, Any], owner_uid: str) -> None:
-        await self._create_owned(
+    async def create_service(self, service: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        return await self._create_owned(
             service, owner_uid, "service", self._core.create_namespaced_service, self._core.read_namespaced_service
         )
 
-    async def create_configmap(self, configmap: dict[str, Any], owner_uid: str) -> None:
-        await self._create_owned(
+    async def create_configmap(self, configmap: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        return await self._create_owned(
             configmap,
             owner_uid,
             "configmap",
@@ -223,14 +226,16 @@ class Kube:
 
     async def _create_owned(
         self, manifest: dict[str, Any], owner_uid: str, kind: str, create: Callable[..., Any], read: Callable[..., Any]
-    ) -> None:
-        """Create a child of the job `owner_uid`. "Already exists" is success only when the existing object is
-        this job's; one of another owner (a deleted job of the same name, not yet collected) is deleted,
-        with its uid as precondition, and StaleObjectError raised: the caller looks again later."""
+    ) -> dict[str, Any]:
+        """Create a child of the job `owner_uid`; the object as stored. "Already exists" is success only when the
+        existing object is this job's; one of another owner (a deleted job of the same name, not yet collected)
+        is deleted, with its uid as precondition, and StaleObjectError raised: the caller looks again later."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            await self._call(f"create_{kind}", lambda: create(namespace, cast(Any, manifest), **self._options()))
-            return
+            created: dict[str, Any] = await self._call(
+                f"create_{kind}", lambda: create(namespace, cast(Any, manifest), **self._options())
+            )
+            return created
         except ApiError as error:
             if error.status != 409:
                 raise
@@ -241,7 +246,7 @@ class Kube:
                 raise StaleObjectError(kind, name) from error
             raise
         if owner_uid in owner_uids(existing):
-            return
+            return existing
         stale_uid = existing.get("metadata", {}).get("uid")
         logger.info("%s %s/%s belongs to another owner; deleting it (uid %s)", kind, namespace, name, stale_uid)
         await self._delete_child(kind, namespace, name, stale_uid)
@@ -260,17 +265,6 @@ class Kube:
             if error.status not in (404, 409):  # gone, or already replaced (uid precondition failed)
                 raise
 
-    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = await self._call(
-                "get_configmap", lambda: self._core.read_namespaced_config_map(name, namespace, **self._options())
-            )
-            return result
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-
     async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A PersistentVolumeClaim (read-only: the operator never creates or changes claims); None when it
         does not exist."""
@@ -285,22 +279,15 @@ class Kube:
                 return None
             raise
 
-    async def delete_pod_now(self, namespace: str, name: str) -> None:
+    async def delete_pod_now(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Force deletion (grace 0): for a pod whose node is lost and will never confirm its end."""
-        await self._ignore(
+        return await self._ignore(
             404,
             self._call(
                 "delete_pod",
                 lambda: self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, **self._options()),
             ),
         )
-
-    async def list_quotas(self, namespace: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            "list_quotas", lambda: self._core.list_namespaced_resource_quota(namespace, **self._options())
-        )
-        items: list[dict[str, Any]] = result.get("items") or []
-        return items
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         try:
@@ -346,23 +333,16 @@ class Kube:
                 raise
             return existing
 
-    async def patch_workload_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    async def patch_workload_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A merge patch of the Workload's status (carrying its resourceVersion: a stale read is refused, 409)."""
-        await self._call(
+        patched: dict[str, Any] = await self._call(
             "patch_workload_status",
             lambda: self._custom.patch_namespaced_custom_object_status(
                 KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, patch,
                 _content_type=MERGE_PATCH, **self._options(),
             ),
         )  # fmt: skip
-
-    async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(
-            "get_resource_flavor",
-            lambda: self._custom.get_cluster_custom_object(
-                KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", name, **self._options()
-            ),
-        )
+        return patched
 
     async def get_priority(self, priority_class: str) -> int | None:
         """The value of a PriorityClass; None when it does not exist."""
@@ -374,15 +354,16 @@ class Kube:
         )
         return int(found["value"]) if found is not None and "value" in found else None
 
-    async def unsuspend_job(self, namespace: str, name: str) -> None:
+    async def unsuspend_job(self, namespace: str, name: str) -> dict[str, Any]:
         """spec.suspend: false on a queued job that Kueue admitted (Kueue's convention for its integrations)."""
         body = {"spec": {"suspend": False}}
-        await self._call(
+        patched: dict[str, Any] = await self._call(
             "unsuspend_job",
             lambda: self._custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH, **self._options()
             ),
         )
+        return patched
 
     @staticmethod
     async def _ignore(status: int, call: Awaitable[T]) -> T | None:

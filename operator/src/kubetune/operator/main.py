@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
+from kubetune.operator.caches import Caches
 from kubetune.operator.kube import Kube, load_configuration
 from kubetune.operator.progress import HttpProgressSource, ProgressSource
 from kubetune.operator.reconciler import Reconciler
@@ -37,9 +38,9 @@ async def run_operator(
 ) -> None:
     """Run the operator until `stop_flag` is set (or a signal arrives, in the main thread)."""
     configuration = configuration or load_configuration()
-    kube = Kube(configuration, settings.api_retry)
+    kube = Kube(configuration, settings.api_retry, settings.write_limit())
     source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout)
-    reconciler = Reconciler(kube, settings, source, handlers.post_kopf_event)
+    reconciler = Reconciler(kube, Caches(settings.kueue), settings, source, handlers.post_kopf_event)
     registry = handlers.build_registry(reconciler, settings, configuration)
     metrics_server: Any = None
     if settings.metrics_port is not None:
@@ -76,6 +77,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         result_handover_seconds=getattr(args, "result_handover_seconds", 120.0),
         progress_unreachable_after=getattr(args, "progress_unreachable_after", 60.0),
         kueue=getattr(args, "kueue", False),
+        api_writes_per_second=getattr(args, "api_writes_per_second", 200.0),
+        api_write_burst=int(getattr(args, "api_write_burst", 400)),
+        reconcile_workers=int(getattr(args, "reconcile_workers", 16)),
     )
 
 

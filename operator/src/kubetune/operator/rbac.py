@@ -36,7 +36,7 @@ NAMESPACED_RULES: tuple[PolicyRule, ...] = (
         ("kubetune.io",),
         ("finetunejobs",),
         ("get", "list", "watch", "patch", "delete"),
-        "watch jobs; kopf patches its finalizer and progress annotations; ttlSecondsAfterFinished deletes the job",
+        "watch jobs (kopf); kopf removes the finalizer earlier versions set; ttlSecondsAfterFinished deletes the job",
     ),
     PolicyRule(("kubetune.io",), ("finetunejobs/status",), ("get", "patch"), "write the observed status"),
     PolicyRule(
@@ -102,7 +102,7 @@ CLUSTER_RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         ("kueue.x-k8s.io",),
         ("resourceflavors",),
-        ("get",),
+        ("get", "list", "watch"),
         "read-only, Kueue (--kueue): the admitted flavors' node labels and tolerations, for the worker pods",
     ),
     PolicyRule(

@@ -1,9 +1,10 @@
 """One job's reconcile: gather what is, ask the policies what should be, apply the difference.
 
-This is the level-triggered core. It reads everything fresh from the API server (the job with the
-status written last time, the ConfigMap holding the launched spec, the job's pods) and never trusts
-memory, so an operator restarted at any moment picks up exactly where the last one stopped. Order
-matters for that: the status (the policies' memory: attempt, restarts, when a backoff began) is written
+This is the level-triggered core. It reads what the watches hold (kubetune.operator.caches: the job
+with the status written last time, the ConfigMap holding the launched spec, the job's pods) and keeps
+no memory of its own beyond them, so an operator restarted at any moment picks up exactly where the
+last one stopped. The status is written with the job's resourceVersion as a precondition: a reconcile
+that read a stale copy is refused (409), reads the job again and starts over. Order matters too: the status (the policies' memory: attempt, restarts, when a backoff began) is written
 *before* pods are created or deleted, so a crash between the two is repaired by the next reconcile
 rather than duplicated. Creating is idempotent (names are deterministic per attempt and index, and
 "already exists" is success), deleting too ("not found" is success).
@@ -25,6 +26,7 @@ from kubetune.api.job import FineTuneJob
 from kubetune.api.skew import unknown_fields_message, without_unknown_fields
 from kubetune.api.status import FINISHED_PHASES, FineTuneJobStatus, Reason
 from kubetune.operator import builders, metrics
+from kubetune.operator.caches import Caches
 from kubetune.operator.creation import GangCreator
 from kubetune.operator.kube import ApiError, Kube, StaleObjectError, owner_uids
 from kubetune.operator.observe import node_of, observe_pod, owned_by, suspects_node_loss
@@ -67,37 +69,47 @@ class Reconciler:
     def __init__(
         self,
         kube: Kube,
+        caches: Caches,
         settings: OperatorSettings,
         progress: ProgressSource,
         post_event: EventPoster,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.kube = kube
+        self.caches = caches
         self.settings = settings
         self.progress = progress
         self.post_event = post_event
         self.clock = clock
-        self.creator = GangCreator(kube, settings.build_settings())
+        self.creator = GangCreator(kube, caches, settings.build_settings())
         self.rank_zero = RankZeroWatch(progress)
-        self.workloads = WorkloadSync(kube, settings.build_settings()) if settings.kueue else None
+        self._skew_warned: dict[tuple[str, str], tuple[str | None, int | None, tuple[str, ...]] | None] = {}
+        """Per job: the uid, generation and unknown fields last warned about (UnknownFieldsIgnored)."""
+        self.workloads = WorkloadSync(kube, caches, settings.build_settings()) if settings.kueue else None
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.monotonic()
         try:
             return await self._reconcile(namespace, name)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            self._reread(namespace, name, await self.kube.get_job(namespace, name))
+            return Outcome(exists=True, check_again_in=0.0)  # it read a stale job: again, with the fresh one
         finally:
             metrics.observe_reconcile(time.monotonic() - started)
 
     async def _reconcile(self, namespace: str, name: str) -> Outcome:
-        body = await self.kube.get_job(namespace, name)
+        body = self.caches.jobs.get(namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             metrics.forget_job(namespace, name)
+            self._skew_warned.pop((namespace, name), None)
             return Outcome(exists=False)
         job = await self._effective_job(body)
         if job is None:
             return Outcome(exists=True, finished=True)
         uid = body.get("metadata", {}).get("uid")
-        pods = [pod for pod in await self.kube.list_pods(namespace, name) if owned_by(pod, name, uid)]
+        pods = self._pods(namespace, name, uid)
         workers = await self._observe(pods)
         previous = job.status or FineTuneJobStatus()
         rank_zero = await self.rank_zero.look(previous, pods, workers)
@@ -105,7 +117,8 @@ class Reconciler:
         now = self.clock()
         queued, workload = await self.workloads.look(job) if self.workloads else (None, None)
         if queueing.unsuspend_on_admission(job, queued):  # Kueue's convention: admission unsuspends
-            await self.kube.unsuspend_job(namespace, name)
+            body = await self.kube.unsuspend_job(namespace, name)  # (its new resourceVersion for the status write)
+            self.caches.record(body)
             job = job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": False})})
         decision = decide(job, workers, now, rank_zero.snapshot, queued)
         decision = with_reach(decision, previous, rank_zero.reach, now, self.settings.progress_unreachable_after)
@@ -117,6 +130,17 @@ class Reconciler:
         await self.rank_zero.confirm(rank_zero, decision.status)
         finished = decision.status.phase in FINISHED_PHASES
         return Outcome(exists=not decision.delete_job, check_again_in=decision.check_again_in, finished=finished)
+
+    def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
+        """The job's worker pods, from the cache."""
+        return [pod for pod in self.caches.pods.indexed(namespace, name) if owned_by(pod, name, uid)]
+
+    def _reread(self, namespace: str, name: str, fresh: dict[str, Any] | None) -> None:
+        """After a refused status write: the job as the server has it now replaces the stale copy."""
+        if fresh is not None:
+            self.caches.jobs.upsert(fresh)
+        elif (stale := self.caches.jobs.get(namespace, name)) is not None:
+            self.caches.jobs.remove(stale)
 
     async def _observe(self, pods: list[dict[str, Any]]) -> list[WorkerObservation]:
         """The workers, with the Node of each pod that shows signs of a lost node (read once per node)."""
@@ -148,7 +172,7 @@ class Reconciler:
         """The job as the policies must see it: the live object, with the spec it launched with (changes
         to frozen fields refused). None when the object is not a valid FineTuneJob."""
         meta = body.get("metadata", {})
-        configmap = await self.kube.get_configmap(
+        configmap = self.caches.configmaps.get(
             meta.get("namespace", "default"), builders.configmap_name(meta.get("name", ""))
         )
         if configmap is not None and meta.get("uid") not in owner_uids(configmap):
@@ -178,7 +202,12 @@ class Reconciler:
                 return None
             cleaned, paths = skewed
         job = await self._validated(body, cleaned)
-        if job is not None and (job.status or FineTuneJobStatus()).observed_generation != job.metadata.generation:
+        said = (job.metadata.uid, job.metadata.generation, tuple(paths)) if job is not None else None
+        if job is not None and self._skew_warned.get((job.namespace, job.name)) != said:
+            # Once per generation and set of fields, remembered here rather than read from observedGeneration:
+            # a watch opened before the CRD was upgraded delivers the job pruned to the old schema, and the
+            # status may be written from that copy before the fields are seen.
+            self._skew_warned[(job.namespace, job.name)] = said
             self.post_event(body, Event("Warning", Reason.UNKNOWN_FIELDS, unknown_fields_message(paths)))
         return job
 
@@ -191,7 +220,10 @@ class Reconciler:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = f"invalid FineTuneJob: {where}: {first['msg']}"
-        await self.kube.patch_job_status(meta["namespace"], meta["name"], {"phase": "Failed", "message": message})
+        written = await self.kube.patch_job_status(
+            meta["namespace"], meta["name"], {"phase": "Failed", "message": message}
+        )
+        self.caches.record(written)
         self.post_event(body, Event("Warning", Reason.INVALID_SPEC, message))
 
     async def _apply(
@@ -207,7 +239,8 @@ class Reconciler:
         namespace, name = job.namespace, job.name
         previous = job.status or FineTuneJobStatus()
         if decision.status != previous:
-            await self.kube.patch_job_status(namespace, name, decision.status.to_wire())
+            version = body.get("metadata", {}).get("resourceVersion")
+            self.caches.record(await self.kube.patch_job_status(namespace, name, decision.status.to_wire(), version))
         self._record(namespace, name, previous, decision)
         for event in decision.events:
             self.post_event(body, event)
@@ -218,8 +251,7 @@ class Reconciler:
                 self.post_event(body, Event("Normal", Reason.STALE_CHILDREN, str(stale)))
                 return replace(decision, check_again_in=STALE_RECHECK_SECONDS)
             if refusal is not None:  # decided on the pods as they are now (some of the gang may exist)
-                uid = body.get("metadata", {}).get("uid")
-                pods = [p for p in await self.kube.list_pods(namespace, name) if owned_by(p, name, uid)]
+                pods = self._pods(namespace, name, body.get("metadata", {}).get("uid"))
                 workers = await self._observe(pods)
                 written = job.model_copy(update={"status": decision.status})
                 return await self._apply(body, written, pods, workers, refused(written, workers, refusal, self.clock()))
@@ -233,12 +265,12 @@ class Reconciler:
         for ref in decision.plan.force_delete:
             if (victim := by_ref.get((ref.attempt, ref.index))) is not None:
                 logger.info("force-deleting %s: its node %s is lost", victim["metadata"]["name"], node_of(victim))
-                await self.kube.delete_pod_now(namespace, victim["metadata"]["name"])
+                self.caches.record(await self.kube.delete_pod_now(namespace, victim["metadata"]["name"]))
         forced = set(decision.plan.force_delete)
         for ref in decision.plan.delete:
             victim = by_ref.get((ref.attempt, ref.index))
             if victim is not None and ref not in forced:
-                await self.kube.delete_pod(namespace, victim["metadata"]["name"])
+                self.caches.record(await self.kube.delete_pod(namespace, victim["metadata"]["name"]))
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
             await self.kube.delete_job(namespace, name)

@@ -17,7 +17,9 @@ import kopf
 
 from kubetune.api.operations import ResourcesSpec
 from kubetune.operator.builders import METRICS_PORT, BuildSettings
+from kubetune.operator.informer import WatchTimeouts
 from kubetune.operator.kube import RetrySettings
+from kubetune.operator.ratelimit import WriteLimit
 
 #: Environment variable that gives the default trainer image (the Helm chart sets it).
 TRAINER_IMAGE_ENV = "KUBETUNE_TRAINER_IMAGE"
@@ -34,8 +36,9 @@ class OperatorSettings:
     trainer_image: str = field(default_factory=lambda: os.environ.get(TRAINER_IMAGE_ENV, DEFAULT_TRAINER_IMAGE))
     """Image for jobs without `spec.image`."""
     reconcile_interval: float = 5.0
-    """Seconds between two reconciles of a job when nothing wakes it earlier (pod and job changes do).
-    It bounds how stale progress can get (the issue asks for <= 15 s) and how late deadlines fire."""
+    """Seconds between two reconciles of a job when no event queues it earlier (pod and job changes do).
+    It bounds how stale progress can get (the issue asks for <= 15 s) and how late deadlines fire. A
+    reconcile reads only the caches: the API server sees a request only when something must change."""
     min_interval: float = 0.1
     """Shortest pause between two reconciles of a job, in seconds (a floor against busy loops)."""
     finished_interval: float = 30.0
@@ -59,9 +62,17 @@ class OperatorSettings:
     listen_address: str = "0.0.0.0"
     api_retry: RetrySettings = field(default_factory=RetrySettings)
     watch_server_timeout: int = 300
-    """Seconds the API server keeps a watch open before kopf re-establishes it."""
+    """Seconds the API server keeps a watch open before it is resumed (kopf's and the caches')."""
     watch_client_timeout: int = 330
-    """Seconds kopf waits on a silent watch before reconnecting (more than the server's)."""
+    """Seconds a silent watch is waited on before reconnecting (more than the server's)."""
+    cache_sync_timeout: float = 60.0
+    """Seconds the caches may take to list everything at start before the operator gives up and says why."""
+    reconcile_workers: int = 16
+    """Reconciles that run at once (each job is reconciled by one at a time; kubetune.operator.workqueue)."""
+    api_writes_per_second: float = 200.0
+    """Sustained API writes (creates, patches, deletes) per second; a launch is about 5 writes."""
+    api_write_burst: int = 400
+    """API writes allowed at once after a quiet period."""
 
     kueue: bool = False
     """Run jobs with `spec.scheduling.queueName` as a Kueue external framework: one Workload per job, no pod
@@ -70,6 +81,17 @@ class OperatorSettings:
 
     trainer_resources: ResourcesSpec | None = None
     """Worker-pod resources for jobs that set no `spec.resources`; None: none requested."""
+
+    def watch_timeouts(self) -> WatchTimeouts:
+        return WatchTimeouts(
+            server=self.watch_server_timeout,
+            client=float(self.watch_client_timeout),
+            request=self.api_retry.request_timeout,
+            retry=self.error_backoff,
+        )
+
+    def write_limit(self) -> WriteLimit:
+        return WriteLimit(per_second=self.api_writes_per_second, burst=self.api_write_burst)
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(

@@ -25,6 +25,7 @@ from typing import Any
 from kubetune.api.job import FineTuneJob
 from kubetune.api.status import Phase
 from kubetune.operator import builders
+from kubetune.operator.caches import Caches
 from kubetune.operator.kube import Kube
 from kubetune.policies import queueing
 from kubetune.policies.observed import WorkerObservation
@@ -162,8 +163,9 @@ def finish_patch(workload: Mapping[str, Any], reason: str, now: datetime) -> dic
 class WorkloadSync:
     """Reads (creating it first) and follows up the Workload of one queued job per reconcile."""
 
-    def __init__(self, kube: Kube, settings: builders.BuildSettings) -> None:
+    def __init__(self, kube: Kube, caches: Caches, settings: builders.BuildSettings) -> None:
         self.kube = kube
+        self.caches = caches
         self.settings = settings
 
     async def look(self, job: FineTuneJob) -> tuple[WorkloadObservation | None, dict[str, Any] | None]:
@@ -171,14 +173,15 @@ class WorkloadSync:
         if queueing.queue_of(job) is None:
             return None, None
         name = workload_name(job)
-        workload = await self.kube.get_workload(job.namespace, name)
+        workload = self.caches.workloads.get(job.namespace, name)
         if workload is None:
             if job.status is not None and job.status.phase in ("Succeeded", "Failed"):
                 return None, None
             priority_class = job.spec.scheduling.priority_class_name if job.spec.scheduling else None
             priority = await self.kube.get_priority(priority_class) if priority_class else None
             workload = await self.kube.create_workload(build_workload(job, self.settings, priority))
-        flavors = [f for name in assigned_flavors(workload) if (f := await self.kube.get_resource_flavor(name))]
+            self.caches.record(workload)
+        flavors = [f for name in assigned_flavors(workload) if (f := self.caches.flavors.get("", name))]
         return observe_workload(workload, flavors), workload
 
     async def follow(
@@ -194,8 +197,9 @@ class WorkloadSync:
         if workload is None:
             return
         if queueing.release_admission(observation, workers):
-            await self.kube.patch_workload_status(job.namespace, workload_name(job), release_patch(workload, now))
+            patch = release_patch(workload, now)
         elif (reason := queueing.finished_reason(phase, observation)) is not None:
-            await self.kube.patch_workload_status(
-                job.namespace, workload_name(job), finish_patch(workload, reason, now)
-            )
+            patch = finish_patch(workload, reason, now)
+        else:
+            return
+        self.caches.record(await self.kube.patch_workload_status(job.namespace, workload_name(job), patch))

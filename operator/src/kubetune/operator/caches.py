@@ -1,0 +1,135 @@
+"""Every object the reconcile reads, kept by watches: one store per kind, filled once, then followed.
+
+- FineTuneJobs: kopf's watch of the jobs (kopf lists them at start, re-lists when a watch expires and
+  calls `finetunejob_event` for each change) fills `jobs`;
+- pods, Services and ConfigMaps: one informer each, selected on the server by the
+  `kubetune.io/job-name` label, indexed by the job they belong to;
+- ResourceQuotas: one informer, indexed by namespace (a gang is checked against them before creation);
+- with `--kueue`: Workloads (the job-name label again) and ResourceFlavors (cluster-scoped).
+
+With `--namespace`, each kind is watched in each of those namespaces; otherwise once, cluster-wide.
+Reconciles read the stores only; `record` puts the answer of the operator's own writes in at once.
+No resync re-lists anything: a watch is resumed from its last resourceVersion and re-listed only when
+the server says it expired (informer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kubetune.operator.builders import JOB_LABEL
+from kubetune.operator.informer import Informer, Source, WatchTimeouts
+from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, Kube
+from kubetune.operator.store import Store, by_namespace
+
+#: Called with (namespace, job name) when something of that job changed.
+JobChanged = Callable[[str, str], None]
+
+
+class Caches:
+    """The stores, and the informers that fill them."""
+
+    def __init__(self, kueue: bool = False) -> None:
+        self.jobs = Store("finetunejobs", by_namespace)
+        self.pods = Store("pods")
+        self.services = Store("services")
+        self.configmaps = Store("configmaps")
+        self.quotas = Store("resourcequotas", by_namespace)
+        self.workloads = Store("workloads")
+        self.flavors = Store("resourceflavors", by_namespace)
+        self.kueue = kueue
+        self.informers: list[Informer] = []
+        self._by_kind = {
+            "FineTuneJob": self.jobs,
+            "Pod": self.pods,
+            "Service": self.services,
+            "ConfigMap": self.configmaps,
+            "Workload": self.workloads,
+        }
+
+    def record(self, obj: dict[str, Any] | None) -> None:
+        """Put the answer of one of the operator's writes (create, patch, delete) in its store."""
+        if obj is None:
+            return
+        store = self._by_kind.get(obj.get("kind", ""))
+        if store is not None:
+            store.upsert(obj)
+
+    def job_keys_in(self, namespace: str) -> list[tuple[str, str]]:
+        return [(namespace, job["metadata"]["name"]) for job in self.jobs.indexed(namespace)]
+
+    def _sources(self, kube: Kube, namespaces: tuple[str, ...]) -> Iterator[tuple[Source, Store, str]]:
+        """(source, store, what a change wakes: "job", "namespace" or "all")."""
+        selector = JOB_LABEL
+        core, custom = kube.core, kube.custom
+        namespaced: list[tuple[str, Store, Callable[..., Any], Callable[..., Any], str | None, str]] = [
+            ("pods", self.pods, core.list_namespaced_pod, core.list_pod_for_all_namespaces, selector, "job"),
+            ("services", self.services, core.list_namespaced_service, core.list_service_for_all_namespaces,
+             selector, "job"),
+            ("configmaps", self.configmaps, core.list_namespaced_config_map, core.list_config_map_for_all_namespaces,
+             selector, "job"),
+            ("resourcequotas", self.quotas, core.list_namespaced_resource_quota,
+             core.list_resource_quota_for_all_namespaces, None, "namespace"),
+        ]  # fmt: skip
+        if self.kueue:
+            workloads = functools.partial(custom.list_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION)
+            every = functools.partial(custom.list_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "workloads")
+            namespaced.append(("workloads", self.workloads, workloads, every, selector, "job"))
+            flavors = functools.partial(
+                custom.list_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "resourceflavors"
+            )
+            yield Source("resourceflavors", flavors), self.flavors, "all"
+        for kind, store, in_namespace, everywhere, label, wakes in namespaced:
+            if not namespaces:
+                yield Source(kind, everywhere, None, label), store, wakes
+            for namespace in namespaces:
+                if kind == "workloads":
+                    call = functools.partial(in_namespace, namespace, "workloads")
+                else:
+                    call = functools.partial(in_namespace, namespace)
+                yield Source(kind, call, namespace, label), store, wakes
+
+    def start(self, kube: Kube, namespaces: tuple[str, ...], timeouts: WatchTimeouts, changed: JobChanged) -> None:
+        """Start one informer per source, in the running event loop."""
+        loop = asyncio.get_running_loop()
+
+        def waker(wakes: str) -> Callable[[dict[str, Any]], None]:
+            def wake(obj: dict[str, Any]) -> None:
+                metadata = obj.get("metadata") or {}
+                namespace = metadata.get("namespace") or ""
+                if wakes == "job":
+                    job = (metadata.get("labels") or {}).get(JOB_LABEL)
+                    if job:
+                        changed(namespace, job)
+                    return
+                keys = self.job_keys_in(namespace) if wakes == "namespace" else list(self._all_job_keys())
+                for job_namespace, job in keys:
+                    changed(job_namespace, job)
+
+            return wake
+
+        for source, store, wakes in self._sources(kube, namespaces):
+            self.informers.append(Informer(source, store, waker(wakes), timeouts, loop).start())
+
+    def _all_job_keys(self) -> Iterator[tuple[str, str]]:
+        yield from self.jobs.object_keys()
+
+    async def wait_synced(self, timeout: float) -> list[str]:
+        """Wait until every informer has listed once; the kinds that have not after `timeout` seconds."""
+        tasks = [(informer.source.kind, asyncio.ensure_future(informer.synced.wait())) for informer in self.informers]
+        if tasks:
+            await asyncio.wait([task for _, task in tasks], timeout=timeout)
+        late = sorted({kind for kind, task in tasks if not task.done()})
+        for _, task in tasks:
+            task.cancel()
+        return late
+
+    def stop(self) -> None:
+        for informer in self.informers:
+            informer.stop(timeout=0.0)
+        for informer in self.informers:
+            informer.stop(timeout=5.0)
+        self.informers.clear()

@@ -1,0 +1,44 @@
+"""The write limit: a burst passes at once, then writes are spaced at the sustained rate."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.operator.ratelimit import TokenBucket, WriteLimit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_sustained_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(WriteLimit(per_second=10.0, burst=3), clock)
+    waits = [bucket.wait_for_token() for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3:] == pytest.approx([0.1, 0.2])  # first come, first served, spaced by 1/rate
+
+
+def test_tokens_refill_but_never_above_the_burst() -> None:
+    clock = Clock()
+    bucket = TokenBucket(WriteLimit(per_second=10.0, burst=2), clock)
+    bucket.wait_for_token()
+    bucket.wait_for_token()
+    clock.now += 60.0
+    assert [bucket.wait_for_token() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.1])
+
+
+@pytest.mark.parametrize(("per_second", "burst"), [(0.0, 1), (-1.0, 5), (5.0, 0)])
+def test_nonsense_limits_are_refused(per_second: float, burst: int) -> None:
+    with pytest.raises(ValueError, match="write limit"):
+        TokenBucket(WriteLimit(per_second=per_second, burst=burst))
+
+
+async def test_acquire_waits_when_empty() -> None:
+    bucket = TokenBucket(WriteLimit(per_second=1000.0, burst=1))
+    await bucket.acquire()
+    await bucket.acquire()  # waits ~1 ms, then returns

@@ -1,0 +1,136 @@
+"""The reconcile work queue: bounded concurrency, one reconcile per job at a time, bursts merged.
+
+Why: with a watch cache, every pod, Service, ConfigMap or job event asks for its job to be reconciled.
+A gang of 8 starting produces dozens of events in a second; reconciling on each would redo the same
+work, and 1,000 jobs each running their own loop would all run at once. The queue keeps, like
+client-go's workqueue:
+
+- a job is queued at most once: adding a queued job does nothing (a burst of events is one reconcile);
+- a job is reconciled by one worker at a time: one added while it is being reconciled is queued again
+  when that reconcile ends;
+- `workers` reconciles run at once, at most;
+- a reconcile may ask to run again after a delay (deadlines, progress polls): the earliest wins;
+- a failed reconcile is retried after a per-job delay that doubles, up to a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+logger = logging.getLogger(__name__)
+
+#: Runs one reconcile of a key; returns seconds until it should run again, or None (only on events).
+Handler = Callable[[Hashable], Awaitable[float | None]]
+
+
+class WorkQueue:
+    """Keys (jobs) waiting to be reconciled, and the workers that reconcile them."""
+
+    def __init__(self, handler: Handler, workers: int, error_backoff: tuple[float, float]) -> None:
+        self.handler = handler
+        self.workers = workers
+        self.error_backoff = error_backoff
+        self._ready: collections.deque[Hashable] = collections.deque()
+        self._queued: set[Hashable] = set()
+        self._active: set[Hashable] = set()
+        self._again: set[Hashable] = set()
+        self._timers: dict[Hashable, tuple[float, asyncio.TimerHandle]] = {}
+        self._failures: dict[Hashable, int] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, key: Hashable) -> None:
+        """Reconcile `key` as soon as a worker is free (once, however often it is added meanwhile)."""
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+            self._wake.set()
+
+    def add_after(self, key: Hashable, seconds: float) -> None:
+        """Reconcile `key` in `seconds` (an earlier timer for it stands)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(seconds, 0.0)
+        timer = self._timers.get(key)
+        if timer is not None:
+            if timer[0] <= due:
+                return
+            timer[1].cancel()
+        self._timers[key] = (due, loop.call_at(due, self._fire, key))
+
+    def forget(self, key: Hashable) -> None:
+        """Drop the timer and failure count of a key (its job is gone)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer[1].cancel()
+        self._failures.pop(key, None)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def depth(self) -> int:
+        """Keys waiting for a worker."""
+        return len(self._ready)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
+    def start(self) -> None:
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(), name=f"reconcile worker {n}") for n in range(self.workers)]
+
+    async def stop(self, timeout: float) -> None:
+        """Cancel the workers and every timer; wait at most `timeout` seconds for running reconciles."""
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
+
+    async def _next(self) -> Hashable:
+        while not self._ready:
+            self._wake.clear()
+            await self._wake.wait()
+        key = self._ready.popleft()
+        self._queued.discard(key)
+        self._active.add(key)
+        if self._ready:
+            self._wake.set()  # let the other workers take the rest
+        return key
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._next()
+            try:
+                again = await self.handler(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures = self._failures.get(key, 0)
+                self._failures[key] = failures + 1
+                first, longest = self.error_backoff
+                again = min(first * 2**failures, longest)
+                logger.exception("reconciling %s failed; retrying in %.1fs", key, again)
+            else:
+                self._failures.pop(key, None)
+            finally:
+                self._active.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.add(key)
+            elif again is not None:
+                self.add_after(key, again)
+            else:
+                with contextlib.suppress(KeyError):
+                    self.forget(key)
