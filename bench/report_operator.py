@@ -54,7 +54,8 @@ def goals_line(run: dict[str, Any]) -> str:
     for key, goal in GOALS.items():
         value, what, unit = figures[key]
         verdict = "met" if value <= goal else "**missed**"
-        parts.append(f"{what} {value:.2f} {unit} (goal <= {goal:g} {unit}: {verdict})".replace(" )", ")"))
+        shown = f"{value:.0f}" if unit == "MB" else f"{value:.2f}"
+        parts.append(f"{what} {shown}{' ' + unit if unit else ''} (goal <= {goal:g}{' ' + unit if unit else ''}: {verdict})")
     return f"Goals at {top['jobs']} live jobs: " + "; ".join(parts) + "."
 
 
