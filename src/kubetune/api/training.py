@@ -265,7 +265,8 @@ class DistributedSpec(ApiModel):
     )
     zero_stage: int = doc(
         "zeroStage: DeepSpeed ZeRO stage (0-3): 1 shards optimizer state, 2 also gradients, 3 also "
-        "parameters. Default 2.",
+        "parameters (the model is loaded straight into shards and exported one parameter at a time, so it "
+        "never has to fit on one device). Default 2.",
         default=2,
         ge=0,
         le=3,

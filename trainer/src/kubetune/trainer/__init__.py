@@ -13,6 +13,7 @@ Modules, in the order a run uses them:
     report.py       the data report (counts, lengths, duplicates, leakage; each dropped / truncated line)
     packing.py      the seeded data order per (epoch, step, rank); packing and padding into tensors
     model.py        loading (local, hf://, GGUF), dropout override, LoRA, atomic export
+    zero3.py        ZeRO-3: loading straight into shards; export one parameter at a time, LoRA merged on CPU
     engine.py       the DeepSpeed config, AdamW and the transformers LR schedule
     loop.py         the training loop: steps, logging, evaluation, early stopping, checkpoints, the end
     evaluation.py   loss / perplexity / token accuracy / batched greedy exact match (reusable API); the
@@ -21,6 +22,7 @@ Modules, in the order a run uses them:
     metrics.py      every Prometheus metric and the /metrics + /progress + /result HTTP endpoint
     handover.py     the whole result waiting at GET /result for the operator (the termination message is capped)
     outputs.py      rank 0's progress.json, metrics.jsonl, result.json and termination message
+    local_results.py every local rank's result; the pod's termination message carries the most telling one
     state.py        the stop request (SIGTERM) and RunState, what a checkpoint's sidecar holds
     baselines.py    zero-shot / few-shot prompting baselines beside the fine-tuned model, and the verdict
     retrieval.py    the most similar training examples for few-shot prompts (embeddings, cosine top-k)

@@ -217,13 +217,16 @@ class Checkpointer:
             restore_rng(torch.load(rng_file, weights_only=False))
         return None
 
-    def load_weights(self, engine: Any, folder: Path) -> None:
-        """Load only the module weights of `folder` (the best checkpoint, before export)."""
+    def load_weights(self, engine: Any, folder: Path, zero_stage: int) -> None:
+        """Load the module weights of `folder` (the best checkpoint, before export). Under ZeRO-3 the module
+        file holds only placeholders (DeepSpeed's documented limit of `load_module_only`): the weights are
+        restored from the fp32 partitions, which come with the optimizer states."""
+        sharded = zero_stage == 3
         path, _ = engine.load_checkpoint(
             str(folder),
             tag=DEEPSPEED_TAG,
-            load_module_only=True,
-            load_optimizer_states=False,
+            load_module_only=not sharded,
+            load_optimizer_states=sharded,
             load_lr_scheduler_states=False,
         )
         if path is None:

@@ -319,7 +319,8 @@ class Trainer:
         fine_tuned = self.state.last_evaluation
         if outcome == "EarlyStopped":
             best = self.state.early_stopping.best_step
-            self.checkpointer.load_weights(self.engine, self.paths.checkpoints / step_name(best or 0))
+            folder = self.paths.checkpoints / step_name(best or 0)
+            self.checkpointer.load_weights(self.engine, folder, self.spec.distributed.zero_stage)
             fine_tuned = self.state.best_evaluation
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
             if self.evaluation.exact_match:  # periodic evaluations did not generate: score the exported weights

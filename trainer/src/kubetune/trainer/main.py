@@ -95,6 +95,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     from kubetune.trainer.metrics import TrainerMetrics, serve
     from kubetune.trainer.model import load_model, load_tokenizer
     from kubetune.trainer.packing import BatchPlan
+    from kubetune.trainer.zero3 import ShardedLoading
 
     paths = run_paths(args, job)
     job = preflight.check(job, paths)  # before anything slow: what cannot run here never will
@@ -117,7 +118,13 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
             f"{spec.dataset.train}: {plan.items} training sequence(s) are fewer than one global batch of "
             f"{plan.global_batch} ({rank.world} processes x microBatchSize x gradientAccumulationSteps)"
         )
+    # ZeRO-3: transformers loads straight into shards while this lives (until training returns).
+    sharding = ShardedLoading(engines.deepspeed_config(spec, rank.world), spec.distributed.zero_stage)
     model = load_model(spec, base, _dtype(spec.distributed.precision))
+    if sharding.config is not None:
+        sharded = sum(1 for p in model.parameters() if hasattr(p, "ds_numel"))
+        log.info("ZeRO-3: %d of %d parameter tensors loaded already partitioned (zero.Init)", sharded,
+                 sum(1 for _ in model.parameters()))  # fmt: skip
     engine = engines.create(spec, model, rank.world, plan.total_steps(hp.epochs, hp.max_steps))
     trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder)
     trainer.resume()
@@ -129,7 +136,9 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         plan.steps_per_epoch,
         plan.global_batch,
     )
-    return trainer.train()
+    result = trainer.train()
+    del sharding
+    return result
 
 
 def _failure(reason: ExitReason | None, message: str, retryable: bool) -> TrainerResult:
@@ -171,8 +180,9 @@ def main(parsed: argparse.Namespace) -> int:
     result = result.model_copy(update={"metrics": recorder.snapshot.metrics})
     # The handover needs the endpoint, and is pointless once SIGTERM asked the process to go.
     handing_over = shell.server is not None and args.result_handover_seconds > 0 and not stop.requested
-    leader = os.environ.get("LOCAL_RANK", "0") == "0"
-    recorder.finish(result, args.termination_message_path, leader, shell.handover if handing_over else None)
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    handover = shell.handover if handing_over else None
+    recorder.finish(result, args.termination_message_path, local_rank, handover, args.attempt or 1)
     log.info("finished: %s", result.wire())
     distributed.shutdown()
     if handing_over:

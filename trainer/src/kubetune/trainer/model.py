@@ -7,12 +7,12 @@ offline cache when HF_HUB_OFFLINE=1; the token comes from HF_TOKEN, which the op
 
 The export is what users deploy, so it is written as a whole or not at all: into a temporary sibling
 folder first, then renamed over the output folder. LoRA adapters are merged into the base weights
-unless `lora.merge` is false (then the adapter alone is exported, loadable with peft).
+unless `lora.merge` is false (then the adapter alone is exported, loadable with peft). Under ZeRO-3 the
+model is loaded straight into shards and exported one parameter at a time (kubetune.trainer.zero3).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +22,7 @@ from kubetune.api.job import FineTuneJobSpec
 from kubetune.api.training import LoraSpec, ModelSpec
 from kubetune.trainer.config import resolve_path
 from kubetune.trainer.errors import ModelError
+from kubetune.trainer.zero3 import gathered_state_dict, merged_lora_state_dict
 
 #: Config attributes that hold dropout probabilities, by name ending (Llama, Qwen, GPT-2, BERT, ...).
 _DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
@@ -119,33 +120,29 @@ def add_lora(model: Any, spec: LoraSpec) -> Any:
         raise ModelError(f"method.lora.targetModules: {error}") from error
 
 
-def _gathered(module: Any, zero_stage: int) -> contextlib.AbstractContextManager[Any]:
-    """Full parameters on every rank for the block: ZeRO-3 shards them, lower stages do not."""
-    if zero_stage < 3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    gathered: contextlib.AbstractContextManager[Any] = deepspeed.zero.GatheredParameters(
-        list(module.parameters()), modifier_rank=None
-    )
-    return gathered
-
-
 def export(module: Any, tokenizer: Any, output: Path, merge_lora: bool, zero_stage: int, is_main: bool) -> None:
-    """Write the model (safetensors) and tokenizer to `output`, atomically. Call on every rank."""
-    with _gathered(module, zero_stage):
-        if not is_main:
-            return
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.parent / f".{output.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        model = module
-        if merge_lora and hasattr(module, "merge_and_unload"):
-            model = module.merge_and_unload()
+    """Write the model (safetensors) and tokenizer to `output`, atomically. Call on every rank: under ZeRO-3
+    the parameters are gathered one at a time to rank 0's CPU (kubetune.trainer.zero3)."""
+    state = gathered_state_dict(module, is_main) if zero_stage == 3 else None
+    if not is_main:
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.parent / f".{output.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    lora = hasattr(module, "merge_and_unload")
+    if state is None:
+        model = module.merge_and_unload() if merge_lora and lora else module
         model.config.use_cache = True
         model.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
-        replace_folder(partial, output)
+    elif merge_lora and lora:
+        base = module.get_base_model()
+        base.config.use_cache = True
+        base.save_pretrained(partial, state_dict=merged_lora_state_dict(module, state), safe_serialization=True)
+    else:
+        module.config.use_cache = True
+        module.save_pretrained(partial, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    replace_folder(partial, output)
 
 
 def replace_folder(new: Path, target: Path) -> None:

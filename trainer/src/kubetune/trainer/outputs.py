@@ -24,6 +24,7 @@ from typing import Any
 from kubetune.api.invocation import attempt_from_environment
 from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
+from kubetune.trainer import local_results
 from kubetune.trainer.handover import ResultHandover, claim_uri, result_copy
 
 
@@ -96,13 +97,16 @@ class Recorder:
         self,
         result: TrainerResult,
         termination_path: str | None,
-        pod_leader: bool = False,
+        local_rank: int | None = None,
         handover: ResultHandover | None = None,
+        attempt: int = 1,
     ) -> None:
         """Write result.json (rank 0: in the workdir and, to outlive the pod, beside the exported model)
-        and the termination message (rank 0 and the first process of every pod: a supervisor that sees
-        worker N fail first must learn why from worker N's own message); it carries the whole result when
-        it fits, else a shortened one naming the lasting copy. With `handover` (rank 0 in a cluster), the
+        and the termination message: with `local_rank` (under torchrun), every rank of the pod records its
+        result and the message carries the most telling one (kubetune.trainer.local_results: a supervisor
+        that sees worker N fail first must learn why from worker N's own message, whichever of its ranks
+        failed); without, rank 0 writes its own. It carries the whole result when it fits, else a
+        shortened one naming the lasting copy. With `handover` (rank 0 in a cluster), the
         whole result is offered at GET /result and the snapshot says `resultReady`."""
         copy = result_copy(result, self.workdir)
         if self.enabled:
@@ -115,9 +119,16 @@ class Recorder:
             if handover is not None:
                 handover.offer(result)
                 self.publish(phase="Finished", result_ready=True)
-        if not (self.enabled or pod_leader):
+        if (
+            not termination_path
+            or not Path(termination_path).parent.is_dir()
+            or not (self.enabled or local_rank is not None)
+        ):
             return
-        if termination_path and Path(termination_path).parent.is_dir():
-            # OSError: e.g. /dev/termination-log outside a pod, where /dev is not writable.
-            with contextlib.suppress(OSError):
+        # OSError: e.g. /dev/termination-log outside a pod, where /dev is not writable.
+        with contextlib.suppress(OSError):
+            if local_rank is None:
                 Path(termination_path).write_text(result.termination_message(claim_uri(copy)), encoding="utf-8")
+            else:
+                folder = self.workdir / "local-results" / f"attempt-{attempt}"
+                local_results.publish(folder, local_rank, result, Path(termination_path), claim_uri(copy))
