@@ -175,6 +175,17 @@ class Sampler:
         return {t.id: t.user_time + t.system_time for t in self.process.threads()}
 
 
+async def stop_operator(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    """SIGTERM the operator process; SIGKILL it when it has not ended after `timeout` seconds."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        await asyncio.to_thread(process.wait, timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 class Harness:
     """A served MeasuredApiServer plus the operator subprocess."""
 
@@ -205,12 +216,7 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            try:
-                await asyncio.to_thread(self.operator.wait, 20)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        await stop_operator(self.operator)
         await self._exit.aclose()
 
     @property

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import flops, machine, trainers, workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,34 @@ def summary_with_mfu(profile: workload.Profile, runs: list[trainers.Run], device
     return out
 
 
+def zero3_run(profile: workload.Profile, work: Path) -> trainers.Run:
+    """kubetune once more on the uniform data under ZeRO-3 (loaded into shards, parameters partitioned)."""
+    manifest = work / "uniform-zero3.yaml"
+    document = yaml.safe_load((work / "uniform.yaml").read_text())
+    document["spec"].setdefault("distributed", {})["zeroStage"] = 3
+    manifest.write_text(yaml.safe_dump(document))
+    folder = work / "uniform-kubetune-zero3"
+    folder.mkdir(parents=True, exist_ok=True)
+    run = trainers.run_kubetune(profile, manifest, folder, trainers.environment(profile, work), 300)
+    print(f"  uniform  kubetune ZeRO-3: {run.tokens_per_second:9.0f} tokens/s, step {run.step_seconds * 1000:7.1f} ms")
+    return run
+
+
+def zero3_row(profile: workload.Profile, run: trainers.Run, device: str, vocab: int) -> dict[str, Any]:
+    from kubetune.trainer.metrics import peak_flops
+
+    peak = peak_flops(device)
+    per_device = run.tokens_per_second / profile.processes
+    return {
+        "tokens_per_second": run.tokens_per_second,
+        "step_seconds": run.step_seconds,
+        "runs": 1,
+        "peak_memory_bytes": run.peak_memory_bytes,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "mfu": flops.mfu(per_device, profile.model, vocab, profile.seq_length, peak) if peak else 0.0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="gpu", choices=sorted(workload.PROFILES))
@@ -66,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         runs = trainers.compare(profile, work, timeout=300, progress=lambda line: print(line, flush=True))
         vocab = profile.model.vocab or json.loads((work / "model" / "config.json").read_text())["vocab_size"]
+        zero3 = zero3_run(profile, work)
     summary = summary_with_mfu(profile, runs, device, vocab)
+    summary["kubetune-zero3"] = zero3_row(profile, zero3, device, vocab)
     result = {
         "device": device,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -43,7 +43,7 @@ import psutil
 import yaml
 
 from bench import stats
-from bench.emulated import Sampler, exited_status, job_manifest, pods_of, running_status
+from bench.emulated import Sampler, exited_status, job_manifest, pods_of, running_status, stop_operator
 from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator import rbac
 from kubetune.operator.builders import JOB_LABEL
@@ -108,12 +108,7 @@ class Bench:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            try:
-                await asyncio.to_thread(self.operator.wait, 20)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        await stop_operator(self.operator)
         if self._watch is not None:
             self._watch.cancel()
         if self.session is not None:

@@ -324,6 +324,11 @@ def render(results: dict[str, Any], gpu: dict[str, Any] | None, smol: dict[str, 
     if "trainer" in results:
         lines += _trainer_section(results)
         lines += [smol_section(smol), ""]
+        zero3 = load_results(Path(__file__).resolve().parent.parent / "docs" / "benchmarks-zero3-loading.json")
+        if zero3 is not None:
+            from bench import report_zero3
+
+            lines += report_zero3.section(zero3)
     lines += _gpu_section(gpu)
     if "operator" in results:
         lines += _operator_section(results["operator"])

@@ -55,7 +55,9 @@ def goals_line(run: dict[str, Any]) -> str:
         value, what, unit = figures[key]
         verdict = "met" if value <= goal else "**missed**"
         shown = f"{value:.0f}" if unit == "MB" else f"{value:.2f}"
-        parts.append(f"{what} {shown}{' ' + unit if unit else ''} (goal <= {goal:g}{' ' + unit if unit else ''}: {verdict})")
+        parts.append(
+            f"{what} {shown}{' ' + unit if unit else ''} (goal <= {goal:g}{' ' + unit if unit else ''}: {verdict})"
+        )
     return f"Goals at {top['jobs']} live jobs: " + "; ".join(parts) + "."
 
 
