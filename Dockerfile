@@ -40,6 +40,7 @@ torch==2.13.0
 transformers==5.24.0
 deepspeed==0.19.8
 peft==0.21.2
+accelerate==1.15.0
 datasets==5.2.0
 gguf==0.19.0
 sentence-transformers==6.2.0

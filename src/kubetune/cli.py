@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--reconcile-workers",
         type=_positive(int),
-        default=16,
-        help="jobs reconciled at once; each job by one worker at a time (default 16)",
+        default=64,
+        help="jobs reconciled at once; each job by one worker at a time (default 64)",
     )
     operator.add_argument(
         "--kueue",

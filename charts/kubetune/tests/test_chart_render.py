@@ -105,6 +105,9 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--metrics-port=8080",
         "--health-port=8081",
         "--trainer-image=ghcr.io/kubetune/trainer:0.1.0",
+        "--api-writes-per-second=200",
+        "--api-write-burst=400",
+        "--reconcile-workers=64",
     ]
     assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
     assert container["resources"]["limits"]["memory"]

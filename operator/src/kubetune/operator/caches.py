@@ -1,7 +1,8 @@
 """Every object the reconcile reads, kept by watches: one store per kind, filled once, then followed.
 
-- FineTuneJobs: kopf's watch of the jobs (kopf lists them at start, re-lists when a watch expires and
-  calls `finetunejob_event` for each change) fills `jobs`;
+- FineTuneJobs: an informer too (its re-list after an expired watch drops jobs deleted meanwhile,
+  which kopf's re-list does not report); kopf's own watch of the jobs feeds the same store and is
+  where the reconcile workers start (handlers.py says why);
 - pods, Services and ConfigMaps: one informer each, selected on the server by the
   `kubetune.io/job-name` label, indexed by the job they belong to;
 - ResourceQuotas: one informer, indexed by namespace (a gang is checked against them before creation);
@@ -9,8 +10,8 @@
 
 With `--namespace`, each kind is watched in each of those namespaces; otherwise once, cluster-wide.
 Reconciles read the stores only; `record` puts the answer of the operator's own writes in at once.
-No resync re-lists anything: a watch is resumed from its last resourceVersion and re-listed only when
-the server says it expired (informer.py).
+A watch is resumed from its last resourceVersion and re-listed when the server says it expired, and
+every 30 minutes (informer.py); nothing is read per job.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator.builders import JOB_LABEL
 from kubetune.operator.informer import Informer, Source, WatchTimeouts
 from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, Kube
@@ -74,6 +76,9 @@ class Caches:
             ("resourcequotas", self.quotas, core.list_namespaced_resource_quota,
              core.list_resource_quota_for_all_namespaces, None, "namespace"),
         ]  # fmt: skip
+        jobs_in = functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION)
+        all_jobs = functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        namespaced.append((PLURAL, self.jobs, jobs_in, all_jobs, None, "self"))
         if self.kueue:
             workloads = functools.partial(custom.list_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION)
             every = functools.partial(custom.list_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "workloads")
@@ -86,8 +91,8 @@ class Caches:
             if not namespaces:
                 yield Source(kind, everywhere, None, label), store, wakes
             for namespace in namespaces:
-                if kind == "workloads":
-                    call = functools.partial(in_namespace, namespace, "workloads")
+                if kind in ("workloads", PLURAL):
+                    call = functools.partial(in_namespace, namespace, kind)
                 else:
                     call = functools.partial(in_namespace, namespace)
                 yield Source(kind, call, namespace, label), store, wakes
@@ -100,6 +105,9 @@ class Caches:
             def wake(obj: dict[str, Any]) -> None:
                 metadata = obj.get("metadata") or {}
                 namespace = metadata.get("namespace") or ""
+                if wakes == "self":
+                    changed(namespace, metadata.get("name") or "")
+                    return
                 if wakes == "job":
                     job = (metadata.get("labels") or {}).get(JOB_LABEL)
                     if job:

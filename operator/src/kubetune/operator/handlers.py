@@ -106,7 +106,7 @@ def build_registry(
         caches.start(reconciler.kube, settings.namespaces, settings.watch_timeouts(), job_changed)
         late = await caches.wait_synced(settings.cache_sync_timeout)
         if late:
-            caches.stop()
+            await asyncio.to_thread(caches.stop)
             raise kopf.PermanentError(
                 f"could not list {', '.join(late)} within {settings.cache_sync_timeout:.0f} s: check the operator's "
                 "RBAC (the chart's ClusterRole) and its connection to the API server; the log says why"

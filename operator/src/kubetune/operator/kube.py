@@ -344,6 +344,14 @@ class Kube:
         )  # fmt: skip
         return patched
 
+    async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(
+            "get_resource_flavor",
+            lambda: self._custom.get_cluster_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", name, **self._options()
+            ),
+        )
+
     async def get_priority(self, priority_class: str) -> int | None:
         """The value of a PriorityClass; None when it does not exist."""
         found = await self._get_or_none(

@@ -79,7 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         kueue=getattr(args, "kueue", False),
         api_writes_per_second=getattr(args, "api_writes_per_second", 200.0),
         api_write_burst=int(getattr(args, "api_write_burst", 400)),
-        reconcile_workers=int(getattr(args, "reconcile_workers", 16)),
+        reconcile_workers=int(getattr(args, "reconcile_workers", 64)),
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api.job import FineTuneJob
+from kubetune.api.job import PLURAL, FineTuneJob
 from kubetune.api.skew import unknown_fields_message, without_unknown_fields
 from kubetune.api.status import FINISHED_PHASES, FineTuneJobStatus, Reason
 from kubetune.operator import builders, metrics
@@ -92,10 +92,11 @@ class Reconciler:
         try:
             return await self._reconcile(namespace, name)
         except ApiError as error:
-            if error.status != 409:
+            if error.status not in (404, 409) or error.details.get("details", {}).get("kind", PLURAL) != PLURAL:
                 raise
-            self._reread(namespace, name, await self.kube.get_job(namespace, name))
-            return Outcome(exists=True, check_again_in=0.0)  # it read a stale job: again, with the fresh one
+            fresh = await self.kube.get_job(namespace, name)  # it read a stale job, or one deleted meanwhile
+            self._reread(namespace, name, fresh)
+            return Outcome(exists=fresh is not None, check_again_in=0.0)
         finally:
             metrics.observe_reconcile(time.monotonic() - started)
 
@@ -240,7 +241,8 @@ class Reconciler:
         previous = job.status or FineTuneJobStatus()
         if decision.status != previous:
             version = body.get("metadata", {}).get("resourceVersion")
-            self.caches.record(await self.kube.patch_job_status(namespace, name, decision.status.to_wire(), version))
+            body = await self.kube.patch_job_status(namespace, name, decision.status.to_wire(), version)
+            self.caches.record(body)  # (and its new resourceVersion for a second write in this reconcile)
         self._record(namespace, name, previous, decision)
         for event in decision.events:
             self.post_event(body, event)

@@ -67,8 +67,10 @@ class OperatorSettings:
     """Seconds a silent watch is waited on before reconnecting (more than the server's)."""
     cache_sync_timeout: float = 60.0
     """Seconds the caches may take to list everything at start before the operator gives up and says why."""
-    reconcile_workers: int = 16
-    """Reconciles that run at once (each job is reconciled by one at a time; kubetune.operator.workqueue)."""
+    reconcile_workers: int = 64
+    """Reconciles that run at once (each job is reconciled by one at a time; kubetune.operator.workqueue).
+    A running job's reconcile waits on rank 0's progress over HTTP (up to `progress_timeout`), so there
+    are enough for 1,000 jobs every `reconcile_interval` even when every read times out."""
     api_writes_per_second: float = 200.0
     """Sustained API writes (creates, patches, deletes) per second; a launch is about 5 writes."""
     api_write_burst: int = 400

@@ -26,7 +26,7 @@ from kubetune.api.job import FineTuneJob
 from kubetune.api.status import Phase
 from kubetune.operator import builders
 from kubetune.operator.caches import Caches
-from kubetune.operator.kube import Kube
+from kubetune.operator.kube import ApiError, Kube
 from kubetune.policies import queueing
 from kubetune.policies.observed import WorkerObservation
 from kubetune.policies.queueing import POD_SET, WorkloadObservation
@@ -181,7 +181,7 @@ class WorkloadSync:
             priority = await self.kube.get_priority(priority_class) if priority_class else None
             workload = await self.kube.create_workload(build_workload(job, self.settings, priority))
             self.caches.record(workload)
-        flavors = [f for name in assigned_flavors(workload) if (f := self.caches.flavors.get("", name))]
+        flavors = [f for name in assigned_flavors(workload) if (f := await self._flavor(name))]
         return observe_workload(workload, flavors), workload
 
     async def follow(
@@ -202,4 +202,18 @@ class WorkloadSync:
             patch = finish_patch(workload, reason, now)
         else:
             return
-        self.caches.record(await self.kube.patch_workload_status(job.namespace, workload_name(job), patch))
+        try:
+            self.caches.record(await self.kube.patch_workload_status(job.namespace, workload_name(job), patch))
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            # The cached Workload was stale (its watch lags): read it now; the next reconcile decides again.
+            self.caches.record(await self.kube.get_workload(job.namespace, workload_name(job)))
+
+    async def _flavor(self, name: str) -> dict[str, Any] | None:
+        """An admitted ResourceFlavor, from the cache; read once from the API when the cache has not seen it
+        yet (a worker pod must never be created without its flavor's node labels and tolerations)."""
+        flavor = self.caches.flavors.get("", name)
+        if flavor is None and (flavor := await self.kube.get_resource_flavor(name)) is not None:
+            self.caches.flavors.upsert(flavor)
+        return flavor

@@ -120,7 +120,7 @@ class WorkQueue:
                 failures = self._failures.get(key, 0)
                 self._failures[key] = failures + 1
                 first, longest = self.error_backoff
-                again = min(first * 2**failures, longest)
+                again = min(first * 2 ** min(failures, 30), longest)  # (a bounded exponent: no overflow)
                 logger.exception("reconciling %s failed; retrying in %.1fs", key, again)
             else:
                 self._failures.pop(key, None)

@@ -219,8 +219,9 @@ class Checkpointer:
 
     def load_weights(self, engine: Any, folder: Path, zero_stage: int) -> None:
         """Load the module weights of `folder` (the best checkpoint, before export). Under ZeRO-3 the module
-        file holds only placeholders (DeepSpeed's documented limit of `load_module_only`): the weights are
-        restored from the fp32 partitions, which come with the optimizer states."""
+        file holds only placeholders, and DeepSpeed's module-only path for stage 3 consolidates through a
+        `latest` file that these checkpoints do not write: the weights are restored from the fp32
+        partitions instead, loaded with the optimizer states (the run is over: nothing reads those after)."""
         sharded = zero_stage == 3
         path, _ = engine.load_checkpoint(
             str(folder),

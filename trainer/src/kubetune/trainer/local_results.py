@@ -56,6 +56,12 @@ def read_all(folder: Path) -> dict[int, TrainerResult]:
     return results
 
 
+def forget(folder: Path, local_rank: int) -> None:
+    """At a rank's start: drop what this local rank recorded in an earlier run of the same workdir and attempt
+    (a run by hand, or a resumed local run), so that only this run's results are read."""
+    (folder / f"rank-{local_rank}.json").unlink(missing_ok=True)
+
+
 def publish(folder: Path, local_rank: int, result: TrainerResult, termination_path: Path, result_file: str) -> None:
     """Record this rank's result in `folder` and rewrite the termination message from every result there.
     `result_file` names the lasting copy of the whole result when the message must be shortened."""

@@ -92,6 +92,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     from transformers import set_seed
 
     from kubetune.trainer import engine as engines
+    from kubetune.trainer import local_results
     from kubetune.trainer.metrics import TrainerMetrics, serve
     from kubetune.trainer.model import load_model, load_tokenizer
     from kubetune.trainer.packing import BatchPlan
@@ -103,6 +104,8 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     rank = distributed.initialize(spec.distributed.cluster_accelerator)  # decided by the check
     _configure_logging(rank.rank)
     recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
+    if "LOCAL_RANK" in os.environ:  # this run's results only (kubetune.trainer.local_results)
+        local_results.forget(recorder.local_results(args.attempt or 1), int(os.environ["LOCAL_RANK"]))
     metrics = TrainerMetrics(job.name, job.namespace)
     if rank.is_main and args.metrics_port:
         shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json, shell.handover)

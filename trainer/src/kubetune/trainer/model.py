@@ -123,13 +123,14 @@ def add_lora(model: Any, spec: LoraSpec) -> Any:
 def export(module: Any, tokenizer: Any, output: Path, merge_lora: bool, zero_stage: int, is_main: bool) -> None:
     """Write the model (safetensors) and tokenizer to `output`, atomically. Call on every rank: under ZeRO-3
     the parameters are gathered one at a time to rank 0's CPU (kubetune.trainer.zero3)."""
-    state = gathered_state_dict(module, is_main) if zero_stage == 3 else None
+    lora = hasattr(module, "merge_and_unload")
+    adapter_only = lora and not merge_lora
+    state = gathered_state_dict(module, is_main, trainable_only=adapter_only) if zero_stage == 3 else None
     if not is_main:
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    lora = hasattr(module, "merge_and_unload")
     if state is None:
         model = module.merge_and_unload() if merge_lora and lora else module
         model.config.use_cache = True

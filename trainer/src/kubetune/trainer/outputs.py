@@ -93,6 +93,10 @@ class Recorder:
             with (self.workdir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
+    def local_results(self, attempt: int) -> Path:
+        """Where the local ranks of this pod record their results (kubetune.trainer.local_results)."""
+        return self.workdir / "local-results" / f"attempt-{attempt}"
+
     def finish(
         self,
         result: TrainerResult,
@@ -130,5 +134,8 @@ class Recorder:
             if local_rank is None:
                 Path(termination_path).write_text(result.termination_message(claim_uri(copy)), encoding="utf-8")
             else:
-                folder = self.workdir / "local-results" / f"attempt-{attempt}"
-                local_results.publish(folder, local_rank, result, Path(termination_path), claim_uri(copy))
+                try:
+                    folder = self.local_results(attempt)
+                    local_results.publish(folder, local_rank, result, Path(termination_path), claim_uri(copy))
+                except OSError:  # e.g. the workdir's disk is full: this rank's own message, as before
+                    Path(termination_path).write_text(result.termination_message(claim_uri(copy)), encoding="utf-8")

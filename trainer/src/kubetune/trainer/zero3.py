@@ -21,6 +21,7 @@ from kubetune.trainer.errors import ModelError
 
 #: peft's key parts: `<prefix>.lora_A.<adapter>.weight`, `<prefix>.base_layer.weight`.
 _LORA_A = re.compile(r"^(?P<prefix>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+_LORA_B = re.compile(r"\.lora_B\.[^.]+\.weight$")
 _PEFT_ROOT = "base_model.model."
 
 
@@ -36,52 +37,71 @@ class ShardedLoading:
             self.config = HfDeepSpeedConfig(ds_config)  # type: ignore[no-untyped-call]
 
 
-def gathered_state_dict(module: Any, is_main: bool) -> dict[str, Any] | None:
+def gathered_state_dict(module: Any, is_main: bool, trainable_only: bool = False) -> dict[str, Any] | None:
     """The module's full state dict on rank 0's CPU (None on the other ranks), gathering one partitioned
-    parameter at a time. Every rank must call it (each gather is a collective)."""
+    parameter at a time; `trainable_only`: the parameters being trained alone (a LoRA adapter exported
+    without its base model gathers nothing else). Every rank must call it (each gather is a collective;
+    `requires_grad` is the same on every rank, so every rank gathers the same parameters in the same order)."""
     import deepspeed
 
     keys = set(module.state_dict().keys())
     state: dict[str, Any] = {}
     for name, parameter in module.named_parameters():
+        if trainable_only and not parameter.requires_grad:
+            continue
         with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
             if is_main and name in keys:
                 state[name] = parameter.detach().to("cpu", copy=True)
     if not is_main:
         return None
-    for name, buffer in module.named_buffers():
-        if name in keys:
-            state[name] = buffer.detach().to("cpu", copy=True)
+    if not trainable_only:
+        for name, buffer in module.named_buffers():
+            if name in keys:
+                state[name] = buffer.detach().to("cpu", copy=True)
     return state
+
+
+def _lora_layers(peft_model: Any, state: dict[str, Any]) -> dict[str, tuple[str, str, float, bool]]:
+    """Per base weight key: (A key, B key, scaling, fan_in_fan_out) of the LoRA Linear layer on it. Anything
+    this merge cannot do is refused with a ModelError naming the layer (`lora.merge: false` exports it)."""
+    from peft.tuners.lora import Linear
+
+    modules = dict(peft_model.named_modules())
+    layers = {}
+    for key in state:
+        match = _LORA_A.match(key)
+        if match is None:
+            if "lora_" in key and not _LORA_B.search(key):  # e.g. an Embedding's lora_embedding_A
+                raise ModelError(f"cannot merge {key} under ZeRO-3 (only Linear layers): set lora.merge false")
+            continue
+        prefix, adapter = match["prefix"], match["adapter"]
+        layer = modules.get(prefix)
+        if not isinstance(layer, Linear) or layer.use_dora.get(adapter):
+            raise ModelError(f"cannot merge the LoRA adapter of {prefix} under ZeRO-3 (only plain Linear layers): "
+                             "set lora.merge false")  # fmt: skip
+        base = f"{prefix}.base_layer.weight"
+        if base not in state:  # a tied weight (e.g. lm_head on the embeddings) is exported under its other name
+            raise ModelError(f"cannot merge the LoRA adapter of {prefix} under ZeRO-3: its weight is tied to "
+                             "another; leave it out of lora.targetModules or set lora.merge false")  # fmt: skip
+        layers[base] = (key, f"{prefix}.lora_B.{adapter}.weight", float(layer.scaling[adapter]), layer.fan_in_fan_out)
+    return layers
 
 
 def merged_lora_state_dict(peft_model: Any, state: dict[str, Any]) -> dict[str, Any]:
     """The base model's state dict with every LoRA adapter merged in (W + B·A·scaling), from a peft model's
-    full state dict on the CPU; the keys are the base model's own (what `merge_and_unload` would save)."""
-    modules = dict(peft_model.named_modules())
+    full state dict on the CPU, one layer at a time (at most one delta exists at once; each original is
+    dropped as its merged copy is made); the keys are the base model's own (what `merge_and_unload` saves).
+    `state` is consumed."""
+    layers = _lora_layers(peft_model, state)
+    adapters = {key for a_key, b_key, _, _ in layers.values() for key in (a_key, b_key)}
     merged: dict[str, Any] = {}
-    lora_keys: set[str] = set()
-    deltas: dict[str, Any] = {}
-    for key, a_weight in state.items():
-        match = _LORA_A.match(key)
-        if match is None:
+    for key in list(state):
+        if key in adapters:
             continue
-        prefix, adapter = match["prefix"], match["adapter"]
-        layer = modules.get(prefix)
-        if layer is None or getattr(layer, "use_dora", {}).get(adapter):
-            raise ModelError(
-                f"cannot merge the LoRA adapter of {prefix} (DoRA or an unknown layer): set lora.merge false"
-            )
-        b_key = f"{prefix}.lora_B.{adapter}.weight"
-        delta = (state[b_key].float() @ a_weight.float()) * float(layer.scaling[adapter])
-        if getattr(layer, "fan_in_fan_out", False):
-            delta = delta.T
-        deltas[f"{prefix}.base_layer.weight"] = delta
-        lora_keys |= {key, b_key}
-    for key, value in state.items():
-        if key in lora_keys:
-            continue
-        if key in deltas:
-            value = (value.float() + deltas[key]).to(value.dtype)
+        value = state.pop(key)
+        if key in layers:
+            a_key, b_key, scaling, fan_in_fan_out = layers[key]
+            delta = (state[b_key].float() @ state[a_key].float()) * scaling
+            value = (value.float() + (delta.T if fan_in_fan_out else delta)).to(value.dtype)
         merged[key.removeprefix(_PEFT_ROOT).replace(".base_layer.", ".")] = value
     return merged
