@@ -113,7 +113,7 @@ class Caches:
                     if job:
                         changed(namespace, job)
                     return
-                keys = self.job_keys_in(namespace) if wakes == "namespace" else list(self._all_job_keys())
+                keys = self.job_keys_in(namespace) if wakes == "namespace" else list(self.jobs.object_keys())
                 for job_namespace, job in keys:
                     changed(job_namespace, job)
 
@@ -121,9 +121,6 @@ class Caches:
 
         for source, store, wakes in self._sources(kube, namespaces):
             self.informers.append(Informer(source, store, waker(wakes), timeouts, loop).start())
-
-    def _all_job_keys(self) -> Iterator[tuple[str, str]]:
-        yield from self.jobs.object_keys()
 
     async def wait_synced(self, timeout: float) -> list[str]:
         """Wait until every informer has listed once; the kinds that have not after `timeout` seconds."""

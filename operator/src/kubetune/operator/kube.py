@@ -155,18 +155,12 @@ class Kube:
     # --- FineTuneJobs -------------------------------------------------------------------------------
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = await self._call(
-                "get_job",
-                lambda: self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, **self._options()
-                ),
-            )
-            return result
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
+        return await self._get_or_none(
+            "get_job",
+            lambda: self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, **self._options()
+            ),
+        )
 
     async def patch_job_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
@@ -268,16 +262,10 @@ class Kube:
     async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A PersistentVolumeClaim (read-only: the operator never creates or changes claims); None when it
         does not exist."""
-        try:
-            result: dict[str, Any] = await self._call(
-                "get_claim",
-                lambda: self._core.read_namespaced_persistent_volume_claim(name, namespace, **self._options()),
-            )
-            return result
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
+        return await self._get_or_none(
+            "get_claim",
+            lambda: self._core.read_namespaced_persistent_volume_claim(name, namespace, **self._options()),
+        )
 
     async def delete_pod_now(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Force deletion (grace 0): for a pod whose node is lost and will never confirm its end."""
@@ -290,17 +278,10 @@ class Kube:
         )
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = await self._call("get_node", lambda: self._core.read_node(name, **self._options()))
-            return result
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-
-    # --- Kueue (queued jobs: kubetune.operator.workloads) ----------------------------------------------
+        return await self._get_or_none("get_node", lambda: self._core.read_node(name, **self._options()))
 
     async def _get_or_none(self, verb: str, call: Callable[[], Any]) -> dict[str, Any] | None:
+        """The object `call` reads; None when it does not exist (404)."""
         try:
             result: dict[str, Any] = await self._call(verb, call)
             return result
@@ -308,6 +289,8 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    # --- Kueue (queued jobs: kubetune.operator.workloads) ----------------------------------------------
 
     async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(

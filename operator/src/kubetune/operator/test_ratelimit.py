@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kubetune.operator.ratelimit import TokenBucket, WriteLimit
@@ -38,7 +40,16 @@ def test_nonsense_limits_are_refused(per_second: float, burst: int) -> None:
         TokenBucket(WriteLimit(per_second=per_second, burst=burst))
 
 
-async def test_acquire_waits_when_empty() -> None:
-    bucket = TokenBucket(WriteLimit(per_second=1000.0, burst=1))
+async def test_acquire_sleeps_only_when_the_bucket_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", record)  # (the bucket sleeps through asyncio.sleep)
+    clock = Clock()
+    bucket = TokenBucket(WriteLimit(per_second=4.0, burst=1), clock)
     await bucket.acquire()
-    await bucket.acquire()  # waits ~1 ms, then returns
+    await bucket.acquire()
+    await bucket.acquire()
+    assert slept == pytest.approx([0.25, 0.5])  # the first from the burst; then spaced by 1/rate

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -114,9 +113,7 @@ class WorkQueue:
             key = await self._next()
             try:
                 again = await self.handler(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except Exception:  # (cancellation is a BaseException: it ends the worker)
                 failures = self._failures.get(key, 0)
                 self._failures[key] = failures + 1
                 first, longest = self.error_backoff
@@ -132,5 +129,4 @@ class WorkQueue:
             elif again is not None:
                 self.add_after(key, again)
             else:
-                with contextlib.suppress(KeyError):
-                    self.forget(key)
+                self.forget(key)
