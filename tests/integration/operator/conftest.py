@@ -14,7 +14,7 @@ from tests.support.operator_helpers import FakeRankZero
 async def rank_zero() -> AsyncIterator[FakeRankZero]:
     fake = FakeRankZero()
     app = aiohttp.web.Application()
-    app.router.add_get("/progress", fake._progress)
+    fake.routes(app)
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", fake.port)

@@ -104,6 +104,33 @@ async def test_success_reports_completion_and_the_trainers_result() -> None:
         assert len(cluster.pods("demo")) == 2  # finished pods are kept for their logs
 
 
+async def test_a_confirmation_rank_0_did_not_acknowledge_is_sent_again_soon(rank_zero: FakeRankZero) -> None:
+    # a finished job is looked at every 60 s here: the second confirmation must not wait for that
+    async with Cluster(fast_settings(progress_port=rank_zero.port, finished_interval=60.0)) as cluster:
+        pods = await launched(cluster)
+        await cluster.kubelet_exit(pods[1], 0)
+        rank_zero.result = TrainerResult(
+            outcome="Succeeded",
+            reason="Succeeded",
+            message="trained 40 steps",
+            retryable=False,
+            step=40,
+            total_steps=40,
+        )
+        rank_zero.refuse_confirms_for = 2.0  # the confirmations right after the status write are all refused
+        rank_zero.snapshot = ProgressSnapshot(
+            attempt=1,
+            progress=Progress(step=40, total_steps=40, percent=100),
+            metrics=Metrics(train_loss=1.5),
+            updated_at=0,
+            result_ready=True,
+        )
+        await eventually_async(lambda: cluster.status("demo").get("phase") == "Succeeded")
+        await eventually_async(lambda: rank_zero.confirmed, timeout=20, message="rank 0 to be told again")
+        assert len(rank_zero.confirm_attempts) >= 2  # refused, then told again (not a minute later)
+        assert cluster.status("demo")["progress"]["step"] == 40
+
+
 async def test_early_stop_succeeds_with_the_early_stopped_condition() -> None:
     async with Cluster() as cluster:
         pods = await launched(cluster)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, TrainerResult
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.operator.progress import HttpProgressSource
-from kubetune.operator.rank_zero import RankZeroWatch
+from kubetune.operator.rank_zero import RankZeroView, RankZeroWatch
 from kubetune.policies.observed import WorkerObservation
 from kubetune.trainer.handover import ResultHandover
 from kubetune.trainer.metrics import serve
@@ -52,11 +52,10 @@ async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_relea
         assert view.reach.reachable and view.result == whole  # every field, every character
         assert view.workers([WorkerObservation(0, 1, "running")], 1)[0].result == whole
 
-        await watch.confirm(view, status)  # still Running: not used yet, rank 0 keeps waiting
-        await asyncio.sleep(0.2)
-        assert not taken.is_set()
+        # still Running: not used yet, nothing sent (a DELETE would have been answered before this returns)
+        assert not await watch.confirm(view, status) and not handover.taken
         succeeded = status.model_copy(update={"phase": "Succeeded"})
-        await watch.confirm(view, succeeded)
+        assert not await watch.confirm(view, succeeded)  # acknowledged: nothing owed
         await asyncio.to_thread(waiter.join, 5)
         assert taken.is_set()
         # while its pods end, the finished job's gang is still seen as ended with that result (not removed)
@@ -83,3 +82,16 @@ async def test_an_unreachable_rank_0_is_reported_with_how_long(tmp_path: Path) -
     assert first.reach is not None and not first.reach.reachable and first.reach.failing_for == 0
     assert later.reach is not None and later.reach.failing_for == 30 and later.reach.error
     assert "127.0.0.1" in later.reach.address and later.result is None
+
+
+async def test_a_confirmation_that_does_not_reach_rank_0_is_still_owed() -> None:
+    watch = RankZeroWatch(HttpProgressSource(free_port(), timeout=1.0))  # nothing listens there
+    whole = largest_result()
+    view = RankZeroView(result=whole, pod=POD)
+    assert await watch.confirm(view, FineTuneJobStatus(phase="Succeeded", attempt=1))
+    assert not await watch.confirm(view, FineTuneJobStatus(phase="Running", attempt=1))  # not used yet
+    # not remembered as confirmed: the next look asks rank 0 again rather than seeing its gang as ended
+    again = await watch.look(
+        FineTuneJobStatus(phase="Succeeded", attempt=1), [POD], [WorkerObservation(0, 1, "running")]
+    )
+    assert again.result is None

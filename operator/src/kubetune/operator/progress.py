@@ -125,4 +125,6 @@ class HttpProgressSource:
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.info("could not confirm the result to %s: %s", url, error)
             return False
+        if code != 204:
+            logger.info("rank 0 answered %d to the result's confirmation at %s", code, url)
         return code == 204

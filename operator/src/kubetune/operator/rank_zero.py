@@ -88,14 +88,18 @@ class RankZeroWatch:
             return RankZeroView(read.snapshot, reach, None, pod)
         return RankZeroView(read.snapshot, reach, await self.source.result(pod), pod)
 
-    async def confirm(self, view: RankZeroView, written: FineTuneJobStatus) -> None:
-        """Tell rank 0 its result was received, once the status written (`written`) has used it."""
+    async def confirm(self, view: RankZeroView, written: FineTuneJobStatus) -> bool:
+        """Tell rank 0 its result was received, once the status written (`written`) has used it. Returns
+        whether a confirmation is still owed: rank 0 was told but did not acknowledge (unreachable for a
+        moment), so it keeps its pod until told again or its handover time runs out."""
         if view.result is None or view.pod is None or not confirmable(written):
-            return
-        if await self.source.confirm(view.pod):
-            now = self.clock()
-            self._confirmed = {k: v for k, v in self._confirmed.items() if now - v[1] < FORGET_AFTER_SECONDS}
-            self._confirmed[_uid(view.pod)] = (view.result, now)
+            return False
+        if not await self.source.confirm(view.pod):
+            return True
+        now = self.clock()
+        self._confirmed = {k: v for k, v in self._confirmed.items() if now - v[1] < FORGET_AFTER_SECONDS}
+        self._confirmed[_uid(view.pod)] = (view.result, now)
+        return False
 
     def _reach(self, pod: Mapping[str, Any], read: ProgressRead) -> ProgressReach | None:
         if not read.address:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from math import inf
 from typing import Any
 
 from pydantic import ValidationError
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds before looking again while a deleted namesake's children are being removed.
 STALE_RECHECK_SECONDS = 1.0
+
+#: Seconds before telling rank 0 again that its result was received, when it did not acknowledge: it holds
+#: its pod until told (or until its handover time, 120 s by default, runs out).
+CONFIRM_RETRY_SECONDS = 1.0
 
 #: Posts one Kubernetes event about the job: (job body, event).
 EventPoster = Callable[[Mapping[str, Any], Event], None]
@@ -128,9 +133,11 @@ class Reconciler:
         decision = await self._apply(body, queueing.placed(job, queued), pods, workers, decision)
         if self.workloads:
             await self.workloads.follow(job, decision.status.phase, workers, queued, workload, now)
-        await self.rank_zero.confirm(rank_zero, decision.status)
+        check_again_in = decision.check_again_in
+        if await self.rank_zero.confirm(rank_zero, decision.status):  # owed: soon, not at a finished job's pace
+            check_again_in = min(check_again_in if check_again_in is not None else inf, CONFIRM_RETRY_SECONDS)
         finished = decision.status.phase in FINISHED_PHASES
-        return Outcome(exists=not decision.delete_job, check_again_in=decision.check_again_in, finished=finished)
+        return Outcome(exists=not decision.delete_job, check_again_in=check_again_in, finished=finished)
 
     def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
         """The job's worker pods, from the cache."""
