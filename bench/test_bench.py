@@ -75,7 +75,7 @@ def test_the_smol_section_replaces_only_its_own_block(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# B\n{report.smol_section(None)}\n## 2. GPU\n")
     run = {"side": "kubetune", "repetition": 0, "tokens_per_second": 90.0, "step_seconds": 22.0, "process_seconds": 99}
-    side = {"tokens_per_second": 90.0, "peak_rss_bytes": 3 * 2**30}
+    side = {"tokens_per_second": 90.0, "peak_rss_bytes": 3 * 2**30, "step_rise_bytes": 600 * 2**20}
     smol = {
         "profile": {
             "model": {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "intermediate": 1536, "vocab": 49152},
@@ -95,7 +95,12 @@ def test_the_smol_section_replaces_only_its_own_block(tmp_path: Path) -> None:
             "summary": {
                 "uniform": {
                     "kubetune": side,
-                    "transformers": {**side, "tokens_per_second": 75.0, "peak_rss_bytes": 4 * 2**30},
+                    "transformers": {
+                        **side,
+                        "tokens_per_second": 75.0,
+                        "peak_rss_bytes": 4 * 2**30,
+                        "step_rise_bytes": 1000 * 2**20,
+                    },
                     "tokens_per_second_ratio": 1.2,
                 }
             },
@@ -105,12 +110,13 @@ def test_the_smol_section_replaces_only_its_own_block(tmp_path: Path) -> None:
     assert report.replace_block(doc, report.SMOL_START, report.SMOL_END, report.smol_section(smol))
     text = doc.read_text()
     assert text.startswith("# B\n") and text.endswith("\n## 2. GPU\n") and "Pending" not in text
-    assert "| uniform | 90 | 75 | **1.20x** | 3072 MiB | 4096 MiB | 25.0 % |" in text
+    assert "| uniform | 90 | 75 | **1.20x** | 3072 MiB | 4096 MiB | 600 MiB | 1000 MiB | 40.0 % |" in text
 
 
 def test_window_peak_looks_only_inside_the_measured_steps() -> None:
-    from bench.trainers import window_peak
+    from bench.trainers import window_peak, window_rise
 
     samples = [(1.0, 900), (2.0, 300), (3.0, 500), (4.0, 400), (5.0, 950)]
     assert window_peak(samples, 2.0, 4.0) == 500
+    assert window_rise(samples, 2.0, 4.0) == 200 and window_rise(samples, 6.0, 7.0) is None
     assert window_peak(samples, 6.0, 7.0) is None

@@ -49,6 +49,11 @@ class Run:
     """The largest resident set of a rank process sampled inside the measured steps (from /proc, four
     times a second): on the CPU, the whole process's memory at its busiest during training (model,
     gradients, optimizer state, activations, logits)."""
+    step_rise_bytes: float | None = None
+    """The largest sampled resident set inside the measured steps less the smallest: what a training step
+    holds on top of what lasts between steps (model, gradients, optimizer state), i.e. its activations,
+    logits and loss buffers. On the CPU, blocks of that size are mmap'ed and handed back to the system when
+    freed, so the floor between steps is what lasts."""
     checkpoint_seconds: list[float] = field(default_factory=list)
     """Each checkpoint save (kubetune's log), in seconds."""
     out_of_step_seconds: float | None = None
@@ -124,6 +129,12 @@ def window_peak(samples: list[tuple[float, int]], start: float, end: float) -> i
     return max(inside) if inside else None
 
 
+def window_rise(samples: list[tuple[float, int]], start: float, end: float) -> int | None:
+    """The largest less the smallest sampled memory between `start` and `end`; None without samples."""
+    inside = [size for at, size in samples if start <= at <= end]
+    return max(inside) - min(inside) if inside else None
+
+
 def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[float, list[tuple[float, int]]]:
     """Run `command` to the end; (wall seconds, samples of (time.time(), largest resident set of its
     descendants, the ranks, in bytes) four times a second). The measured step window picks its peak from
@@ -169,6 +180,7 @@ def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: d
     train = [r for r in records if r.get("kind") == "train"]
     ends = [r["time"] for r in train]
     rss = window_peak(samples, ends[profile.warmup_steps - 1], ends[-1])
+    rise = window_rise(samples, ends[profile.warmup_steps - 1], ends[-1])
     measured = stats.window([r["time"] for r in train], [r["tokens"] for r in train], profile.warmup_steps)
     timed = train[profile.warmup_steps :]
     inside = sum(r["step_seconds"] for r in timed) / len(timed)
@@ -179,6 +191,7 @@ def run_kubetune(profile: workload.Profile, manifest: Path, folder: Path, env: d
         seconds,
         peak_memory_bytes=poller.values.get("kubetune_gpu_memory_peak_bytes"),
         peak_rss_bytes=rss,
+        step_rise_bytes=rise,
         checkpoint_seconds=[float(s) for s in _CHECKPOINT_LINE.findall(log)],
         out_of_step_seconds=measured.seconds / measured.steps - inside,
     )
@@ -192,6 +205,7 @@ def run_transformers(
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(profile.processes)]
     times = ranks[0]["step_end_times"]
     rss = window_peak(samples, times[profile.warmup_steps - 1], times[-1])
+    rise = window_rise(samples, times[profile.warmup_steps - 1], times[-1])
     tokens = stats.per_step_tokens([r["micro_batch_tokens"] for r in ranks], ranks[0]["accumulation"], len(times))
     measured = stats.window(times, tokens, profile.warmup_steps)
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
@@ -203,6 +217,7 @@ def run_transformers(
         seconds,
         peak_memory_bytes=max(peaks) if peaks else None,
         peak_rss_bytes=rss,
+        step_rise_bytes=rise,
         parameters=ranks[0]["parameters"],
     )
 
@@ -270,12 +285,14 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             mine = [r for r in runs if r.dataset == dataset and r.side == side]
             peaks = [r.peak_memory_bytes for r in mine if r.peak_memory_bytes is not None]
             rss = [r.peak_rss_bytes for r in mine if r.peak_rss_bytes is not None]
+            rise = [r.step_rise_bytes for r in mine if r.step_rise_bytes is not None]
             sides[side] = {
                 "tokens_per_second": stats.median([r.tokens_per_second for r in mine]),
                 "step_seconds": stats.median([r.step_seconds for r in mine]),
                 "runs": len(mine),
                 "peak_memory_bytes": max(peaks) if peaks else None,
                 "peak_rss_bytes": stats.median(rss) if rss else None,
+                "step_rise_bytes": stats.median(rise) if rise else None,
             }
         summary[dataset] = {
             **sides,
