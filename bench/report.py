@@ -254,9 +254,10 @@ def smol_section(smol: dict[str, Any] | None) -> str:
         f"parameters), random weights, {p['precision']}, {p['processes']} processes, ZeRO-{p['zero_stage']}, "
         f"{p['seq_length']} tokens, micro-batch {p['micro_batch']}, accumulation {p['accumulation']}, uniform data; "
         f"{p['steps']} steps per run, the first {p['warmup_steps']} left out; {p['repetitions']} repetitions, "
-        "medians. Memory, from the resident set of the rank processes sampled (from /proc, 4 times a second) "
-        "inside the measured steps: *peak RSS* is the largest, on the CPU the whole process (model, gradients, "
-        "optimizer state, activations and logits); *step rise* is the largest less the smallest, what a training "
+        "medians. Memory, from the resident set of the rank processes inside the measured steps, read from /proc "
+        "4 times a second (the kernel's peak since the last read, VmHWM, reset at each read, so no short peak is "
+        "missed): *peak RSS* is the largest, on the CPU the whole process (model, gradients, optimizer state, "
+        "activations and logits); *step rise* is the largest less the smallest resident set, what a training "
         "step holds on top of what lasts between steps (activations, logits, loss buffers: blocks that size are "
         "mmap'ed and handed back when freed). The goal's \"peak memory of a training step\" is read as the step "
         "rise; the LM head + loss table below isolates the part the chunked loss changes.",
@@ -276,6 +277,7 @@ def smol_section(smol: dict[str, Any] | None) -> str:
             f"{_mib(t.get('peak_rss_bytes'))} | {_mib(k.get('step_rise_bytes'))} | {_mib(t.get('step_rise_bytes'))} | "
             f"{'-' if reduction is None else _pct(reduction)} |"
         )
+        lines += ["", _smol_goals(row["tokens_per_second_ratio"], reduction)]
     spreads = []
     for side in ("kubetune", "transformers"):
         rates = [r["tokens_per_second"] for r in smol["trainer"]["runs"] if r["side"] == side]
@@ -300,6 +302,16 @@ def smol_section(smol: dict[str, Any] | None) -> str:
     if "loss_head" in smol:
         lines += ["", *_loss_head_lines(smol["loss_head"])]
     return "\n".join([*lines, SMOL_END])
+
+
+def _smol_goals(ratio: float, reduction: float | None) -> str:
+    """The smol profile's goals (SMOL_GOALS), each said met or missed."""
+    speed_goal, memory_goal = SMOL_GOALS["tokens_per_second_ratio"], SMOL_GOALS["memory_reduction"]
+    speed = f"tokens/s ratio {ratio:.2f}x (goal >= {speed_goal:.2f}x: {'met' if ratio >= speed_goal else 'missed'})"
+    if reduction is None:
+        return f"Goals: {speed}; step memory not measured."
+    met = "met" if reduction >= memory_goal else "missed"
+    return f"Goals: {speed}; step memory reduction {_pct(reduction)} (goal >= {_pct(memory_goal)}: {met})."
 
 
 def _loss_head_lines(head: dict[str, Any]) -> list[str]:

@@ -111,12 +111,16 @@ def test_the_smol_section_replaces_only_its_own_block(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# B\n") and text.endswith("\n## 2. GPU\n") and "Pending" not in text
     assert "| uniform | 90 | 75 | **1.20x** | 3072 MiB | 4096 MiB | 600 MiB | 1000 MiB | 40.0 % |" in text
+    assert (
+        "Goals: tokens/s ratio 1.20x (goal >= 1.15x: met); step memory reduction 40.0 % (goal >= 30.0 %: met)." in text
+    )
 
 
 def test_window_peak_looks_only_inside_the_measured_steps() -> None:
-    from bench.trainers import window_peak, window_rise
+    from bench.trainers import MemorySample, window_peak, window_rise
 
-    samples = [(1.0, 900), (2.0, 300), (3.0, 500), (4.0, 400), (5.0, 950)]
+    looks = [(1.0, 900, 800), (2.0, 300, 250), (3.0, 500, 300), (4.0, 400, 350), (5.0, 950, 900)]
+    samples = [MemorySample(at, peak, resident) for at, peak, resident in looks]
     assert window_peak(samples, 2.0, 4.0) == 500
-    assert window_rise(samples, 2.0, 4.0) == 200 and window_rise(samples, 6.0, 7.0) is None
+    assert window_rise(samples, 2.0, 4.0) == 250 and window_rise(samples, 6.0, 7.0) is None
     assert window_peak(samples, 6.0, 7.0) is None

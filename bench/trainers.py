@@ -11,6 +11,7 @@ baseline's from the files `bench.hf_side` writes. `stats.window` reduces both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,11 +47,11 @@ class Run:
     """Wall time of the whole torchrun, start-up and end-of-run evaluation/export included."""
     peak_memory_bytes: float | None = None
     peak_rss_bytes: float | None = None
-    """The largest resident set of a rank process sampled inside the measured steps (from /proc, four
-    times a second): on the CPU, the whole process's memory at its busiest during training (model,
-    gradients, optimizer state, activations, logits)."""
+    """The largest resident set of a rank process inside the measured steps (the kernel's peak, VmHWM, read
+    and reset four times a second): on the CPU, the whole process's memory at its busiest during training
+    (model, gradients, optimizer state, activations, logits)."""
     step_rise_bytes: float | None = None
-    """The largest sampled resident set inside the measured steps less the smallest: what a training step
+    """The largest resident set inside the measured steps less the smallest sampled: what a training step
     holds on top of what lasts between steps (model, gradients, optimizer state), i.e. its activations,
     logits and loss buffers. On the CPU, blocks of that size are mmap'ed and handed back to the system when
     freed, so the floor between steps is what lasts."""
@@ -114,44 +115,63 @@ class MetricsPoller:
                     self.values[name] = float(line.rsplit(" ", 1)[1])
 
 
-def _resident(pid: int) -> int | None:
-    """VmRSS (resident set) of a process in bytes; None when it is gone."""
+@dataclass(frozen=True)
+class MemorySample:
+    """The rank processes' memory at one look (bytes, the largest over the ranks)."""
+
+    at: float
+    """time.time() of the look."""
+    peak: int
+    """The largest resident set since the previous look (VmHWM, reset at every look through
+    /proc/PID/clear_refs): a peak between two looks is not missed however short it was."""
+    resident: int
+    """The resident set at the look (VmRSS)."""
+
+
+def _memory(pid: int) -> tuple[int, int] | None:
+    """(peak resident set since the last look, resident set now) of a process in bytes, and the peak reset
+    for the next look; None when it is gone. Where the reset is refused the peak is the process's own."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("Vm")}
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak resident set to the current one
+    if "VmRSS" not in fields:
+        return None
+    return fields.get("VmHWM", fields["VmRSS"]), fields["VmRSS"]
 
 
-def window_peak(samples: list[tuple[float, int]], start: float, end: float) -> int | None:
-    """The largest sampled memory between `start` and `end` (wall-clock seconds); None without samples."""
-    inside = [size for at, size in samples if start <= at <= end]
+def window_peak(samples: list[MemorySample], start: float, end: float) -> int | None:
+    """The largest memory between `start` and `end` (wall-clock seconds); None without samples."""
+    inside = [s.peak for s in samples if start <= s.at <= end]
     return max(inside) if inside else None
 
 
-def window_rise(samples: list[tuple[float, int]], start: float, end: float) -> int | None:
-    """The largest less the smallest sampled memory between `start` and `end`; None without samples."""
-    inside = [size for at, size in samples if start <= at <= end]
-    return max(inside) - min(inside) if inside else None
+def window_rise(samples: list[MemorySample], start: float, end: float) -> int | None:
+    """The largest memory between `start` and `end` less the smallest resident set; None without samples."""
+    inside = [s for s in samples if start <= s.at <= end]
+    return max(s.peak for s in inside) - min(s.resident for s in inside) if inside else None
 
 
-def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[float, list[tuple[float, int]]]:
-    """Run `command` to the end; (wall seconds, samples of (time.time(), largest resident set of its
-    descendants, the ranks, in bytes) four times a second). The measured step window picks its peak from
-    them (`window_peak`): the whole process's peak would be start-up's or the export's, not a step's."""
+def _run(command: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[float, list[MemorySample]]:
+    """Run `command` to the end; (wall seconds, the memory of its descendants, the ranks, four times a
+    second). The measured step window picks its peak from them (`window_peak`): the whole process's peak
+    would be start-up's or the export's, not a step's."""
     from tests.support.launch import descendants
 
     began = time.perf_counter()
-    samples: list[tuple[float, int]] = []
+    samples: list[MemorySample] = []
     with log.open("w") as handle:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
         try:
             while process.poll() is None:
                 if time.perf_counter() - began > timeout:
                     raise subprocess.TimeoutExpired(command, timeout)
-                sizes = [size for pid in descendants(process.pid) if (size := _resident(pid)) is not None]
-                if sizes:
-                    samples.append((time.time(), max(sizes)))
+                looks = [memory for pid in descendants(process.pid) if (memory := _memory(pid)) is not None]
+                if looks:
+                    samples.append(MemorySample(time.time(), max(p for p, _ in looks), max(r for _, r in looks)))
                 time.sleep(0.25)
         finally:
             if process.poll() is None:
