@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # kubetune's images, from one file. Two targets:
 #   operator  `kubetune operator`: kopf + the Kubernetes client, no torch (small).
 #   trainer   `torchrun -m kubetune.cli train`: torch, DeepSpeed, transformers. CUDA by default; the
@@ -9,6 +8,14 @@
 #   docker build --target trainer  -t ghcr.io/kubetune/trainer:0.1.0-cpu \
 #     --build-arg TRAINER_BASE_IMAGE=python:3.11.14-slim-bookworm \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from a registry; BuildKit's built-in
+# Dockerfile frontend has everything used here (heredocs, RUN --mount). Where the package index is
+# reached through a TLS-intercepting proxy, pass the CA bundle and a pip configuration as build secrets
+# (`--secret id=pip-ca,src=...`, `--secret id=pip-conf,src=...`, as `make images` does): they are
+# mounted only while pip runs and no image layer keeps them; without them pip uses its defaults. pip's
+# downloads go to a BuildKit cache mount (never into an image): a rebuild after a code change reinstalls
+# from it without fetching.
 #
 # Versions are pinned: base images by exact tag (pin digests in the release pipeline), Python packages
 # by the constraints below (charts/kubetune/tests checks each pin lies in pyproject.toml's range). The users and
@@ -25,7 +32,9 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY operator ./operator
 COPY trainer ./trainer
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . ./operator ./trainer
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
+    --mount=type=secret,id=pip-conf,target=/etc/pip.conf,required=false \
+    pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . ./operator ./trainer
 
 # ---- pinned versions of the direct dependencies
 FROM scratch AS pins
@@ -52,8 +61,11 @@ FROM ${PYTHON_IMAGE} AS operator
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH HOME=/tmp
 COPY --from=pins /constraints.txt /opt/constraints.txt
 RUN --mount=from=wheel,source=/wheels,target=/wheels \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
+    --mount=type=secret,id=pip-conf,target=/etc/pip.conf,required=false \
+    --mount=type=cache,id=kubetune-pip,target=/var/cache/pip \
     python -m venv /opt/kubetune \
- && /opt/kubetune/bin/pip install --no-cache-dir --constraint /opt/constraints.txt --find-links /wheels kubetune-operator \
+ && PIP_CACHE_DIR=/var/cache/pip /opt/kubetune/bin/pip install --constraint /opt/constraints.txt --find-links /wheels kubetune-operator \
  && groupadd --gid 65532 kubetune && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin kubetune
 USER 65532:65532
 EXPOSE 8080 8081
@@ -70,8 +82,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=pins /constraints.txt /opt/constraints.txt
 RUN --mount=from=wheel,source=/wheels,target=/wheels \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
+    --mount=type=secret,id=pip-conf,target=/etc/pip.conf,required=false \
+    --mount=type=cache,id=kubetune-pip,target=/var/cache/pip \
     python3 -m venv /opt/kubetune \
- && /opt/kubetune/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
+ && PIP_CACHE_DIR=/var/cache/pip /opt/kubetune/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" \
       --constraint /opt/constraints.txt --find-links /wheels kubetune-trainer \
  && (getent passwd 1000 >/dev/null && userdel --remove "$(getent passwd 1000 | cut -d: -f1)" || true) \
  && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune
