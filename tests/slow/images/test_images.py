@@ -2,8 +2,10 @@
 what was built, the operator image is the small one, and no build secret stayed in any layer.
 
 `make test` builds them first (BuildKit from its Go module, a debootstrap base; tests/node/build-images.sh),
-so a missing archive is a failure naming the command, not a skip. Nothing here runs a container; the real
-node (next in issue 20) will.
+so a missing archive is a failure naming the command, not a skip. The operator image is also run, with
+runc as BuildKit runs build steps (a network namespace with only loopback, no capabilities, the image's
+user): its `kubetune crd` prints the CRD checked in, so the code in the image is this tree's and its
+dependencies import. The real node (next in issue 20) runs the images as pods.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
+import subprocess
 import tarfile
+import uuid
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +39,8 @@ class Image:
     config: dict[str, Any]
     files: frozenset[str]
     layer_bytes: int
+    layers: tuple[bytes, ...]
+    """Each layer's tar, uncompressed, bottom first."""
 
 
 @cache
@@ -52,14 +60,69 @@ def image(target: str) -> Image:
         manifest = json.loads(blob(entry["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         files: set[str] = set()
+        layers = []
         size = 0
         for layer in manifest["layers"]:
             data = blob(layer["digest"])
             size += len(data)
             raw = gzip.decompress(data) if layer["mediaType"].endswith("gzip") else data
+            layers.append(raw)
             with tarfile.open(fileobj=io.BytesIO(raw)) as inner:
                 files.update(name.removeprefix("./") for name in inner.getnames())
-    return Image(entry["annotations"]["io.containerd.image.name"], config["config"], frozenset(files), size)
+    name = entry["annotations"]["io.containerd.image.name"]
+    return Image(name, config["config"], frozenset(files), size, tuple(layers))
+
+
+def unpack(built: Image, rootfs: Path) -> None:
+    """The image's filesystem: its layers applied in order (an OCI whiteout `.wh.NAME` removes NAME)."""
+    rootfs.mkdir(parents=True)
+    for raw in built.layers:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as layer:
+            members = []
+            for member in layer.getmembers():
+                path = Path(member.name)
+                if path.name.startswith(".wh."):
+                    gone = rootfs / path.parent / path.name.removeprefix(".wh.")
+                    if gone.is_dir() and not gone.is_symlink():
+                        shutil.rmtree(gone)
+                    else:
+                        gone.unlink(missing_ok=True)
+                else:
+                    members.append(member)
+            layer.extractall(rootfs, members=members, filter="tar")
+
+
+def run_in(
+    built: Image, rootfs: Path, bundle: Path, args: list[str], entrypoint: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`args` after the image's entry point (or `entrypoint`) in a container of the image (runc; its own
+    network namespace with only loopback; no capabilities; the image's user, environment, working
+    directory)."""
+    runc = shutil.which("runc")
+    if runc is None:
+        pytest.fail("runc is missing: install it (apt-get install runc); make images needs it too")
+    bundle.mkdir(parents=True, exist_ok=True)
+    subprocess.run([runc, "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    uid, gid = (int(part) for part in built.config["User"].split(":"))
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec["process"] |= {
+        "terminal": False,
+        "args": [*(built.config.get("Entrypoint", []) if entrypoint is None else entrypoint), *args],
+        "env": built.config.get("Env", []),
+        "cwd": built.config.get("WorkingDir") or "/",
+        "user": {"uid": uid, "gid": gid},
+        "capabilities": {},
+    }
+    assert {"type": "network"} in spec["linux"]["namespaces"]  # only loopback inside: nothing can leave
+    (bundle / "config.json").write_text(json.dumps(spec))
+    name = f"kubetune-image-test-{uuid.uuid4().hex[:12]}"
+    try:
+        return subprocess.run(
+            [runc, "run", "--bundle", str(bundle), name], capture_output=True, text=True, timeout=90, check=False
+        )
+    finally:
+        subprocess.run([runc, "delete", "--force", name], capture_output=True, check=False)
 
 
 def blob_of(archive: tarfile.TarFile, name: str) -> bytes:
@@ -91,3 +154,26 @@ def test_the_operator_image_has_kubetune_and_no_torch() -> None:
 @pytest.mark.parametrize("path", SECRET_PATHS)
 def test_no_build_secret_stays_in_the_image(path: str) -> None:
     assert path not in image("operator").files
+
+
+@pytest.fixture(scope="module")
+def operator_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rootfs = tmp_path_factory.mktemp("operator-image") / "rootfs"
+    unpack(image("operator"), rootfs)
+    return rootfs
+
+
+def test_the_operator_image_runs_this_trees_code(operator_rootfs: Path, tmp_path: Path) -> None:
+    finished = run_in(image("operator"), operator_rootfs, tmp_path / "bundle", ["crd"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout == (ROOT / "crds" / "finetunejob.yaml").read_text()
+
+
+def test_a_container_of_the_image_has_no_route_and_only_loopback(operator_rootfs: Path, tmp_path: Path) -> None:
+    look = (
+        "import json; print(json.dumps([open('/proc/net/route').read().splitlines()[1:], "
+        "[line.split(':')[0].strip() for line in open('/proc/net/dev').read().splitlines()[2:]]]))"
+    )
+    finished = run_in(image("operator"), operator_rootfs, tmp_path / "bundle", ["-c", look], entrypoint=["python"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads(finished.stdout) == [[], ["lo"]]  # no route at all; no interface but loopback
