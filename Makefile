@@ -93,7 +93,7 @@ $(KUEUE_DIR)/.built-$(KUEUE_VERSION):
 # rebuild after a code change take seconds.
 BUILDKIT_VERSION := $(shell awk '$$1 == "github.com/moby/buildkit" {print $$2; exit}' tests/node/buildkit/go.mod)
 BUILDKIT_DIR := .cache/buildkit
-IMAGE_TARGETS ?= operator
+IMAGE_TARGETS ?= operator pause
 
 buildkit: $(BUILDKIT_DIR)/.built-$(BUILDKIT_VERSION)
 

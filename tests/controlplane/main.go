@@ -6,11 +6,14 @@
 //	controlplane kube-controller-manager ...  k8s.io/kubernetes/cmd/kube-controller-manager/app
 //	controlplane kube-scheduler ...           k8s.io/kubernetes/cmd/kube-scheduler/app
 //	controlplane kubectl ...                  k8s.io/kubectl/pkg/cmd
+//	controlplane kubelet ...                  k8s.io/kubernetes/cmd/kubelet/app (the real node, issue 20)
+//	controlplane kube-proxy ...               k8s.io/kubernetes/cmd/kube-proxy/app
 //
 // The remaining arguments are the component's own flags.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -20,7 +23,9 @@ import (
 	kubectl "k8s.io/kubectl/pkg/cmd"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var components = map[string]func() *cobra.Command{
@@ -30,11 +35,15 @@ var components = map[string]func() *cobra.Command{
 		return scheduler.NewSchedulerCommand()
 	},
 	"kubectl": kubectl.NewDefaultKubectlCommand,
+	"kubelet": func() *cobra.Command {
+		return kubelet.NewKubeletCommand(context.Background())
+	},
+	"kube-proxy": proxy.NewProxyCommand,
 }
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl [flags]")
+		fmt.Fprintln(os.Stderr, "usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]

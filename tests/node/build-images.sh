@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the project's images from its Dockerfile with BuildKit, with no registry anywhere (issue 20):
 #
-#   tests/node/build-images.sh TARGET...     (make images; TARGET: operator, trainer)
+#   tests/node/build-images.sh TARGET...     (make images; TARGET: operator, trainer, pause)
 #
 # - BuildKit's daemon and client come from its Go module (make buildkit, tests/node/buildkit). The daemon
 #   runs for this script only, as root, with its own state under .cache/buildkit (its build cache: a
@@ -13,6 +13,8 @@
 # - Where pip reaches the index through a TLS-intercepting proxy, the machine's CA bundle and a pip
 #   configuration pointing at it are passed as build secrets (the Dockerfile mounts them only while pip
 #   runs, so no image keeps them).
+# - `pause`, the pod sandbox a node's containerd starts every pod from, is tests/node/pause built static with
+#   Go, in an image named registry.k8s.io/pause:3.6 (the name containerd asks for; it is never pulled).
 # - Each image is written as an OCI archive, .cache/images/TARGET.tar, named ghcr.io/kubetune/TARGET:0.1.0
 #   (the chart's default), for `ctr -n k8s.io images import`. A build that fails leaves the earlier
 #   archive in place.
@@ -33,7 +35,7 @@ say() { echo "build-images: $*" >&2; }
 
 [ $# -gt 0 ] || die "name the targets to build (operator, trainer)"
 for target in "$@"; do
-  case $target in operator|trainer) ;; *) die "unknown target '$target': the Dockerfile's targets are operator and trainer" ;; esac
+  case $target in operator|trainer|pause) ;; *) die "unknown target '$target': choose operator, trainer (the Dockerfile's targets) or pause" ;; esac
 done
 [ "$(id -u)" = 0 ] || die "BuildKit's daemon and debootstrap need root (run make images as root)"
 [ -x "$BUILDKIT/buildkitd" ] && [ -x "$BUILDKIT/buildctl" ] || die "no BuildKit in $BUILDKIT: run make buildkit"
@@ -115,6 +117,22 @@ build_target() {
   say "$target built in $((SECONDS - began)) s: $IMAGES/$target.tar ($(du -h "$IMAGES/$target.tar" | cut -f1))"
 }
 
+build_pause() {
+  local began=$SECONDS
+  command -v go >/dev/null || die "the pause image is built from tests/node/pause with Go"
+  mkdir -p "$WORK/pause"
+  (cd "$ROOT/tests/node/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$WORK/pause/pause" .)
+  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$WORK/pause/Dockerfile"
+  buildctl build --frontend dockerfile.v0 --local context="$WORK/pause" --local dockerfile="$WORK/pause" \
+    --output "type=oci,dest=$WORK/pause.tar,name=registry.k8s.io/pause:3.6"
+  mv "$WORK/pause.tar" "$IMAGES/pause.tar"
+  say "pause built in $((SECONDS - began)) s: $IMAGES/pause.tar"
+}
+
 start_daemon
-make_base
-for target in "$@"; do build_target "$target"; done
+for target in "$@"; do
+  case $target in
+    pause) build_pause ;;
+    *) make_base && build_target "$target" ;;
+  esac
+done

@@ -10,12 +10,14 @@ setting:
 - the host forwards nothing (`net.ipv4.ip_forward` and IPv6 forwarding are 0): a pod's packet that
   reaches the host is never routed on;
 - the CNI network list gives pods no default route and no masquerade: only the `bridge` plugin (not a
-  default gateway, no `ipMasq`) with `host-local` addresses, routes only to allowed networks (the pod
+  gateway at all: the plugin turns the host's forwarding on for a gateway bridge, seen here; no
+  `ipMasq`) with `host-local` addresses, routes only to allowed networks (the pod
   subnet, the Service range), and `loopback`; any other plugin (portmap's SNAT, a firewall that opens
   forwarding) is refused rather than reasoned about;
 - every registry containerd could pull from points at a local endpoint that refuses connections: the
   CRI plugin reads registry hosts from `config_path`, whose `_default/hosts.toml` (any registry not
-  named) and every per-registry `hosts.toml` may name only loopback servers; the deprecated `mirrors`
+  named) and every per-registry `hosts.toml` may name only loopback servers, and must have a `[host]`
+  table (containerd 1.6 ignores a file without one and pulls from the registry itself: seen here); the deprecated `mirrors`
   and `configs` tables must be absent (they could name any host);
 - a running pod's routing table holds only routes to allowed networks (and IPv6 link-local ones, which
   the kernel adds to every interface and which never pass a router).
@@ -44,6 +46,15 @@ ALLOWED_PLUGINS = frozenset({"bridge", "loopback"})
 ALLOWED_IPAM = frozenset({"host-local"})
 
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+
+#: The bridge plugin's flags that open a way out, and what each does.
+_BRIDGE_FLAGS = {
+    # seen on the project's machine: the plugin (1.1.1) sets net.ipv4.ip_forward to 1 for a gateway bridge
+    "isGateway": "the plugin turns the host's IP forwarding on; give the bridge its address yourself",
+    "isDefaultGateway": "pods would get a default route",
+    "ipMasq": "pods' packets would be masqueraded to the host's uplink",
+    "forceAddress": "the plugin would re-address the bridge",
+}
 
 #: IPv6 link-local: on every interface, never routed beyond the link (the pod's end of its veth).
 LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
@@ -97,9 +108,9 @@ def cni_breaches(
             continue
         if kind != "bridge":
             continue
-        for flag in ("isDefaultGateway", "ipMasq", "forceAddress"):
+        for flag, why in _BRIDGE_FLAGS.items():
             if plugin.get(flag):
-                breaches.append(f"{where}.{flag} is true: a pod would get a way out (set it to false)")
+                breaches.append(f"{where}.{flag} is true: {why} (set it to false)")
         ipam = plugin.get("ipam") or {}
         if ipam.get("type") not in ALLOWED_IPAM:
             breaches.append(f"{where}.ipam.type is {ipam.get('type')!r}; only host-local is allowed")
@@ -135,6 +146,9 @@ def hosts_toml_breaches(text: str, source: str) -> list[str]:
         breaches.append(f"{source}: no `server`; containerd would use the registry the image names")
     elif not _loopback_host(str(server)):
         breaches.append(f"{source}: server {server!r} is not on loopback")
+    if not isinstance(hosts.get("host"), dict) or not hosts["host"]:
+        # containerd 1.6 rejects such a file ("invalid `host` tree") and pulls from the registry itself
+        breaches.append(f'{source}: no [host."..."] table; containerd 1.6 would ignore the file and pull directly')
     for name in hosts.get("host") or {}:
         if not _loopback_host(name):
             breaches.append(f"{source}: [host.{name!r}] is not on loopback")

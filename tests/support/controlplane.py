@@ -58,13 +58,14 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certificates(folder: Path) -> None:
-    """A CA, the API server's serving certificate (loopback and in-cluster names) and the service-account
-    signing key pair, with openssl."""
+def make_certificates(folder: Path, address: str = "127.0.0.1") -> None:
+    """A CA, the API server's serving certificate (loopback, `address` and in-cluster names) and the
+    service-account signing key pair, with openssl."""
     folder.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kubetune-test-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)  # fmt: skip
     names = "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.96.0.1"
+    names += f",IP:{address}" if address != "127.0.0.1" else ""
     (folder / "san.cnf").write_text(f"subjectAltName={names}\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout", "apiserver.key",
              "-out", "apiserver.csr", cwd=folder)  # fmt: skip
@@ -126,10 +127,13 @@ class ControlPlane:
     """More static token users: {token: user name} (no group: RBAC decides what they may do)."""
     scheduler: bool = True
     """Run kube-scheduler (the operator benchmark leaves pods unscheduled and plays the kubelet itself)."""
+    address: str = "127.0.0.1"
+    """Where the API server listens and what it advertises: loopback, or the real node's bridge address,
+    which pods reach through the `kubernetes` Service (tests/support/realnode.py)."""
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -146,7 +150,7 @@ class ControlPlane:
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run `make controlplane` (builds it from tests/controlplane)")
         pki = self.folder / "pki"
-        make_certificates(pki)
+        make_certificates(pki, self.address)
         users = "".join(f"{token},{user},{user}\n" for token, user in self.users.items())
         (self.folder / "tokens.csv").write_text(
             f'{ADMIN_TOKEN},kubetune-admin,kubetune-admin,"system:masters"\n{users}'
@@ -163,7 +167,7 @@ class ControlPlane:
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync", "--log-level=warn",
             "--listen-metrics-urls=", "--quota-backend-bytes=2147483648"], logs / "etcd.log")  # fmt: skip
         apiserver = Component("kube-apiserver", [binary, "kube-apiserver",
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}", f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.port}", f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}", f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={self.folder / 'tokens.csv'}", "--authorization-mode=Node,RBAC",

@@ -4,9 +4,11 @@ The real-node fixture gives containerd, CNI and the kubelet these files; tests/s
 checks them (and the host, and a running pod) before any pod starts. Written here, from the node's
 folders and networks, so that the checks and the tests see exactly what the node runs:
 
-- the CNI network list: one `bridge` (a gateway address on the bridge for the host's end, never a
-  default gateway, no masquerade), `host-local` addresses from the pod subnet, one route (the Service
-  range, which kube-proxy DNATs on the host), and `loopback`;
+- the CNI network list: one `bridge`, not a gateway (for a gateway bridge the plugin turns the host's
+  IP forwarding on: seen on the project's machine), whose address the node fixture gives it beforehand
+  (`NodeNetworks.bridge_address`, where the API server and CoreDNS listen), no masquerade; `host-local`
+  addresses from the pod subnet, one route (the Service range, via the bridge address: kube-proxy DNATs
+  it on the host), and `loopback`;
 - containerd's config (1.6, config version 2): its own root, state and socket; runc at the path given;
   `restrict_oom_score_adj` (the machine may not lower a process's OOM score: the pause sandbox fails
   without it); registries only through `config_path`;
@@ -19,6 +21,7 @@ back with tomllib.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,9 @@ class NodeNetworks:
     pod_cidr: str = "10.244.0.0/24"
     service_cidr: str = "10.96.0.0/16"
     bridge: str = "kt0"
+    bridge_address: str = "10.244.0.1"
+    """The host's address on the bridge (first of the pod subnet): the API server, the kubelet and CoreDNS
+    listen there, the only address pods reach the host at."""
 
     @property
     def allowed(self) -> tuple[str, str]:
@@ -54,19 +60,23 @@ def cni_network_list(networks: NodeNetworks) -> dict[str, Any]:
             {
                 "type": "bridge",
                 "bridge": networks.bridge,
-                "isGateway": True,
+                "isGateway": False,
                 "isDefaultGateway": False,
                 "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": networks.pod_cidr}]],
-                    "routes": [{"dst": networks.service_cidr}],
+                    "ranges": [[{"subnet": networks.pod_cidr, "rangeStart": _after(networks.bridge_address)}]],
+                    "routes": [{"dst": networks.service_cidr, "gw": networks.bridge_address}],
                 },
             },
             {"type": "loopback"},
         ],
     }
+
+
+def _after(address: str) -> str:
+    return str(ipaddress.ip_address(address) + 1)
 
 
 def _quoted(value: str | Path) -> str:
@@ -127,5 +137,8 @@ def containerd_config(paths: ContainerdPaths) -> str:
 def registry_hosts(refused_port: int) -> dict[str, str]:
     """The `hosts.toml` of each registry folder under `config_path` (and `_default`): a loopback port where
     nothing listens (the fixture checks that it refuses)."""
-    text = f'server = "http://127.0.0.1:{refused_port}"\n'
+    endpoint = f"http://127.0.0.1:{refused_port}"
+    # containerd 1.6 refuses a hosts.toml without a [host] table ("invalid `host` tree") and then pulls from
+    # the registry the image names, as if there were none (seen on the project's machine): hence both.
+    text = f'server = "{endpoint}"\n\n[host."{endpoint}"]\n  capabilities = ["pull", "resolve"]\n'
     return {folder: text for folder in ("_default", *KNOWN_REGISTRIES)}

@@ -26,7 +26,7 @@ def bridge(**overrides: Any) -> dict[str, Any]:
     plugin = {
         "type": "bridge",
         "bridge": "kt0",
-        "isGateway": True,
+        "isGateway": False,
         "isDefaultGateway": False,
         "ipMasq": False,
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "10.96.0.0/16"}]},
@@ -42,6 +42,7 @@ def network_list(*plugins: dict[str, Any]) -> dict[str, Any]:
     ("conflist", "expected"),
     [
         (network_list(bridge(), {"type": "loopback"}), []),
+        (network_list(bridge(isGateway=True)), ["plugins[0].isGateway is true: the plugin turns the host's IP"]),
         (network_list(bridge(isDefaultGateway=True)), ["plugins[0].isDefaultGateway is true"]),
         (network_list(bridge(ipMasq=True)), ["plugins[0].ipMasq is true"]),
         (
@@ -56,7 +57,17 @@ def network_list(*plugins: dict[str, Any]) -> dict[str, Any]:
         (network_list(bridge(), {"type": "portmap", "snat": True}), ["plugins[1] is of type 'portmap'"]),
         ({"cniVersion": "1.0.0", "type": "bridge"}, ["no `plugins` list"]),
     ],
-    ids=["shut", "default-gateway", "masquerade", "default-route", "outside-route", "dhcp", "portmap", "not-a-list"],
+    ids=[
+        "shut",
+        "gateway",
+        "default-gateway",
+        "masquerade",
+        "default-route",
+        "outside-route",
+        "dhcp",
+        "portmap",
+        "not-a-list",
+    ],
 )
 def test_the_cni_network_list_gives_pods_no_way_out(conflist: dict[str, Any], expected: list[str]) -> None:
     breaches = cni_breaches(conflist, ALLOWED, source="10-kubetune.conflist")
@@ -70,7 +81,7 @@ version = 2
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = "/run/kubetune-node/certs.d"
 """
-REFUSED = 'server = "http://127.0.0.1:9"\n'
+REFUSED = 'server = "http://127.0.0.1:9"\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull"]\n'
 
 
 @pytest.mark.parametrize(
@@ -78,7 +89,12 @@ REFUSED = 'server = "http://127.0.0.1:9"\n'
     [
         (CONFIG, {"_default": REFUSED, "docker.io": REFUSED}, []),
         (CONFIG, {"docker.io": REFUSED}, ["no _default/hosts.toml"]),
-        (CONFIG, {"_default": 'server = "https://registry-1.docker.io"\n'}, ["server 'https://registry-1.docker.io'"]),
+        (
+            CONFIG,
+            {"_default": 'server = "https://registry-1.docker.io"\n[host."http://127.0.0.1:9"]\n'},
+            ["server 'https://registry-1.docker.io'"],
+        ),
+        (CONFIG, {"_default": 'server = "http://127.0.0.1:9"\n'}, ["no [host."]),
         (
             CONFIG,
             {"_default": REFUSED + '[host."https://mirror.example.com"]\n'},
@@ -93,7 +109,17 @@ REFUSED = 'server = "http://127.0.0.1:9"\n'
         ("version = 2\n", {"_default": REFUSED}, ["config_path is not set"]),
         ("version = \n", {}, ["not TOML"]),
     ],
-    ids=["shut", "no-default", "real-registry", "outside-host", "no-server", "mirrors", "no-config-path", "not-toml"],
+    ids=[
+        "shut",
+        "no-default",
+        "real-registry",
+        "no-host-table",
+        "outside-host",
+        "no-server",
+        "mirrors",
+        "no-config-path",
+        "not-toml",
+    ],
 )
 def test_containerd_can_fetch_no_image_from_another_machine(
     config: str, hosts: dict[str, str], expected: list[str]

@@ -1,0 +1,68 @@
+"""The real node's session (issue 20): a control plane of its own listening on the node's bridge address
+(pods reach it through the `kubernetes` Service), one real node (tests/support/realnode.py), and kubetune
+installed by its chart with the operator running in-cluster from its image, for this package's tests
+only (torn down before the slow tier trains). Logs are kept in build/real-node-logs when a test failed."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.chart import NAMESPACE, render
+from tests.support.controlplane import ADMIN_TOKEN, ControlPlane
+from tests.support.kubeapi import KubeApi
+from tests.support.nodeconfig import NodeNetworks
+from tests.support.realnode import RealNode
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="package")
+def real_node(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RealNode]:
+    folder = tmp_path_factory.mktemp("real-node")
+    plane = ControlPlane(folder / "control-plane", address=NodeNetworks().bridge_address)
+    plane.folder.mkdir()
+    node = RealNode(folder / "node", plane)
+    node.preflight()
+    node.make_bridge()
+    try:
+        plane.start(crds=ROOT / "crds")
+        node.start()
+        yield node
+    finally:
+        try:
+            node.stop()
+        finally:
+            plane.stop()
+            if request.session.testsfailed:
+                kept = ROOT / "build" / "real-node-logs"
+                shutil.rmtree(kept, ignore_errors=True)
+                kept.mkdir(parents=True)
+                shutil.copytree(plane.folder / "logs", kept / "control-plane")
+                shutil.copytree(node.folder / "logs", kept / "node")
+                if node.pod_logs.exists():
+                    shutil.copytree(node.pod_logs, kept / "pods")
+                print(f"\nreal node logs kept in {kept}")
+
+
+@pytest.fixture(scope="package")
+def admin(real_node: RealNode) -> KubeApi:
+    plane = real_node.control_plane
+    return KubeApi(plane.url, ADMIN_TOKEN, plane.ca_file)
+
+
+@pytest.fixture(scope="package")
+def installed(real_node: RealNode, admin: KubeApi, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    """Every object the chart renders, applied as `helm install` would, the operator Deployment included."""
+    code, body = admin.create("v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
+    assert code < 300, body
+    objects = render()
+    path = tmp_path_factory.mktemp("chart") / "chart.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    done = real_node.control_plane.kubectl("apply", "-n", NAMESPACE, "-f", str(path))
+    assert done.returncode == 0, done.stderr
+    return objects

@@ -1,0 +1,122 @@
+"""Scenarios on the real node (issue 20): the project's own images as real pods under a real kubelet,
+with no packet able to leave the machine (tests/support/realnode.py says how the node is made).
+
+- The chart's operator Deployment runs in-cluster from the image `make images` built, under the chart's
+  RBAC, its probes answered by the kubelet, reaching the API server through the `kubernetes` Service.
+- A running pod's routes lead only to the pod subnet and the Service range; the host forwards nothing.
+- A job whose trainer image is not on the node: the kubelet's pull goes to the loopback port every
+  registry points at and is refused at once; the operator's startup deadline fails the job with
+  ImagePullFailed, naming the image. (The trainer image itself, and the training scenarios on real
+  pods, come next.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.builders import a_cpu_gang
+from tests.support.chart import NAMESPACE
+from tests.support.containment import route_breaches
+from tests.support.kubeapi import KubeApi
+from tests.support.realnode import RealNode
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(300)
+
+JOBS = "kubetune.io/v1alpha1/finetunejobs"
+#: An image no `make images` builds: never on the node, whatever else is.
+MISSING_IMAGE = "ghcr.io/kubetune/trainer:not-on-this-node"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def operator_pod(admin: KubeApi) -> dict[str, Any]:
+    pods = admin.list("v1/pods", NAMESPACE)
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def available(admin: KubeApi, installed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    name = next(o for o in installed if o["kind"] == "Deployment")["metadata"]["name"]
+    deployment = admin.get("apps/v1/deployments", NAMESPACE, name) or {}
+    return deployment if deployment.get("status", {}).get("availableReplicas") == 1 else None
+
+
+def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(
+    real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
+) -> None:
+    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    pod = operator_pod(admin)
+    container = pod["status"]["containerStatuses"][0]
+    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0" and container["ready"], container
+    assert container["restartCount"] == 0, container
+    account = next(o for o in installed if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    assert pod["spec"]["serviceAccountName"] == account
+    assert pod["status"]["podIP"].startswith("10.244.0.")
+
+
+def test_a_running_pods_routes_lead_only_to_the_pod_and_service_networks(
+    real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
+) -> None:
+    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    routes = real_node.pod_routes(NAMESPACE, operator_pod(admin)["metadata"]["name"])
+    assert routes, "the pod has no route at all"
+    assert route_breaches(routes, real_node.networks.allowed, "the operator") == []
+    assert not any(route.get("dst") == "default" for route in routes)
+    real_node.check_contained()  # the host still forwards nothing, with pods running
+
+
+def claim(admin: KubeApi, real_node: RealNode, namespace: str, name: str) -> None:
+    """A claim bound to a hostPath volume of its own under the node's folder."""
+    folder = real_node.folder / "volumes" / f"{namespace}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"accessModes": ["ReadWriteMany"], "storageClassName": "kubetune-test"}
+    pv = {
+        "metadata": {"name": f"{namespace}-{name}"},
+        "spec": spec
+        | {
+            "capacity": {"storage": "1Gi"},
+            "hostPath": {"path": str(folder)},
+            "claimRef": {"namespace": namespace, "name": name},
+        },
+    }
+    pvc = {
+        "metadata": {"name": name},
+        "spec": spec | {"volumeName": f"{namespace}-{name}", "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    for resource, ns, body in (("v1/persistentvolumes", None, pv), ("v1/persistentvolumeclaims", namespace, pvc)):
+        code, answer = admin.create(resource, ns, body)
+        assert code < 300, answer
+
+
+def test_a_job_whose_image_is_not_on_the_node_fails_with_a_clear_reason_and_nothing_is_pulled(
+    real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
+) -> None:
+    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    namespace = "rn-missing-image"
+    code, body = admin.create("v1/namespaces", None, {"metadata": {"name": namespace, "labels": RESTRICTED}})
+    assert code < 300, body
+    for name in ("data", "ckpt"):
+        claim(admin, real_node, namespace, name)
+    job = a_cpu_gang("missing-image").retry(startup_timeout_seconds=10).build(validate=True)
+    job["spec"]["image"] = MISSING_IMAGE
+    code, body = admin.create(JOBS, namespace, job)
+    assert code < 300, body
+
+    def failed() -> dict[str, Any] | None:
+        status = (admin.get(JOBS, namespace, "missing-image") or {}).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status = eventually(failed, 120, interval=0.5, message="the job to fail")
+    condition = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "ImagePullFailed", condition
+    assert MISSING_IMAGE in condition["message"], condition
+    # the kubelet did try to pull it: from the loopback port every registry points at, refused at once
+    events = admin.list("v1/events", namespace)
+    pulls = [e["message"] for e in events if e.get("message", "").startswith("Failed to pull image")]
+    assert pulls and all("127.0.0.1:9" in message for message in pulls), pulls
+    real_node.check_contained()

@@ -1,0 +1,3 @@
+module kubetune.io/tests/node/pause
+
+go 1.26.8

@@ -1,0 +1,315 @@
+"""A real node on this machine (issue 20): containerd, runc, CNI, the kubelet and kube-proxy, started and
+stopped by the test suite, running the project's own images as pods, with no packet able to leave.
+
+- The kubelet and kube-proxy are commands of the control-plane binary (tests/controlplane); containerd
+  (1.6), runc and the CNI plugins are Debian's. containerd gets its own root, state and socket under the
+  node's folder (nothing of a containerd the machine may run is touched); the images are imported from
+  `make images`' OCI archives (the pause image among them), so no pull ever happens.
+- The network is a bridge (`kt0`) addressed by the fixture: the API server listens on the bridge
+  address (ControlPlane.address), kube-proxy DNATs the Service range to it on the host, pods get
+  addresses from the pod subnet and one route, to the Service range via the bridge address. No default
+  route, no masquerade, the host never forwards.
+- Before containerd starts, and after every pod the tests start (`check_contained`), the containment
+  checks of tests/support/containment.py must find nothing: the fixture refuses to go on otherwise.
+- Stopping deletes every pod through the API and waits for the kubelet to tear the sandboxes down (CNI
+  DEL), then stops kube-proxy (and removes its rules), the kubelet and containerd by PID, kills any shim
+  left, unmounts what is left under the node's folder and deletes the bridge.
+
+The kubelet and kube-proxy use the admin credentials: this is test infrastructure, and the Node
+authorizer is not what is tested (the operator's own RBAC is, from the chart). Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.support import containment
+from tests.support.controlplane import BINARY, Component, ControlPlane
+from tests.support.nodeconfig import ContainerdPaths, NodeNetworks, cni_network_list, containerd_config, registry_hosts
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / ".cache" / "images"
+CNI_BIN_DIR = Path("/usr/lib/cni")
+#: A loopback port where nothing listens: every registry points there (checked refused at start).
+REFUSED_PORT = 9
+NODE_NAME = "kt-node"
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+
+
+def remove_kube_chains() -> None:
+    """The iptables chains the kubelet and kube-proxy made (KUBE-*), and the rules that jump to them, in
+    every table, IPv4 and IPv6: the machine is left as it was (kube-proxy --cleanup leaves the kubelet's)."""
+    for tool in ("iptables", "ip6tables"):
+        table = ""
+        chains: dict[str, list[str]] = {}
+        jumps: list[tuple[str, list[str]]] = []
+        for line in _run(f"{tool}-save").stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":KUBE-"):
+                chains.setdefault(table, []).append(line[1:].split()[0])
+            elif line.startswith("-A ") and "KUBE-" in line and not line.split()[1].startswith("KUBE-"):
+                jumps.append((table, shlex.split(line)[1:]))
+        for where, rule in jumps:
+            _run(tool, "-t", where, "-D", *rule)
+        for where, names in chains.items():
+            for name in names:
+                _run(tool, "-t", where, "-F", name)
+            for name in names:
+                _run(tool, "-t", where, "-X", name)
+
+
+def _need(condition: bool, what: str) -> None:
+    if not condition:
+        raise RuntimeError(f"the real node cannot start: {what}")
+
+
+@dataclass
+class RealNode:
+    """One node, `NODE_NAME`, registered with `control_plane` (which must listen on the bridge address)."""
+
+    folder: Path
+    control_plane: ControlPlane
+    images: tuple[str, ...] = ("pause", "operator")
+    networks: NodeNetworks = field(default_factory=NodeNetworks)
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def containerd(self) -> ContainerdPaths:
+        return ContainerdPaths(
+            self.folder / "containerd", runc=Path(shutil.which("runc") or "runc"), cni_bin_dir=CNI_BIN_DIR
+        )
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.folder / "pod-logs"
+
+    # -- start -------------------------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """What the node needs, each missing piece named with what to do."""
+        _need(os.geteuid() == 0, "it needs root (containerd, runc, network namespaces)")
+        for tool, package in (
+            ("containerd", "containerd"),
+            ("ctr", "containerd"),
+            ("runc", "runc"),
+            ("iptables", "iptables"),
+        ):
+            _need(shutil.which(tool) is not None, f"{tool} is missing (apt-get install {package})")
+        _need(
+            (CNI_BIN_DIR / "bridge").exists(),
+            f"no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)",
+        )
+        _need(BINARY.exists(), f"{BINARY} is missing (make controlplane)")
+        for image in self.images:
+            _need((IMAGES / f"{image}.tar").exists(), f"{IMAGES / image}.tar is missing (make images)")
+        _need(
+            self.control_plane.address == self.networks.bridge_address,
+            "the control plane must listen on the bridge address",
+        )
+
+    def make_bridge(self) -> None:
+        """The bridge with the host's address on it, before the API server binds that address."""
+        bridge, address = self.networks.bridge, self.networks.bridge_address
+        prefix = self.networks.pod_cidr.split("/")[1]
+        _run("ip", "link", "del", bridge)
+        for argv in (("ip", "link", "add", bridge, "type", "bridge"), ("ip", "addr", "add", f"{address}/{prefix}", "dev", bridge),
+                     ("ip", "link", "set", bridge, "up")):  # fmt: skip
+            done = _run(*argv)
+            _need(done.returncode == 0, f"{' '.join(argv)}: {done.stderr.strip()}")
+
+    def start(self, timeout: float = 60) -> RealNode:
+        self.preflight()
+        paths = self.containerd
+        paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        (paths.folder / "config.toml").write_text(containerd_config(paths))
+        hosts = registry_hosts(REFUSED_PORT)
+        for registry, text in hosts.items():
+            (paths.registry_hosts / registry).mkdir(parents=True, exist_ok=True)
+            (paths.registry_hosts / registry / "hosts.toml").write_text(text)
+        network_list = cni_network_list(self.networks)
+        (paths.cni_conf_dir / "10-kubetune.conflist").write_text(json.dumps(network_list))
+        breaches = containment.cni_breaches(network_list, self.networks.allowed)
+        breaches += containment.registry_breaches(containerd_config(paths), hosts)
+        if not containment.refused(f"http://127.0.0.1:{REFUSED_PORT}"):
+            breaches.append(f"127.0.0.1:{REFUSED_PORT}, where every registry points, does not refuse connections")
+        self._refuse(breaches)
+        self.check_contained()
+        logs = self.folder / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(self.folder)}
+        self._start(
+            Component(
+                "containerd", ["containerd", "--config", str(paths.folder / "config.toml")], logs / "containerd.log"
+            ),
+            env,
+        )
+        self._wait(lambda: paths.socket.exists(), timeout, "containerd's socket")
+        for image in self.images:
+            done = _run(
+                "ctr", "--address", str(paths.socket), "-n", "k8s.io", "images", "import", str(IMAGES / f"{image}.tar")
+            )
+            _need(done.returncode == 0, f"importing {image}.tar: {done.stderr.strip()}")
+        self._start(Component("kubelet", self._kubelet_argv(), logs / "kubelet.log"), env)
+        self._start(
+            Component(
+                "kube-proxy",
+                [str(BINARY), "kube-proxy", f"--config={self._proxy_config()}", "--v=1"],
+                logs / "kube-proxy.log",
+            ),
+            env,
+        )
+        self._wait(self.ready, timeout, f"node {NODE_NAME} to be Ready")
+        self.check_contained()
+        return self
+
+    def _start(self, component: Component, env: dict[str, str]) -> None:
+        self.components.append(component)
+        component.start(env)
+
+    def _wait(self, check: object, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for component in self.components:
+                component.check_alive()
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; logs in {self.folder / 'logs'}")
+
+    def ready(self) -> bool:
+        done = self.control_plane.kubectl(
+            "get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        )
+        return done.returncode == 0 and done.stdout == "True"
+
+    def _kubelet_argv(self) -> list[str]:
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # the machine: cgroup v1, no systemd, no swap policy; no node-allocatable enforcement
+            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
+            "failSwapOn": False, "protectKernelDefaults": False, "localStorageCapacityIsolation": False,
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                               "x509": {"clientCAFile": str(self.control_plane.ca_file)}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "address": self.networks.bridge_address, "port": free_port(), "readOnlyPort": 0, "healthzPort": 0,
+            "clusterDNS": [self.networks.bridge_address], "clusterDomain": "cluster.local", "resolvConf": "/dev/null",
+            "podCIDR": self.networks.pod_cidr, "podLogsDir": str(self.pod_logs),
+            # nothing is pulled and no disk pressure evicts the test's pods
+            "imageGCHighThresholdPercent": 100, "serializeImagePulls": False,
+            "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%"},
+        }  # fmt: skip
+        path = self.folder / "kubelet.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return [str(BINARY), "kubelet", f"--config={path}", f"--kubeconfig={self.control_plane.admin_kubeconfig}",
+                f"--container-runtime-endpoint=unix://{self.containerd.socket}", f"--hostname-override={NODE_NAME}",
+                f"--node-ip={self.networks.bridge_address}", f"--root-dir={self.folder / 'kubelet'}",
+                f"--cert-dir={self.folder / 'kubelet-pki'}", "--v=1"]  # fmt: skip
+
+    def _proxy_config(self) -> Path:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.control_plane.admin_kubeconfig)},
+            "hostnameOverride": NODE_NAME, "bindAddress": self.networks.bridge_address, "mode": "iptables",
+            "healthzBindAddress": f"127.0.0.1:{free_port()}", "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "clusterCIDR": self.networks.pod_cidr, "nodePortAddresses": [f"{self.networks.bridge_address}/32"],
+            # leave the machine's conntrack sysctls alone
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }  # fmt: skip
+        path = self.folder / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- containment ---------------------------------------------------------------------------------------
+
+    def check_contained(self) -> None:
+        """The host forwards nothing (the CNI bridge plugin would turn forwarding on for a gateway bridge)."""
+        self._refuse(containment.forwarding_breaches(containment.read_forwarding()))
+
+    @staticmethod
+    def _refuse(breaches: list[str]) -> None:
+        if breaches:
+            raise RuntimeError(
+                "the real node would let packets or pulls leave the machine:\n- " + "\n- ".join(breaches)
+            )
+
+    def pod_routes(self, namespace: str, pod: str) -> list[dict[str, object]]:
+        """The routing table of a running pod, read in its network namespace (`ip -j route`)."""
+        done = self.control_plane.kubectl(
+            "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.containerStatuses[0].containerID}"
+        )
+        container = done.stdout.removeprefix("containerd://")
+        info = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls")
+        pid = next((line.split()[1] for line in info.stdout.splitlines()[1:] if line.split()[0] == container), None)
+        _need(pid is not None, f"no running task for {namespace}/{pod}")
+        routes = _run("nsenter", "-t", str(pid), "-n", "ip", "-j", "route")
+        _need(routes.returncode == 0, f"ip route in {namespace}/{pod}: {routes.stderr.strip()}")
+        loaded: list[dict[str, object]] = json.loads(routes.stdout or "[]")
+        return loaded
+
+    # -- stop ----------------------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 60) -> None:
+        """Every pod deleted through the API and torn down by the kubelet, then the components stopped."""
+        socket = self.containerd.socket
+        try:
+            if any(c.name == "kubelet" and c.process and c.process.poll() is None for c in self.components):
+                kubectl = self.control_plane.kubectl  # what would make new pods first, then the pods
+                kubectl("delete", "finetunejobs.kubetune.io", "--all", "--all-namespaces", "--wait=false")
+                kubectl("delete", "deployments,replicasets", "--all", "--all-namespaces", "--cascade=orphan")
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and self._sandboxes():
+                    # again while any is left: a controller may have made one more meanwhile
+                    kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false")
+                    time.sleep(1)
+        finally:
+            for component in reversed(self.components):
+                component.stop()
+            _run(str(BINARY), "kube-proxy", "--cleanup")
+            remove_kube_chains()
+            for pid in self._shims(str(socket)):
+                os.kill(pid, signal.SIGKILL)
+            for mount in reversed(self._mounts_under()):
+                _run("umount", "-l", mount)
+            _run("ip", "link", "del", self.networks.bridge)
+
+    def _sandboxes(self) -> list[str]:
+        done = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls", "-q")
+        return done.stdout.split() if done.returncode == 0 else []
+
+    @staticmethod
+    def _shims(socket: str) -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    argv = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if argv and argv[0].endswith(b"containerd-shim-runc-v2") and socket.encode() in b" ".join(argv):
+                    found.append(int(proc.name))
+        return found
+
+    def _mounts_under(self) -> list[str]:
+        prefix = str(self.folder)
+        return [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(prefix)
+        ]
