@@ -59,8 +59,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_certificates(folder: Path, address: str = "127.0.0.1") -> None:
-    """A CA, the API server's serving certificate (loopback, `address` and in-cluster names) and the
-    service-account signing key pair, with openssl."""
+    """A CA, the API server's serving certificate (loopback, `address` and in-cluster names), its client
+    certificate towards kubelets and the service-account signing key pair, with openssl."""
     folder.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kubetune-test-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)  # fmt: skip
@@ -71,6 +71,11 @@ def make_certificates(folder: Path, address: str = "127.0.0.1") -> None:
              "-out", "apiserver.csr", cwd=folder)  # fmt: skip
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "2", "-extfile", "san.cnf", "-out", "apiserver.crt", cwd=folder)  # fmt: skip
+    # the API server's client certificate towards kubelets (logs, exec), which trust this CA
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+             "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr", cwd=folder)  # fmt: skip
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-out", "kubelet-client.crt", cwd=folder)  # fmt: skip
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=folder)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=folder)
 
@@ -175,7 +180,10 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_RANGE}",
             f"--enable-admission-plugins={ADMISSION_PLUGINS}", "--allow-privileged=false",
             f"--cert-dir={pki}", f"--audit-log-path={logs / 'audit.log'}",
-            f"--audit-policy-file={self._audit_policy()}", "--audit-log-maxsize=200", "--v=1"],
+            f"--audit-policy-file={self._audit_policy()}", "--audit-log-maxsize=200", "--v=1",
+            # reach kubelets (logs, exec) at their InternalIP: a node name would be looked up in DNS
+            "--kubelet-preferred-address-types=InternalIP", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}"],
             logs / "kube-apiserver.log")  # fmt: skip
         controller_manager = Component("kube-controller-manager", [binary, "kube-controller-manager",
             f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--secure-port=0",

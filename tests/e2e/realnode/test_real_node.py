@@ -57,6 +57,9 @@ def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(
     account = next(o for o in installed if o["kind"] == "ServiceAccount")["metadata"]["name"]
     assert pod["spec"]["serviceAccountName"] == account
     assert pod["status"]["podIP"].startswith("10.244.0.")
+    # its log, through the API server and the kubelet (reached at the node's InternalIP, not by DNS)
+    logs = real_node.control_plane.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"])
+    assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr
 
 
 def test_a_running_pods_routes_lead_only_to_the_pod_and_service_networks(
