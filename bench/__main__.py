@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import machine, report, trainers, workload
+from bench import machine, report, report_smol, trainers, workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("trainer", "operator", "operator_real", "overheads")
@@ -157,7 +157,7 @@ def main_smol(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     if args.results:
         args.results.write_text(json.dumps(results, indent=2) + "\n")
-    if not report.replace_block(args.out, report.SMOL_START, report.SMOL_END, report.smol_section(results)):
+    if not report.replace_block(args.out, report.SMOL_START, report.SMOL_END, report_smol.smol_section(results)):
         _say(f"{args.out}: no {report.SMOL_START!r} marker; run `make bench` once to write the section")
     _say(f"smol: wrote {path.relative_to(ROOT)}")
     return 0

@@ -33,7 +33,7 @@ CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 die() { echo "build-images: $*" >&2; exit 1; }
 say() { echo "build-images: $*" >&2; }
 
-[ $# -gt 0 ] || die "name the targets to build (operator, trainer)"
+[ $# -gt 0 ] || die "name the targets to build (operator, trainer, pause)"
 for target in "$@"; do
   case $target in operator|trainer|pause) ;; *) die "unknown target '$target': choose operator, trainer (the Dockerfile's targets) or pause" ;; esac
 done
@@ -91,6 +91,7 @@ make_base() {
     >"$WORK/Dockerfile.base"
   buildctl build --frontend dockerfile.v0 --local context="$rootfs" --local dockerfile="$WORK" \
     --opt filename=Dockerfile.base --output "type=oci,dest=$WORK/base.tar,name=kubetune-base:$BASE_RECIPE"
+  [ -s "$WORK/base.tar" ] || die "BuildKit wrote no base archive: see the build output above"
   unpack_layout "$WORK/base.tar" "$WORK/base" >/dev/null
   rm -rf "$IMAGES/base" && mv "$WORK/base" "$IMAGES/base" && echo "$BASE_RECIPE" >"$stamp"
   say "base made in $((SECONDS - began)) s"
@@ -104,9 +105,11 @@ build_target() {
     printf '[global]\ncert = /run/secrets/pip-ca\n' >"$WORK/pip.conf"
     secrets=(--secret "id=pip-ca,src=$CA_BUNDLE" --secret "id=pip-conf,src=$WORK/pip.conf")
   fi
-  local args=()
+  # The base is named by the build argument too, so that the named context always replaces it (a Dockerfile
+  # whose default names another tag would otherwise be pulled).
+  local args=(--opt "build-arg:PYTHON_IMAGE=$BASE_NAME")
   if [ "$target" = trainer ]; then  # the CPU trainer: the same base, torch from the package index
-    args=(--opt "build-arg:TRAINER_BASE_IMAGE=$BASE_NAME" --opt "build-arg:TORCH_INDEX_URL=https://pypi.org/simple")
+    args+=(--opt "build-arg:TRAINER_BASE_IMAGE=$BASE_NAME" --opt "build-arg:TORCH_INDEX_URL=https://pypi.org/simple")
   fi
   say "building $target"
   buildctl build --frontend dockerfile.v0 --local context="$ROOT" --local dockerfile="$ROOT" --opt target="$target" \
@@ -133,6 +136,9 @@ start_daemon
 for target in "$@"; do
   case $target in
     pause) build_pause ;;
-    *) make_base && build_target "$target" ;;
+    *)
+      make_base  # (not `make_base && ...`: that would turn off `set -e` inside it)
+      build_target "$target"
+      ;;
   esac
 done

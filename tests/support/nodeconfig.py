@@ -9,7 +9,9 @@ folders and networks, so that the checks and the tests see exactly what the node
   (`NodeNetworks.bridge_address`, where the API server and CoreDNS listen), no masquerade; `host-local`
   addresses from the pod subnet, one route (the Service range, via the bridge address: kube-proxy DNATs
   it on the host), and `loopback`;
-- containerd's config (1.6, config version 2): its own root, state and socket; runc at the path given;
+- containerd's config (1.6, config version 2): its own root, state and socket, the pods' network
+  namespaces under its state and runc's state under its folder (nothing in /run or /var); runc at the
+  path given;
   `restrict_oom_score_adj` (the machine may not lower a process's OOM score: the pause sandbox fails
   without it); registries only through `config_path`;
 - the registry hosts: every registry, named or not (`_default`), served by a loopback port where
@@ -51,8 +53,9 @@ class NodeNetworks:
         return (self.pod_cidr, self.service_cidr)
 
 
-def cni_network_list(networks: NodeNetworks) -> dict[str, Any]:
-    """The CNI `.conflist` (as a dict; `json.dumps` it into the CNI config folder)."""
+def cni_network_list(networks: NodeNetworks, data_dir: Path) -> dict[str, Any]:
+    """The CNI `.conflist` (as a dict; `json.dumps` it into the CNI config folder); address leases are kept
+    in `data_dir` (the node's folder, not the machine's /var/lib/cni)."""
     return {
         "cniVersion": "1.0.0",
         "name": "kubetune-node",
@@ -66,6 +69,7 @@ def cni_network_list(networks: NodeNetworks) -> dict[str, Any]:
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
+                    "dataDir": str(data_dir),
                     "ranges": [[{"subnet": networks.pod_cidr, "rangeStart": _after(networks.bridge_address)}]],
                     "routes": [{"dst": networks.service_cidr, "gw": networks.bridge_address}],
                 },
@@ -117,12 +121,14 @@ def containerd_config(paths: ContainerdPaths) -> str:
             f"{cri}]",
             f"  sandbox_image = {_quoted(SANDBOX_IMAGE)}",
             "  restrict_oom_score_adj = true",
+            "  netns_mounts_under_state_dir = true",  # the pods' network namespaces in the node's folder
             f"{cri}.containerd]",
             '  default_runtime_name = "runc"',
             f"{cri}.containerd.runtimes.runc]",
             '  runtime_type = "io.containerd.runc.v2"',
             f"{cri}.containerd.runtimes.runc.options]",
             f"  BinaryName = {_quoted(paths.runc)}",
+            f"  Root = {_quoted(paths.folder / 'runc')}",  # runc's state too
             "  SystemdCgroup = false",
             f"{cri}.cni]",
             f"  bin_dir = {_quoted(paths.cni_bin_dir)}",

@@ -12,8 +12,8 @@ from tests.support.ports import free_port
 
 class FakeRankZero:
     """Serves GET /progress like the trainer's rank 0 (the snapshot is set by the test) and, once a test
-    sets `result`, the handover: GET /result, and DELETE /result answered 503 for `refuse_confirms_for`
-    seconds from the first (rank 0 unreachable for a moment), then 204."""
+    sets `result`, the handover: GET /result, and DELETE /result; for `refuse_confirms_for` seconds from
+    the first DELETE both are answered 503 (rank 0 unreachable for a moment), then as usual."""
 
     def __init__(self) -> None:
         self.snapshot: ProgressSnapshot | None = None
@@ -30,9 +30,14 @@ class FakeRankZero:
             return aiohttp.web.Response(status=503)
         return aiohttp.web.Response(body=self.snapshot.model_dump_json(by_alias=True), content_type="application/json")
 
+    def _unreachable(self) -> bool:
+        """Within `refuse_confirms_for` of the first confirmation: rank 0 answers nothing useful."""
+        attempts = self.confirm_attempts
+        return bool(attempts) and time.monotonic() - attempts[0] < self.refuse_confirms_for
+
     async def _result(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        if self.result is None or self.confirmed:
-            return aiohttp.web.Response(status=404)
+        if self.result is None or self.confirmed or self._unreachable():
+            return aiohttp.web.Response(status=404 if self.result is None or self.confirmed else 503)
         return aiohttp.web.Response(body=self.result.wire(), content_type="application/json")
 
     async def _confirm(self, request: aiohttp.web.Request) -> aiohttp.web.Response:

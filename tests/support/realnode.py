@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.support import containment
 from tests.support.controlplane import BINARY, Component, ControlPlane
 from tests.support.nodeconfig import ContainerdPaths, NodeNetworks, cni_network_list, containerd_config, registry_hosts
 from tests.support.ports import free_port
+from tests.support.waiting import GiveUp, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / ".cache" / "images"
@@ -44,10 +46,33 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 #: A loopback port where nothing listens: every registry points there (checked refused at start).
 REFUSED_PORT = 9
 NODE_NAME = "kt-node"
+#: What pods may reach on the host, through the bridge (everything else is dropped: the machine has
+#: services listening on every address that pods must never reach).
+INPUT_CHAIN = "KT-NODE-INPUT"
+#: The kernel settings the kubelet sets (protectKernelDefaults: false), put back as they were at stop.
+KUBELET_SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
+                   "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")  # fmt: skip
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"`{' '.join(argv)}` did not finish within 120 s: the machine is overloaded or stuck"
+        ) from None
+
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def kube_chains() -> list[str]:
+    """The KUBE-* iptables chains on this machine (IPv4 and IPv6, every table)."""
+    found = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        found += [line[1:].split()[0] for line in _run(tool).stdout.splitlines() if line.startswith(":KUBE-")]
+    return found
 
 
 def remove_kube_chains() -> None:
@@ -87,6 +112,9 @@ class RealNode:
     images: tuple[str, ...] = ("pause", "operator")
     networks: NodeNetworks = field(default_factory=NodeNetworks)
     components: list[Component] = field(default_factory=list)
+    saved_sysctls: dict[str, str] = field(default_factory=dict)
+    owns_rules: bool = False
+    """Whether this node's kubelet or kube-proxy ran (only then are KUBE-* chains removed at stop)."""
 
     @property
     def containerd(self) -> ContainerdPaths:
@@ -103,6 +131,10 @@ class RealNode:
     def preflight(self) -> None:
         """What the node needs, each missing piece named with what to do."""
         _need(os.geteuid() == 0, "it needs root (containerd, runc, network namespaces)")
+        for tool, package in (("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables-save", "iptables")):
+            _need(shutil.which(tool) is not None, f"{tool} is missing (apt-get install {package})")
+        _need(not kube_chains(), "this machine has Kubernetes iptables chains of its own (KUBE-*), which the "
+              "node's stop would remove: run the tests on a machine that is not a Kubernetes node")  # fmt: skip
         for tool, package in (
             ("containerd", "containerd"),
             ("ctr", "containerd"),
@@ -141,7 +173,7 @@ class RealNode:
         for registry, text in hosts.items():
             (paths.registry_hosts / registry).mkdir(parents=True, exist_ok=True)
             (paths.registry_hosts / registry / "hosts.toml").write_text(text)
-        network_list = cni_network_list(self.networks)
+        network_list = cni_network_list(self.networks, self.folder / "ip-leases")
         (paths.cni_conf_dir / "10-kubetune.conflist").write_text(json.dumps(network_list))
         breaches = containment.cni_breaches(network_list, self.networks.allowed)
         breaches += containment.registry_breaches(containerd_config(paths), hosts)
@@ -149,6 +181,8 @@ class RealNode:
             breaches.append(f"127.0.0.1:{REFUSED_PORT}, where every registry points, does not refuse connections")
         self._refuse(breaches)
         self.check_contained()
+        self.filter_input()
+        self.saved_sysctls = {name: _sysctl_path(name).read_text().strip() for name in KUBELET_SYSCTLS}
         logs = self.folder / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(self.folder)}
@@ -164,6 +198,7 @@ class RealNode:
                 "ctr", "--address", str(paths.socket), "-n", "k8s.io", "images", "import", str(IMAGES / f"{image}.tar")
             )
             _need(done.returncode == 0, f"importing {image}.tar: {done.stderr.strip()}")
+        self.owns_rules = True
         self._start(Component("kubelet", self._kubelet_argv(), logs / "kubelet.log"), env)
         self._start(
             Component(
@@ -181,15 +216,16 @@ class RealNode:
         self.components.append(component)
         component.start(env)
 
-    def _wait(self, check: object, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        def alive_and(check: Callable[[], bool]) -> bool:
             for component in self.components:
-                component.check_alive()
-            if check():  # type: ignore[operator]
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}; logs in {self.folder / 'logs'}")
+                try:
+                    component.check_alive()
+                except RuntimeError as died:
+                    raise GiveUp(f"{died} (logs in {self.folder / 'logs'})") from None
+            return check()
+
+        eventually(lambda: alive_and(check), timeout, interval=0.2, message=f"{what} (logs in {self.folder / 'logs'})")
 
     def ready(self) -> bool:
         done = self.control_plane.kubectl(
@@ -238,6 +274,32 @@ class RealNode:
 
     # -- containment ---------------------------------------------------------------------------------------
 
+    def filter_input(self) -> None:
+        """Pods reach the host only at the API server's port (the `kubernetes` Service, DNATed there) and with
+        answers to the host's own connections (probes); IPv6 from the bridge not at all."""
+        bridge, address = self.networks.bridge, self.networks.bridge_address
+        port = str(self.control_plane.port)
+        self._remove_input_filter()
+        for argv in (
+            ("iptables", "-N", INPUT_CHAIN),
+            ("iptables", "-A", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"),
+            ("iptables", "-A", INPUT_CHAIN, "-p", "tcp", "-d", address, "--dport", port, "-j", "ACCEPT"),
+            ("iptables", "-A", INPUT_CHAIN, "-j", "DROP"),
+            ("iptables", "-I", "INPUT", "-i", bridge, "-j", INPUT_CHAIN),
+            ("ip6tables", "-I", "INPUT", "-i", bridge, "-j", "DROP"),
+        ):
+            done = _run(*argv)
+            _need(done.returncode == 0, f"{' '.join(argv)}: {done.stderr.strip()}")
+
+    def _remove_input_filter(self) -> None:
+        bridge = self.networks.bridge
+        while _run("iptables", "-D", "INPUT", "-i", bridge, "-j", INPUT_CHAIN).returncode == 0:
+            pass
+        while _run("ip6tables", "-D", "INPUT", "-i", bridge, "-j", "DROP").returncode == 0:
+            pass
+        _run("iptables", "-F", INPUT_CHAIN)
+        _run("iptables", "-X", INPUT_CHAIN)
+
     def check_contained(self) -> None:
         """The host forwards nothing (the CNI bridge plugin would turn forwarding on for a gateway bridge)."""
         self._refuse(containment.forwarding_breaches(containment.read_forwarding()))
@@ -250,24 +312,31 @@ class RealNode:
             )
 
     def pod_routes(self, namespace: str, pod: str) -> list[dict[str, object]]:
-        """The routing table of a running pod, read in its network namespace (`ip -j route`)."""
+        """The routing table of a running pod, IPv4 and IPv6, read in its network namespace (`ip -j route`)."""
         done = self.control_plane.kubectl(
             "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.containerStatuses[0].containerID}"
         )
         container = done.stdout.removeprefix("containerd://")
-        info = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls")
-        pid = next((line.split()[1] for line in info.stdout.splitlines()[1:] if line.split()[0] == container), None)
-        _need(pid is not None, f"no running task for {namespace}/{pod}")
-        routes = _run("nsenter", "-t", str(pid), "-n", "ip", "-j", "route")
-        _need(routes.returncode == 0, f"ip route in {namespace}/{pod}: {routes.stderr.strip()}")
-        loaded: list[dict[str, object]] = json.loads(routes.stdout or "[]")
-        return loaded
+        tasks = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls")
+        pid = next((line.split()[1] for line in tasks.stdout.splitlines()[1:] if line.split()[0] == container), None)
+        if pid is None:
+            raise RuntimeError(f"reading the routes of {namespace}/{pod}: it has no running container")
+        routes: list[dict[str, object]] = []
+        for family in ("-4", "-6"):
+            done = _run("nsenter", "-t", str(pid), "-n", "ip", "-j", family, "route")
+            if done.returncode != 0:
+                raise RuntimeError(f"reading the routes of {namespace}/{pod}: {done.stderr.strip()}")
+            routes += json.loads(done.stdout or "[]")
+        return routes
 
     # -- stop ----------------------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 60) -> None:
-        """Every pod deleted through the API and torn down by the kubelet, then the components stopped."""
+        """Every pod deleted through the API and torn down by the kubelet, then the components stopped and the
+        machine left as it was: no task, mount, bridge, filter or KUBE-* chain, its kernel settings back.
+        Raises, after all that, when pods had to be killed because the kubelet did not tear them down."""
         socket = self.containerd.socket
+        left: list[str] = []
         try:
             if any(c.name == "kubelet" and c.process and c.process.poll() is None for c in self.components):
                 kubectl = self.control_plane.kubectl  # what would make new pods first, then the pods
@@ -278,16 +347,27 @@ class RealNode:
                     # again while any is left: a controller may have made one more meanwhile
                     kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false")
                     time.sleep(1)
+            left = self._sandboxes()
+            for task in left:  # the kubelet is gone or too slow: the tasks are killed where they run
+                _run("ctr", "--address", str(socket), "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", task)
+                _run("ctr", "--address", str(socket), "-n", "k8s.io", "task", "delete", "--force", task)
         finally:
             for component in reversed(self.components):
                 component.stop()
-            _run(str(BINARY), "kube-proxy", "--cleanup")
-            remove_kube_chains()
+            if self.owns_rules:
+                _run(str(BINARY), "kube-proxy", "--cleanup")
+                remove_kube_chains()
+            self._remove_input_filter()
+            for name, value in self.saved_sysctls.items():
+                _sysctl_path(name).write_text(value)
             for pid in self._shims(str(socket)):
                 os.kill(pid, signal.SIGKILL)
             for mount in reversed(self._mounts_under()):
                 _run("umount", "-l", mount)
             _run("ip", "link", "del", self.networks.bridge)
+        if left:
+            raise RuntimeError(f"the kubelet did not tear down {len(left)} pod sandbox(es) within {timeout:g} s; "
+                               f"they were killed (logs in {self.folder / 'logs'})")  # fmt: skip
 
     def _sandboxes(self) -> list[str]:
         done = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls", "-q")

@@ -28,25 +28,34 @@ def real_node(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
     plane.folder.mkdir()
     node = RealNode(folder / "node", plane)
     node.preflight()
-    node.make_bridge()
+    failed = True
     try:
+        node.make_bridge()
         plane.start(crds=ROOT / "crds")
         node.start()
+        failed = False
         yield node
     finally:
         try:
             node.stop()
         finally:
             plane.stop()
-            if request.session.testsfailed:
-                kept = ROOT / "build" / "real-node-logs"
-                shutil.rmtree(kept, ignore_errors=True)
-                kept.mkdir(parents=True)
-                shutil.copytree(plane.folder / "logs", kept / "control-plane")
-                shutil.copytree(node.folder / "logs", kept / "node")
-                if node.pod_logs.exists():
-                    shutil.copytree(node.pod_logs, kept / "pods")
-                print(f"\nreal node logs kept in {kept}")
+            if failed or request.session.testsfailed:
+                keep_logs(plane, node)
+
+
+def keep_logs(plane: ControlPlane, node: RealNode) -> None:
+    kept = ROOT / "build" / "real-node-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for source, name in (
+        (plane.folder / "logs", "control-plane"),
+        (node.folder / "logs", "node"),
+        (node.pod_logs, "pods"),
+    ):
+        if source.exists():
+            shutil.copytree(source, kept / name)
+    print(f"\nreal node logs kept in {kept}")
 
 
 @pytest.fixture(scope="package")

@@ -3,7 +3,9 @@ with no packet able to leave the machine (tests/support/realnode.py says how the
 
 - The chart's operator Deployment runs in-cluster from the image `make images` built, under the chart's
   RBAC, its probes answered by the kubelet, reaching the API server through the `kubernetes` Service.
-- A running pod's routes lead only to the pod subnet and the Service range; the host forwards nothing.
+- A running pod's routes lead only to the pod subnet and the Service range; the host forwards nothing;
+  a pod reaches the API server through its Service but no other service of the host (one listening on
+  every address is dropped).
 - A job whose trainer image is not on the node: the kubelet's pull goes to the loopback port every
   registry points at and is refused at once; the operator's startup deadline fails the job with
   ImagePullFailed, naming the image. (The trainer image itself, and the training scenarios on real
@@ -12,10 +14,13 @@ with no packet able to leave the machine (tests/support/realnode.py says how the
 
 from __future__ import annotations
 
+import json
+import socket
 from typing import Any
 
 import pytest
 
+from tests.e2e.realcluster import RESTRICTED
 from tests.support.builders import a_cpu_gang
 from tests.support.chart import NAMESPACE
 from tests.support.containment import route_breaches
@@ -28,10 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 JOBS = "kubetune.io/v1alpha1/finetunejobs"
 #: An image no `make images` builds: never on the node, whatever else is.
 MISSING_IMAGE = "ghcr.io/kubetune/trainer:not-on-this-node"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 
 
 def operator_pod(admin: KubeApi) -> dict[str, Any]:
@@ -122,4 +123,58 @@ def test_a_job_whose_image_is_not_on_the_node_fails_with_a_clear_reason_and_noth
     events = admin.list("v1/events", namespace)
     pulls = [e["message"] for e in events if e.get("message", "").startswith("Failed to pull image")]
     assert pulls and all("127.0.0.1:9" in message for message in pulls), pulls
+    real_node.check_contained()
+
+
+PROBE = """
+import json, socket
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return "reached"
+    except OSError as error:
+        return type(error).__name__
+print(json.dumps({"api": reach("10.96.0.1", 443), "host": reach(HOST, PORT)}))
+"""
+
+
+def test_a_pod_reaches_the_api_server_through_its_service_and_no_other_host_service(
+    real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
+) -> None:
+    namespace = "rn-reach"
+    code, body = admin.create("v1/namespaces", None, {"metadata": {"name": namespace, "labels": RESTRICTED}})
+    assert code < 300, body
+    with socket.socket() as listening:  # a service of the host, on every address (as the machine has some)
+        listening.bind(("0.0.0.0", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        script = PROBE.replace("HOST", repr(real_node.networks.bridge_address)).replace("PORT", str(port))
+        restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        pod = {
+            "metadata": {"name": "reach"},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": "ghcr.io/kubetune/operator:0.1.0",
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", script],
+                        "securityContext": restricted,
+                    }
+                ],
+            },
+        }
+        code, body = admin.create("v1/pods", namespace, pod)
+        assert code < 300, body
+
+        def ended() -> str | None:
+            phase = ((admin.get("v1/pods", namespace, "reach") or {}).get("status") or {}).get("phase")
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        assert eventually(ended, 90, interval=0.5, message="the probe pod to end") == "Succeeded"
+    logs = real_node.control_plane.kubectl("logs", "-n", namespace, "reach")
+    assert json.loads(logs.stdout) == {"api": "reached", "host": "TimeoutError"}, logs.stdout
     real_node.check_contained()

@@ -169,7 +169,7 @@ def test_a_refused_endpoint_is_told_from_a_listening_one() -> None:
 
 def test_the_node_configuration_the_fixture_writes_passes_every_check(tmp_path: Any) -> None:
     networks = NodeNetworks()
-    assert cni_breaches(cni_network_list(networks), networks.allowed) == []
+    assert cni_breaches(cni_network_list(networks, tmp_path / "leases"), networks.allowed) == []
     paths = ContainerdPaths(tmp_path / "containerd", runc=tmp_path / "runc", cni_bin_dir=tmp_path / "cni-bin")
     config = containerd_config(paths)
     hosts = registry_hosts(refused_port=9)
@@ -177,4 +177,5 @@ def test_the_node_configuration_the_fixture_writes_passes_every_check(tmp_path: 
     cri = tomllib.loads(config)["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["restrict_oom_score_adj"] is True and cri["registry"]["config_path"] == str(paths.registry_hosts)
     assert cri["containerd"]["runtimes"]["runc"]["options"]["BinaryName"] == str(paths.runc)
+    assert cri["netns_mounts_under_state_dir"] is True  # nothing of the node's pods left in /var/run/netns
     assert set(hosts) >= {"_default", "docker.io", "ghcr.io", "registry.k8s.io"}

@@ -88,10 +88,12 @@ async def test_a_confirmation_that_does_not_reach_rank_0_is_still_owed() -> None
     watch = RankZeroWatch(HttpProgressSource(free_port(), timeout=1.0))  # nothing listens there
     whole = largest_result()
     view = RankZeroView(result=whole, pod=POD)
-    assert await watch.confirm(view, FineTuneJobStatus(phase="Succeeded", attempt=1))
+    succeeded = FineTuneJobStatus(phase="Succeeded", attempt=1)
+    assert await watch.confirm(view, succeeded)
     assert not await watch.confirm(view, FineTuneJobStatus(phase="Running", attempt=1))  # not used yet
-    # not remembered as confirmed: the next look asks rank 0 again rather than seeing its gang as ended
-    again = await watch.look(
-        FineTuneJobStatus(phase="Succeeded", attempt=1), [POD], [WorkerObservation(0, 1, "running")]
-    )
-    assert again.result is None
+    # owed: the next look hands it back to be told again, without reading rank 0 (it may still be unreachable)
+    again = await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])
+    assert again.result == whole and again.pod is POD
+    # once worker 0 has ended (its handover time ran out) nothing is owed any more
+    assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "succeeded")])).result is None
+    assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])).result is None

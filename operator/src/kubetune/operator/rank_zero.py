@@ -64,6 +64,9 @@ class RankZeroWatch:
         self.clock = clock
         self._failing_since: dict[str, float] = {}
         self._confirmed: dict[str, tuple[TrainerResult, float]] = {}
+        self._owed: dict[str, TrainerResult] = {}
+        """Results used in a written status whose confirmation rank 0 did not acknowledge, by pod uid: told
+        again at the next look without reading them again (rank 0 may be unreachable for a moment)."""
 
     async def look(
         self, status: FineTuneJobStatus, pods: Sequence[Mapping[str, Any]], workers: Sequence[WorkerObservation]
@@ -81,7 +84,11 @@ class RankZeroWatch:
         if confirmed is not None and not running:  # its result is in the status: its gang is ending
             return RankZeroView(result=confirmed[0])
         if worker.state != "running":
+            self._owed.pop(_uid(pod), None)  # it ended: its handover time ran out, nothing more to tell
             return RankZeroView()
+        owed = self._owed.get(_uid(pod))
+        if owed is not None and not running:  # used already: only the confirmation is still to be told
+            return RankZeroView(result=owed, pod=pod)
         read = await self.source.read(pod)
         reach = self._reach(pod, read) if running else None
         if not result_waiting(read.snapshot, status.attempt):
@@ -95,7 +102,9 @@ class RankZeroWatch:
         if view.result is None or view.pod is None or not confirmable(written):
             return False
         if not await self.source.confirm(view.pod):
+            self._owed[_uid(view.pod)] = view.result
             return True
+        self._owed.pop(_uid(view.pod), None)
         now = self.clock()
         self._confirmed = {k: v for k, v in self._confirmed.items() if now - v[1] < FORGET_AFTER_SECONDS}
         self._confirmed[_uid(view.pod)] = (view.result, now)
