@@ -43,6 +43,25 @@ RESTRICTED = {
 }
 
 
+def bound_claim(
+    namespace: str, claim: str, access_mode: str, host_path: str
+) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(resource, namespace, body) of a claim bound to a hostPath PersistentVolume of its own, named
+    `<namespace>-<claim>`, in the order to create them."""
+    volume = f"{namespace}-{claim}"
+    spec = {"accessModes": [access_mode], "storageClassName": "kubetune-test"}
+    pv = {
+        "metadata": {"name": volume},
+        "spec": spec | {"capacity": {"storage": "1Gi"}, "hostPath": {"path": host_path},
+                        "persistentVolumeReclaimPolicy": "Retain", "claimRef": {"namespace": namespace, "name": claim}},
+    }  # fmt: skip
+    pvc = {
+        "metadata": {"name": claim},
+        "spec": spec | {"volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    return [("v1/persistentvolumes", None, pv), ("v1/persistentvolumeclaims", namespace, pvc)]
+
+
 def operator_settings() -> OperatorSettings:
     """The in-process operator's settings: the tests' short timers, and a bound on unreachable progress
     (30 s) and a handover of rank 0's whole result (40 s) short enough for a scenario to see both, yet
@@ -155,21 +174,9 @@ class RealCluster:
     def ensure_claim(self, namespace: str, claim: str, access_mode: str = "ReadWriteMany") -> None:
         """A claim (ReadWriteMany unless told) bound to a PersistentVolume of its own (the kubelet maps it to a
         folder, whatever its access mode: the process kubelet attaches nothing, so it never refuses a mount)."""
-        volume = f"{namespace}-{claim}"
-        spec = {"accessModes": [access_mode], "storageClassName": "kubetune-test"}
-        pv = {
-            "metadata": {"name": volume},
-            "spec": spec | {"capacity": {"storage": "1Gi"}, "hostPath": {"path": f"/nonexistent/{volume}"},
-                            "persistentVolumeReclaimPolicy": "Retain",
-                            "claimRef": {"namespace": namespace, "name": claim}},
-        }  # fmt: skip
-        pvc = {
-            "metadata": {"name": claim},
-            "spec": spec | {"volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
-        }
-        for resource, ns, body in (("v1/persistentvolumes", None, pv), ("v1/persistentvolumeclaims", namespace, pvc)):
+        for resource, ns, body in bound_claim(namespace, claim, access_mode, f"/nonexistent/{namespace}-{claim}"):
             code, answer = self.api.create(resource, ns, body)
-            assert code < 300 or code == 409, f"{resource} {volume}: HTTP {code}: {answer}"
+            assert code < 300 or code == 409, f"{resource} {namespace}-{claim}: HTTP {code}: {answer}"
 
     # -- objects (any namespace) -----------------------------------------------------------------------
 

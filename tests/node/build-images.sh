@@ -67,11 +67,15 @@ start_daemon() {
 
 buildctl() { "$BUILDKIT/buildctl" --addr "$SOCKET" "$@"; }
 
-# An OCI layout directory from an OCI archive; prints the digest of its (only) manifest.
+# An OCI layout directory from an OCI archive.
 unpack_layout() {
   local archive=$1 layout=$2
   rm -rf "$layout" && mkdir -p "$layout" && tar -xf "$archive" -C "$layout"
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$layout/index.json"
+}
+
+# The digest of an OCI layout's (only) manifest.
+layout_digest() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$1/index.json"
 }
 
 make_base() {
@@ -92,14 +96,14 @@ make_base() {
   buildctl build --frontend dockerfile.v0 --local context="$rootfs" --local dockerfile="$WORK" \
     --opt filename=Dockerfile.base --output "type=oci,dest=$WORK/base.tar,name=kubetune-base:$BASE_RECIPE"
   [ -s "$WORK/base.tar" ] || die "BuildKit wrote no base archive: see the build output above"
-  unpack_layout "$WORK/base.tar" "$WORK/base" >/dev/null
+  unpack_layout "$WORK/base.tar" "$WORK/base"
   rm -rf "$IMAGES/base" && mv "$WORK/base" "$IMAGES/base" && echo "$BASE_RECIPE" >"$stamp"
   say "base made in $((SECONDS - began)) s"
 }
 
 build_target() {
   local target=$1 digest began=$SECONDS
-  digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$IMAGES/base/index.json")
+  digest=$(layout_digest "$IMAGES/base")
   local secrets=()
   if [ -f "$CA_BUNDLE" ]; then
     printf '[global]\ncert = /run/secrets/pip-ca\n' >"$WORK/pip.conf"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.realcluster import RESTRICTED
+from tests.e2e.realcluster import RESTRICTED, bound_claim
 from tests.support.builders import a_cpu_gang
 from tests.support.chart import NAMESPACE
 from tests.support.containment import route_breaches
@@ -78,21 +78,7 @@ def claim(admin: KubeApi, real_node: RealNode, namespace: str, name: str) -> Non
     """A claim bound to a hostPath volume of its own under the node's folder."""
     folder = real_node.folder / "volumes" / f"{namespace}-{name}"
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"accessModes": ["ReadWriteMany"], "storageClassName": "kubetune-test"}
-    pv = {
-        "metadata": {"name": f"{namespace}-{name}"},
-        "spec": spec
-        | {
-            "capacity": {"storage": "1Gi"},
-            "hostPath": {"path": str(folder)},
-            "claimRef": {"namespace": namespace, "name": name},
-        },
-    }
-    pvc = {
-        "metadata": {"name": name},
-        "spec": spec | {"volumeName": f"{namespace}-{name}", "resources": {"requests": {"storage": "1Gi"}}},
-    }
-    for resource, ns, body in (("v1/persistentvolumes", None, pv), ("v1/persistentvolumeclaims", namespace, pvc)):
+    for resource, ns, body in bound_claim(namespace, name, "ReadWriteMany", str(folder)):
         code, answer = admin.create(resource, ns, body)
         assert code < 300, answer
 

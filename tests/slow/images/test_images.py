@@ -40,7 +40,6 @@ class Image:
     name: str
     config: dict[str, Any]
     files: frozenset[str]
-    layer_bytes: int
     layers: tuple[bytes, ...]
     """Each layer's tar, uncompressed, bottom first."""
 
@@ -52,27 +51,27 @@ def image(target: str) -> Image:
         pytest.fail(f"{archive} is missing: `make images` builds it (make test runs it first)")
     with tarfile.open(archive) as outer:
 
-        def blob(digest: str) -> bytes:
-            member = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
-            assert member is not None, digest
+        def read(name: str) -> bytes:
+            member = outer.extractfile(name)
+            assert member is not None, name
             return member.read()
 
-        index = json.loads(blob_of(outer, "index.json"))
-        entry = index["manifests"][0]
+        def blob(digest: str) -> bytes:
+            return read(f"blobs/sha256/{digest.split(':', 1)[1]}")
+
+        entry = json.loads(read("index.json"))["manifests"][0]
         manifest = json.loads(blob(entry["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         files: set[str] = set()
         layers = []
-        size = 0
         for layer in manifest["layers"]:
             data = blob(layer["digest"])
-            size += len(data)
             raw = gzip.decompress(data) if layer["mediaType"].endswith("gzip") else data
             layers.append(raw)
             with tarfile.open(fileobj=io.BytesIO(raw)) as inner:
                 files.update(name.removeprefix("./") for name in inner.getnames())
     name = entry["annotations"]["io.containerd.image.name"]
-    return Image(name, config["config"], frozenset(files), size, tuple(layers))
+    return Image(name, config["config"], frozenset(files), tuple(layers))
 
 
 def unpack(built: Image, rootfs: Path) -> None:
@@ -125,12 +124,6 @@ def run_in(
         )
     finally:
         subprocess.run([runc, "delete", "--force", name], capture_output=True, check=False)
-
-
-def blob_of(archive: tarfile.TarFile, name: str) -> bytes:
-    member = archive.extractfile(name)
-    assert member is not None, name
-    return member.read()
 
 
 def test_the_operator_image_is_the_one_the_chart_runs_as_the_dockerfile_says() -> None:

@@ -39,6 +39,7 @@ from kubetune.monitoring import generate
 from kubetune.monitoring.alerts import render_rule_file
 from kubetune.monitoring.dashboard import panel_queries
 from kubetune.monitoring.metrics import OPERATOR_METRICS, TRAINER_METRICS, Metric
+from kubetune.operator import metrics as operator_metrics
 from tests.support import launch, tiny
 from tests.support.apiserver import PODS, ApiServer, Cluster, declare_resources, fast_settings
 from tests.support.builders import a_cpu_gang
@@ -154,6 +155,15 @@ async def _await_scraped(story: Story) -> None:
 async def _tell_story(directory: Path, model: Path, prometheus: Prometheus, ports: dict[str, int]) -> Story:
     process, log, workdir = _start_trainer(directory / "trainer", model, ports["trainer"])
     story = Story(prometheus, start=time.time(), end=0.0)
+    # The operator's metrics live in one registry per process: jobs earlier tests failed in this process
+    # would stand in its counters (a fresh operator starts with none) and fire KubetuneJobFailed here.
+    for labelled in (
+        operator_metrics.JOBS,
+        operator_metrics.RESTARTS,
+        operator_metrics.FINISHED,
+        operator_metrics.API_ERRORS,
+    ):
+        labelled.clear()
     try:
         cluster = Cluster(fast_settings(metrics_port=ports["operator"], progress_port=ports["trainer"]))
         cluster.server = FlakyApiServer()
