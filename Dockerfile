@@ -24,6 +24,8 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG TRAINER_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# cuda, or cpu: the CPU image compiles DeepSpeed's shared-memory comm op at build time (see the trainer stage).
+ARG TRAINER_ACCELERATOR=cuda
 
 # ---- the workspace's three wheels (no dependencies), built once for both images
 FROM ${PYTHON_IMAGE} AS wheel
@@ -72,24 +74,54 @@ EXPOSE 8080 8081
 ENTRYPOINT ["kubetune"]
 CMD ["operator"]
 
+# ---- the trainer's third-party requirements, read from the two pyproject files alone: a change of kubetune's
+#      code then leaves the trainer image's large dependency layer (and its export) as it was
+FROM ${PYTHON_IMAGE} AS trainer-requirements
+COPY pyproject.toml /src/pyproject.toml
+COPY trainer/pyproject.toml /src/trainer/pyproject.toml
+COPY <<EOF /requirements.py
+import tomllib
+for path in ("/src/pyproject.toml", "/src/trainer/pyproject.toml"):
+    for requirement in tomllib.load(open(path, "rb"))["project"]["dependencies"]:
+        name = requirement
+        for mark in "<>=!~[; ":
+            name = name.split(mark)[0]
+        if not name.startswith("kubetune"):
+            print(requirement)
+EOF
+RUN python3 /requirements.py > /requirements.txt
+
 # ---- trainer: torch + DeepSpeed on the chosen base (CUDA runtime, or a plain Python image for CPU)
 FROM ${TRAINER_BASE_IMAGE} AS trainer
 ARG TORCH_INDEX_URL
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH DEBIAN_FRONTEND=noninteractive
+ARG TRAINER_ACCELERATOR
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH DEBIAN_FRONTEND=noninteractive \
+    TORCH_EXTENSIONS_DIR=/opt/kubetune/torch-extensions
 # DeepSpeed builds its ops just in time (the CPU comm op included): a compiler and Python headers.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ $(command -v python3 >/dev/null || echo python3 python3-venv python3-dev) \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=pins /constraints.txt /opt/constraints.txt
-RUN --mount=from=wheel,source=/wheels,target=/wheels \
-    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
+COPY --from=trainer-requirements /requirements.txt /opt/requirements.txt
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
     --mount=type=secret,id=pip-conf,target=/etc/pip.conf,required=false \
     --mount=type=cache,id=kubetune-pip,target=/var/cache/pip \
     python3 -m venv /opt/kubetune \
  && PIP_CACHE_DIR=/var/cache/pip /opt/kubetune/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" \
-      --constraint /opt/constraints.txt --find-links /wheels kubetune-trainer \
+      --constraint /opt/constraints.txt --requirement /opt/requirements.txt \
  && (getent passwd 1000 >/dev/null && userdel --remove "$(getent passwd 1000 | cut -d: -f1)" || true) \
  && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune
+# On the CPU, DeepSpeed's gloo backend loads a shared-memory comm op that it compiles just in time with g++
+# (half a minute to a minute on two cores): compiled here once, so that no pod of any attempt compiles it
+# again. The folder stays the trainer user's: loading takes a lock file beside the compiled op.
+RUN if [ "$TRAINER_ACCELERATOR" = cpu ]; then \
+      DS_ACCELERATOR=cpu python3 -c "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None, 'the shm comm op did not build'" \
+      && chown -R 1000:1000 "$TORCH_EXTENSIONS_DIR"; \
+    fi
+# kubetune itself last, a small layer of its own; `pip check`: the layer above has all it requires.
+RUN --mount=from=wheel,source=/wheels,target=/wheels \
+    /opt/kubetune/bin/pip install --no-deps --no-index --find-links /wheels kubetune kubetune-trainer \
+ && /opt/kubetune/bin/pip check
 USER 1000:1000
 WORKDIR /home/kubetune
 # 9400: rank 0's /metrics and /progress; 29500: torchrun's rendezvous.

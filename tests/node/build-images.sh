@@ -8,7 +8,7 @@
 #   rebuild after a code change reuses every layer before it), host networking for pip, and is stopped
 #   by PID when the script ends, however it ends.
 # - The Python base image the Dockerfile names (PYTHON_IMAGE) cannot be pulled: it is replaced by a
-#   Debian bookworm made with debootstrap (python3, venv, pip; a `python` link), given to the build as a
+#   Debian bookworm made with debootstrap (python3 with its headers, venv, pip; a `python` link), given to the build as a
 #   named context from an OCI layout. Built once per BASE_RECIPE and kept in .cache/images/base.
 # - Where pip reaches the index through a TLS-intercepting proxy, the machine's CA bundle and a pip
 #   configuration pointing at it are passed as build secrets (the Dockerfile mounts them only while pip
@@ -26,7 +26,7 @@ IMAGES=${IMAGES_DIR:-$ROOT/.cache/images}
 VERSION=0.1.0
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 #: Changing the recipe of the base (packages, fix-ups below) changes this, and the base is made again.
-BASE_RECIPE="bookworm-minbase-python3-venv-pip-1"
+BASE_RECIPE="bookworm-minbase-python3-venv-pip-dev-2"
 BASE_NAME=python:3.11.14-slim-bookworm
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 
@@ -84,7 +84,7 @@ make_base() {
   command -v debootstrap >/dev/null || die "the base image is made with debootstrap: install it (apt-get install debootstrap)"
   say "making the base with debootstrap (about a minute)"
   local rootfs=$WORK/rootfs began=$SECONDS
-  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$rootfs" "$DEBIAN_MIRROR" \
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python3-dev bookworm "$rootfs" "$DEBIAN_MIRROR" \
     >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
   # What an official Python image has and a Debian system lacks: `python`, and pip allowed to install
   # (PEP 668's marker; the images install into a venv anyway).
@@ -113,7 +113,8 @@ build_target() {
   # whose default names another tag would otherwise be pulled).
   local args=(--opt "build-arg:PYTHON_IMAGE=$BASE_NAME")
   if [ "$target" = trainer ]; then  # the CPU trainer: the same base, torch from the package index
-    args+=(--opt "build-arg:TRAINER_BASE_IMAGE=$BASE_NAME" --opt "build-arg:TORCH_INDEX_URL=https://pypi.org/simple")
+    args+=(--opt "build-arg:TRAINER_BASE_IMAGE=$BASE_NAME" --opt "build-arg:TORCH_INDEX_URL=https://pypi.org/simple" \
+      --opt "build-arg:TRAINER_ACCELERATOR=cpu")
   fi
   say "building $target"
   buildctl build --frontend dockerfile.v0 --local context="$ROOT" --local dockerfile="$ROOT" --opt target="$target" \

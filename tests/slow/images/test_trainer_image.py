@@ -1,0 +1,86 @@
+"""The CPU trainer image `make images` built (issue 20), read from its OCI archive as a stream (it is
+several GB: never held in memory as the operator image's test holds its layers): it runs as the operator
+builds worker pods (user, entry point, ports), carries DeepSpeed's CPU comm op compiled at build time (no
+pod compiles it), and no build secret stayed in any layer. The real node's training scenarios
+(tests/e2e/realnode/test_training.py) run it as pods.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pytest
+
+from kubetune.operator.builders import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_UID
+from tests.slow.images.test_images import IMAGES, PIP_CONF_LINE, SECRET_PATHS
+
+pytestmark = pytest.mark.timeout(300)
+
+#: Files up to this size are searched for the pip configuration passed as a secret (a leaked copy would
+#: be one such file; the image's large files are libraries).
+SEARCHED_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Scanned:
+    name: str
+    config: dict[str, Any]
+    files: frozenset[str]
+    holding_secret: tuple[str, ...]
+    """Files whose content has the pip configuration's line."""
+
+
+@cache
+def scan(target: str) -> Scanned:
+    archive = IMAGES / f"{target}.tar"
+    if not archive.exists():
+        pytest.fail(f"{archive} is missing: `make images` builds it (make test runs it first)")
+    with tarfile.open(archive) as outer:
+
+        def blob(digest: str) -> tarfile.ExFileObject:
+            member = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert member is not None, digest
+            return member
+
+        entry = json.loads(outer.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(blob(entry["manifests"][0]["digest"]).read())
+        config = json.loads(blob(manifest["config"]["digest"]).read())
+        files: set[str] = set()
+        holding: list[str] = []
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=blob(layer["digest"]), mode="r|*") as inner:
+                for member in inner:
+                    name = member.name.removeprefix("./")
+                    files.add(name)
+                    if member.isfile() and member.size <= SEARCHED_BYTES:
+                        content = inner.extractfile(member)
+                        if content is not None and PIP_CONF_LINE in content.read():
+                            holding.append(name)
+    name = entry["manifests"][0]["annotations"]["io.containerd.image.name"]
+    return Scanned(name, config["config"], frozenset(files), tuple(holding))
+
+
+def test_the_trainer_image_runs_as_the_operator_builds_worker_pods() -> None:
+    built = scan("trainer")
+    assert built.name == "ghcr.io/kubetune/trainer:0.1.0"  # the chart's default trainer image
+    assert built.config["User"] == f"{TRAINER_UID}:{TRAINER_UID}"
+    assert built.config["Entrypoint"] == ["kubetune"]
+    assert set(built.config["ExposedPorts"]) == {f"{RENDEZVOUS_PORT}/tcp", f"{METRICS_PORT}/tcp"}
+    assert "opt/kubetune/bin/torchrun" in built.files
+
+
+def test_the_trainer_image_carries_deepspeeds_cpu_comm_op_compiled() -> None:
+    built = scan("trainer")
+    env = dict(line.split("=", 1) for line in built.config["Env"])
+    folder = env["TORCH_EXTENSIONS_DIR"].strip("/")
+    assert [f for f in built.files if f.startswith(f"{folder}/") and f.endswith(".so")], sorted(built.files)[:20]
+
+
+def test_no_build_secret_stays_in_the_trainer_image() -> None:
+    built = scan("trainer")
+    assert not [path for path in SECRET_PATHS if path in built.files]
+    assert built.holding_secret == ()
