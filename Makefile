@@ -15,7 +15,7 @@ MODEL_DIR := .cache/models/smollm2
 MODEL_FILE := $(MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images
+.PHONY: venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns
 
 venv: $(VENV)/.installed
 
@@ -39,7 +39,7 @@ run: venv $(MODEL_FILE)
 	@echo "workdir: $(abspath $(RUN_DIR))"
 
 # The tiers (docs/testing.md): unit (beside the code), integration, e2e, slow, cluster (opt-in).
-test: venv lint controlplane kueue images
+test: venv lint controlplane kueue images coredns
 	$(BIN)/pytest -q
 
 # The inner loop: lint + unit + integration, under two minutes on two cores (once .venv and the control
@@ -93,7 +93,7 @@ $(KUEUE_DIR)/.built-$(KUEUE_VERSION):
 # rebuild after a code change take seconds.
 BUILDKIT_VERSION := $(shell awk '$$1 == "github.com/moby/buildkit" {print $$2; exit}' tests/node/buildkit/go.mod)
 BUILDKIT_DIR := .cache/buildkit
-IMAGE_TARGETS ?= operator pause
+IMAGE_TARGETS ?= operator trainer pause
 
 buildkit: $(BUILDKIT_DIR)/.built-$(BUILDKIT_VERSION)
 
@@ -106,6 +106,19 @@ $(BUILDKIT_DIR)/.built-$(BUILDKIT_VERSION): tests/node/buildkit/go.mod tests/nod
 
 images: buildkit
 	tests/node/build-images.sh $(IMAGE_TARGETS)
+
+# The real node's cluster DNS (tests/support/clusterdns.py): CoreDNS from its Go module (no `replace`, so a
+# plain `go install` resolves it). Cold: about 2 minutes; one stamp per version.
+COREDNS_VERSION := v1.15.0
+COREDNS_DIR := .cache/coredns
+
+coredns: $(COREDNS_DIR)/.built-$(COREDNS_VERSION)
+
+$(COREDNS_DIR)/.built-$(COREDNS_VERSION):
+	@command -v go >/dev/null || { echo "CoreDNS is built from its Go module and needs Go (https://go.dev/dl/)" >&2; exit 1; }
+	rm -rf $(COREDNS_DIR) && mkdir -p $(COREDNS_DIR)
+	GOBIN=$(CURDIR)/$(COREDNS_DIR) go install -ldflags "-s -w" github.com/coredns/coredns@$(COREDNS_VERSION)
+	touch $@
 
 lint: venv
 	$(BIN)/ruff check .

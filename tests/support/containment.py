@@ -19,6 +19,8 @@ setting:
   named) and every per-registry `hosts.toml` may name only loopback servers, and must have a `[host]`
   table (containerd 1.6 ignores a file without one and pulls from the registry itself: seen here); the deprecated `mirrors`
   and `configs` tables must be absent (they could name any host);
+- the cluster DNS (CoreDNS) answers from the API server only: no plugin that sends a query to another
+  server (`forward`, `grpc`, ...), and it listens on the bridge address alone;
 - a running pod's routing table holds only routes to allowed networks (and IPv6 link-local ones, which
   the kernel adds to every interface and which never pass a router).
 
@@ -203,4 +205,22 @@ def route_breaches(routes: Iterable[Mapping[str, Any]], allowed_cidrs: Iterable[
         if destination == "default" or not _inside(destination, allowed):
             via = f" via {route['gateway']}" if route.get("gateway") else ""
             breaches.append(f"pod {pod}: route to {destination}{via} leads off the pod and Service networks")
+    return breaches
+
+
+#: CoreDNS plugins that send queries, or read answers, from another server.
+UPSTREAM_DNS_PLUGINS = ("forward", "grpc", "proxy", "alternate", "etcd", "route53", "azure", "clouddns")
+
+
+def dns_breaches(corefile: str, bridge_address: str) -> list[str]:
+    """What in a Corefile would send a query off the machine, or serve one beyond the node's bridge."""
+    directives = [line.split() for line in corefile.splitlines() if line.split()]
+    breaches = [
+        f"CoreDNS's `{words[0]}` plugin sends queries to {' '.join(words[1:]) or 'another server'}"
+        for words in directives
+        if words[0] in UPSTREAM_DNS_PLUGINS
+    ]
+    binds = [words[1:] for words in directives if words[0] == "bind"]
+    if binds != [[bridge_address]]:
+        breaches.append(f"CoreDNS must bind the bridge address {bridge_address} alone, not {binds or 'every address'}")
     return breaches

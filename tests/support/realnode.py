@@ -1,5 +1,6 @@
-"""A real node on this machine (issue 20): containerd, runc, CNI, the kubelet and kube-proxy, started and
-stopped by the test suite, running the project's own images as pods, with no packet able to leave.
+"""A real node on this machine (issue 20): containerd, runc, CNI, the kubelet, kube-proxy and CoreDNS,
+started and stopped by the test suite, running the project's own images as pods, with no packet able to
+leave.
 
 - The kubelet and kube-proxy are commands of the control-plane binary (tests/controlplane); containerd
   (1.6), runc and the CNI plugins are Debian's. containerd gets its own root, state and socket under the
@@ -11,6 +12,7 @@ stopped by the test suite, running the project's own images as pods, with no pac
   route, no masquerade, the host never forwards.
 - Before containerd starts, and after every pod the tests start (`check_contained`), the containment
   checks of tests/support/containment.py must find nothing: the fixture refuses to go on otherwise.
+- CoreDNS (tests/support/clusterdns.py) serves the cluster's zones on the bridge address, and nothing else.
 - Stopping deletes every pod through the API and waits for the kubelet to tear the sandboxes down (CNI
   DEL), then stops kube-proxy (and removes its rules), the kubelet and containerd by PID, kills any shim
   left, unmounts what is left under the node's folder and deletes the bridge.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,9 @@ from pathlib import Path
 import yaml
 
 from tests.support import containment
+from tests.support.clusterdns import COREDNS, ClusterDns
 from tests.support.controlplane import BINARY, Component, ControlPlane
+from tests.support.kubechains import kube_chains, remove_kube_chains
 from tests.support.nodeconfig import ContainerdPaths, NodeNetworks, cni_network_list, containerd_config, registry_hosts
 from tests.support.ports import free_port
 from tests.support.waiting import GiveUp, eventually
@@ -65,37 +68,6 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def _sysctl_path(name: str) -> Path:
     return Path("/proc/sys") / name.replace(".", "/")
-
-
-def kube_chains() -> list[str]:
-    """The KUBE-* iptables chains on this machine (IPv4 and IPv6, every table)."""
-    found = []
-    for tool in ("iptables-save", "ip6tables-save"):
-        found += [line[1:].split()[0] for line in _run(tool).stdout.splitlines() if line.startswith(":KUBE-")]
-    return found
-
-
-def remove_kube_chains() -> None:
-    """The iptables chains the kubelet and kube-proxy made (KUBE-*), and the rules that jump to them, in
-    every table, IPv4 and IPv6: the machine is left as it was (kube-proxy --cleanup leaves the kubelet's)."""
-    for tool in ("iptables", "ip6tables"):
-        table = ""
-        chains: dict[str, list[str]] = {}
-        jumps: list[tuple[str, list[str]]] = []
-        for line in _run(f"{tool}-save").stdout.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":KUBE-"):
-                chains.setdefault(table, []).append(line[1:].split()[0])
-            elif line.startswith("-A ") and "KUBE-" in line and not line.split()[1].startswith("KUBE-"):
-                jumps.append((table, shlex.split(line)[1:]))
-        for where, rule in jumps:
-            _run(tool, "-t", where, "-D", *rule)
-        for where, names in chains.items():
-            for name in names:
-                _run(tool, "-t", where, "-F", name)
-            for name in names:
-                _run(tool, "-t", where, "-X", name)
 
 
 def _need(condition: bool, what: str) -> None:
@@ -147,6 +119,7 @@ class RealNode:
             f"no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)",
         )
         _need(BINARY.exists(), f"{BINARY} is missing (make controlplane)")
+        _need(COREDNS.exists(), f"{COREDNS} is missing (make coredns)")
         for image in self.images:
             _need((IMAGES / f"{image}.tar").exists(), f"{IMAGES / image}.tar is missing (make images)")
         _need(
@@ -177,6 +150,8 @@ class RealNode:
         (paths.cni_conf_dir / "10-kubetune.conflist").write_text(json.dumps(network_list))
         breaches = containment.cni_breaches(network_list, self.networks.allowed)
         breaches += containment.registry_breaches(containerd_config(paths), hosts)
+        dns = ClusterDns(self.folder, self.networks.bridge_address, self.control_plane.admin_kubeconfig)
+        breaches += containment.dns_breaches(dns.config.read_text(), self.networks.bridge_address)
         if not containment.refused(f"http://127.0.0.1:{REFUSED_PORT}"):
             breaches.append(f"127.0.0.1:{REFUSED_PORT}, where every registry points, does not refuse connections")
         self._refuse(breaches)
@@ -208,7 +183,9 @@ class RealNode:
             ),
             env,
         )
+        self._start(dns.component(logs), env)
         self._wait(self.ready, timeout, f"node {NODE_NAME} to be Ready")
+        self._wait(dns.ready, timeout, "CoreDNS to be ready")
         self.check_contained()
         return self
 
@@ -275,8 +252,9 @@ class RealNode:
     # -- containment ---------------------------------------------------------------------------------------
 
     def filter_input(self) -> None:
-        """Pods reach the host only at the API server's port (the `kubernetes` Service, DNATed there) and with
-        answers to the host's own connections (probes); IPv6 from the bridge not at all."""
+        """Pods reach the host only at the API server's port (the `kubernetes` Service, DNATed there), at
+        CoreDNS's (53, the bridge address) and with answers to the host's own connections (probes); IPv6 from
+        the bridge not at all."""
         bridge, address = self.networks.bridge, self.networks.bridge_address
         port = str(self.control_plane.port)
         self._remove_input_filter()
@@ -284,6 +262,8 @@ class RealNode:
             ("iptables", "-N", INPUT_CHAIN),
             ("iptables", "-A", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"),
             ("iptables", "-A", INPUT_CHAIN, "-p", "tcp", "-d", address, "--dport", port, "-j", "ACCEPT"),
+            ("iptables", "-A", INPUT_CHAIN, "-p", "udp", "-d", address, "--dport", "53", "-j", "ACCEPT"),
+            ("iptables", "-A", INPUT_CHAIN, "-p", "tcp", "-d", address, "--dport", "53", "-j", "ACCEPT"),
             ("iptables", "-A", INPUT_CHAIN, "-j", "DROP"),
             ("iptables", "-I", "INPUT", "-i", bridge, "-j", INPUT_CHAIN),
             ("ip6tables", "-I", "INPUT", "-i", bridge, "-j", "DROP"),
@@ -311,8 +291,8 @@ class RealNode:
                 "the real node would let packets or pulls leave the machine:\n- " + "\n- ".join(breaches)
             )
 
-    def pod_routes(self, namespace: str, pod: str) -> list[dict[str, object]]:
-        """The routing table of a running pod, IPv4 and IPv6, read in its network namespace (`ip -j route`)."""
+    def container_pid(self, namespace: str, pod: str) -> int:
+        """The host PID of the first process of a running pod's (first) container."""
         done = self.control_plane.kubectl(
             "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.containerStatuses[0].containerID}"
         )
@@ -320,7 +300,12 @@ class RealNode:
         tasks = _run("ctr", "--address", str(self.containerd.socket), "-n", "k8s.io", "task", "ls")
         pid = next((line.split()[1] for line in tasks.stdout.splitlines()[1:] if line.split()[0] == container), None)
         if pid is None:
-            raise RuntimeError(f"reading the routes of {namespace}/{pod}: it has no running container")
+            raise RuntimeError(f"{namespace}/{pod} has no running container")
+        return int(pid)
+
+    def pod_routes(self, namespace: str, pod: str) -> list[dict[str, object]]:
+        """The routing table of a running pod, IPv4 and IPv6, read in its network namespace (`ip -j route`)."""
+        pid = self.container_pid(namespace, pod)
         routes: list[dict[str, object]] = []
         for family in ("-4", "-6"):
             done = _run("nsenter", "-t", str(pid), "-n", "ip", "-j", family, "route")

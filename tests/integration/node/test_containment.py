@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.clusterdns import corefile
 from tests.support.containment import (
     cni_breaches,
+    dns_breaches,
     forwarding_breaches,
     read_forwarding,
     refused,
@@ -179,3 +181,25 @@ def test_the_node_configuration_the_fixture_writes_passes_every_check(tmp_path: 
     assert cri["containerd"]["runtimes"]["runc"]["options"]["BinaryName"] == str(paths.runc)
     assert cri["netns_mounts_under_state_dir"] is True  # nothing of the node's pods left in /var/run/netns
     assert set(hosts) >= {"_default", "docker.io", "ghcr.io", "registry.k8s.io"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "bind", "expected"),
+    [
+        ("", "10.244.0.1", []),
+        ("    forward . 8.8.8.8\n", "10.244.0.1", ["CoreDNS's `forward` plugin sends queries to . 8.8.8.8"]),
+        ("    grpc . 10.0.0.2\n", "10.244.0.1", ["CoreDNS's `grpc` plugin sends queries to . 10.0.0.2"]),
+        ("", "0.0.0.0", ["CoreDNS must bind the bridge address 10.244.0.1 alone, not [['0.0.0.0']]"]),
+    ],
+)
+def test_the_cluster_dns_answers_only_from_the_api_server_on_the_bridge(
+    extra: str, bind: str, expected: list[str], tmp_path: Any
+) -> None:
+    text = corefile(bind, tmp_path / "kubeconfig", ready_port=8181).replace("    errors\n", f"    errors\n{extra}")
+    assert dns_breaches(text, "10.244.0.1") == expected
+
+
+def test_a_corefile_without_bind_serves_every_address() -> None:
+    assert dns_breaches(".:53 {\n    kubernetes cluster.local\n}\n", "10.244.0.1") == [
+        "CoreDNS must bind the bridge address 10.244.0.1 alone, not every address"
+    ]
