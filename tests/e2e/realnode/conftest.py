@@ -26,7 +26,7 @@ def real_node(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
     folder = tmp_path_factory.mktemp("real-node")
     plane = ControlPlane(folder / "control-plane", address=NodeNetworks().bridge_address)
     plane.folder.mkdir()
-    node = RealNode(folder / "node", plane)
+    node = RealNode(folder / "node", plane, images=("pause", "operator", "trainer"))
     node.preflight()
     failed = True
     try:

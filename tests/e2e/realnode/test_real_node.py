@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.realcluster import RESTRICTED, bound_claim
+from tests.e2e.realnode.cluster import JOBS, claim, operator_pod, restricted_namespace, wait_operator
 from tests.support.builders import a_cpu_gang
 from tests.support.chart import NAMESPACE
 from tests.support.containment import route_breaches
@@ -30,27 +30,14 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
-JOBS = "kubetune.io/v1alpha1/finetunejobs"
 #: An image no `make images` builds: never on the node, whatever else is.
 MISSING_IMAGE = "ghcr.io/kubetune/trainer:not-on-this-node"
-
-
-def operator_pod(admin: KubeApi) -> dict[str, Any]:
-    pods = admin.list("v1/pods", NAMESPACE)
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
-
-
-def available(admin: KubeApi, installed: list[dict[str, Any]]) -> dict[str, Any] | None:
-    name = next(o for o in installed if o["kind"] == "Deployment")["metadata"]["name"]
-    deployment = admin.get("apps/v1/deployments", NAMESPACE, name) or {}
-    return deployment if deployment.get("status", {}).get("availableReplicas") == 1 else None
 
 
 def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(
     real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
 ) -> None:
-    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    wait_operator(admin, installed)
     pod = operator_pod(admin)
     container = pod["status"]["containerStatuses"][0]
     assert container["image"] == "ghcr.io/kubetune/operator:0.1.0" and container["ready"], container
@@ -66,7 +53,7 @@ def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(
 def test_a_running_pods_routes_lead_only_to_the_pod_and_service_networks(
     real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
 ) -> None:
-    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    wait_operator(admin, installed)
     routes = real_node.pod_routes(NAMESPACE, operator_pod(admin)["metadata"]["name"])
     assert routes, "the pod has no route at all"
     assert route_breaches(routes, real_node.networks.allowed, "the operator") == []
@@ -74,22 +61,12 @@ def test_a_running_pods_routes_lead_only_to_the_pod_and_service_networks(
     real_node.check_contained()  # the host still forwards nothing, with pods running
 
 
-def claim(admin: KubeApi, real_node: RealNode, namespace: str, name: str) -> None:
-    """A claim bound to a hostPath volume of its own under the node's folder."""
-    folder = real_node.folder / "volumes" / f"{namespace}-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for resource, ns, body in bound_claim(namespace, name, "ReadWriteMany", str(folder)):
-        code, answer = admin.create(resource, ns, body)
-        assert code < 300, answer
-
-
 def test_a_job_whose_image_is_not_on_the_node_fails_with_a_clear_reason_and_nothing_is_pulled(
     real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
 ) -> None:
-    eventually(lambda: available(admin, installed), 120, interval=0.5, message="the operator Deployment available")
+    wait_operator(admin, installed)
     namespace = "rn-missing-image"
-    code, body = admin.create("v1/namespaces", None, {"metadata": {"name": namespace, "labels": RESTRICTED}})
-    assert code < 300, body
+    restricted_namespace(admin, namespace)
     for name in ("data", "ckpt"):
         claim(admin, real_node, namespace, name)
     job = a_cpu_gang("missing-image").retry(startup_timeout_seconds=10).build(validate=True)
@@ -128,8 +105,7 @@ def test_a_pod_reaches_the_api_server_through_its_service_and_no_other_host_serv
     real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
 ) -> None:
     namespace = "rn-reach"
-    code, body = admin.create("v1/namespaces", None, {"metadata": {"name": namespace, "labels": RESTRICTED}})
-    assert code < 300, body
+    restricted_namespace(admin, namespace)
     with socket.socket() as listening:  # a service of the host, on every address (as the machine has some)
         listening.bind(("0.0.0.0", 0))
         listening.listen()

@@ -75,6 +75,14 @@ def set_dropout(config: Any, probability: float) -> list[str]:
     return changed
 
 
+def unreadable_files(source: str) -> list[str]:
+    """Files of a local model folder that this process may not read (a claim written by another user)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.is_file() and not os.access(path, os.R_OK))
+
+
 def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
     """The causal LM with the spec's dropout override and LoRA adapters applied, on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -86,6 +94,12 @@ def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
             set_dropout(config, spec.hyperparameters.dropout)
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **options)
     except Exception as error:
+        unreadable = unreadable_files(source)
+        if unreadable:  # (transformers reports a file it may not read as missing)
+            raise ModelError(
+                f"model.source {spec.model.source}: cannot read {', '.join(unreadable)} as user {os.getuid()}: "
+                "make the model's files readable by the trainer's user (the trainer image runs as uid 1000)"
+            ) from error
         raise ModelError(f"model.source {spec.model.source}: cannot load the model: {error}") from error
     model.config.use_cache = False
     if spec.model.gguf_file:

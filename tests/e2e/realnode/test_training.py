@@ -1,0 +1,228 @@
+"""Training on real pods (issue 20): the trainer image `make images` built, run by the real node's kubelet
+in containers with cgroup limits, pod networking, cluster DNS and termination grace, for jobs the
+in-cluster operator (from its own image, under the chart's RBAC) launches.
+
+- A model whose weights the trainer's user may not read: the job fails at once naming the file.
+- Two workers train to Succeeded: torchrun's ranks find worker 0 by its DNS name through the headless
+  Service and CoreDNS, and gloo talks pod to pod across the bridge.
+- A rank's process killed in its container: torchrun exits, the container ends in error, the operator
+  replaces the whole gang and attempt 2 resumes from the checkpoint on the claim.
+- A memory limit below what a rank needs: the container's cgroup OOM-kills it, the kubelet reports
+  OOMKilled, and the job says so, naming `resources.limits.memory`.
+- Deleting a running job: the garbage collector deletes its pods, the kubelet sends SIGTERM, and the ranks
+  save a checkpoint within the grace period before they exit.
+
+The model and data are on a claim (a hostPath volume under the node's folder, read-only in the pods); the
+checkpoints on another, which the trainer's user (uid 1000) owns.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.jobs import SCENARIO_SPEC
+from tests.e2e.realnode.cluster import JOBS, claim, restricted_namespace, wait_operator
+from tests.support import tiny
+from tests.support.builders import JobBuilder
+from tests.support.kubeapi import KubeApi
+from tests.support.realnode import RealNode
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(420)
+
+TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+TRAINER_UID = 1000
+MAX_STEPS = int(SCENARIO_SPEC["hyperparameters"]["maxSteps"])
+#: Requests that let two workers and the operator fit the node's two cores.
+WORKER_RESOURCES = {"requests": {"cpu": "400m", "memory": "1Gi"}}
+RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
+#: A run that only stops when asked: no periodic checkpoint, so any checkpoint is the SIGTERM one.
+UNTIL_STOPPED = {"hyperparameters": {"maxSteps": 100000, "epochs": 1000}, "checkpointing": {"everySteps": 100000}}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The tiny model and the dataset, in one folder every scenario's `data` claim is bound to."""
+
+    folder: Path
+    model: str
+    train: str
+    validation: str
+
+
+@pytest.fixture(scope="module")
+def inputs(real_node: RealNode) -> Inputs:
+    folder = real_node.folder / "volumes" / "inputs"
+    tiny.build_tiny_model(folder / "model")
+    train, validation = tiny.write_dataset(folder, "prompt-completion", train=96, validation=16)
+    assert validation is not None
+    # a second copy whose weights only their owner (root) may read, as a claim written by another user
+    shutil.copytree(folder / "model", folder / "private-model")
+    # the process kubelet ran its trainers as root; here they run as uid 1000 and must be able to read
+    # (safetensors writes its files readable by their owner only)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (folder / "private-model" / "model.safetensors").chmod(0o600)
+    return Inputs(folder, "pvc://data/model", f"pvc://data/{train.name}", f"pvc://data/{validation.name}")
+
+
+@dataclass
+class RealJob:
+    """One FineTuneJob on the real node, and the folder of its checkpoint claim."""
+
+    admin: KubeApi
+    node: RealNode
+    namespace: str
+    name: str
+    checkpoints: Path
+
+    def status(self) -> dict[str, Any]:
+        return (self.admin.get(JOBS, self.namespace, self.name) or {}).get("status") or {}
+
+    def wait_phase(self, *phases: str, timeout: float = 300) -> dict[str, Any]:
+        try:
+            eventually(lambda: self.status().get("phase") in phases, timeout, message=f"{self.name} to reach {phases}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
+        return self.status()
+
+    def pods(self) -> list[dict[str, Any]]:
+        return self.admin.list("v1/pods", self.namespace)
+
+    def running(self, attempt: int) -> list[dict[str, Any]] | None:
+        pods = [p for p in self.pods() if p["metadata"]["name"].startswith(f"{self.name}-a{attempt}-")]
+        statuses = [(p.get("status") or {}).get("containerStatuses") or [{}] for p in pods]
+        return pods if len(pods) == 2 and all("running" in s[0].get("state", {}) for s in statuses) else None
+
+    def log(self, pod: str) -> str:
+        return self.node.control_plane.kubectl("logs", "-n", self.namespace, pod).stdout
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p['metadata']['name']} ---\n{self.log(p['metadata']['name'])[-3000:]}" for p in self.pods()
+        )
+
+    def steps_saved(self) -> list[str]:
+        return sorted(p.name for p in (self.checkpoints / self.name).glob("step-*") if p.is_dir())
+
+
+@pytest.fixture
+def submit(real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]], inputs: Inputs) -> Iterator[Any]:
+    """Submit a job in a new restricted namespace with its `data` and `ckpt` claims; the job is deleted after."""
+    wait_operator(admin, installed)
+    made: list[RealJob] = []
+
+    def submit(namespace: str, job: JobBuilder) -> RealJob:
+        restricted_namespace(admin, namespace)
+        claim(admin, real_node, namespace, "data", inputs.folder)
+        checkpoints = claim(admin, real_node, namespace, "ckpt")
+        os.chown(checkpoints, TRAINER_UID, TRAINER_UID)  # a hostPath volume is not re-owned by fsGroup
+        code, body = admin.create(JOBS, namespace, job.build(validate=True))
+        assert code < 300, body
+        made.append(RealJob(admin, real_node, namespace, job.name, checkpoints))
+        return made[-1]
+
+    yield submit
+    for job in made:
+        admin.delete(JOBS, job.namespace, job.name)
+
+
+def a_real_job(name: str, inputs: Inputs) -> JobBuilder:
+    """The process kubelet's scenario job (tests/e2e/jobs.py), its inputs and checkpoints on claims."""
+    job = tiny.a_tiny_job(inputs.model, inputs.train, inputs.validation, name=name).spec(SCENARIO_SPEC)
+    return job.storage(f"pvc://ckpt/{name}").resources(WORKER_RESOURCES)
+
+
+def rank_processes(node: RealNode, namespace: str, pod: str) -> list[int]:
+    """Host PIDs of the training ranks in a pod (torchrun's children: `python -m kubetune.cli train`)."""
+    first = node.container_pid(namespace, pod)
+    pid_namespace = os.readlink(f"/proc/{first}/ns/pid")
+    ranks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.readlink(proc / "ns" / "pid") != pid_namespace:
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kubetune.cli" in argv and not any(arg.endswith(b"torchrun") for arg in argv):
+            ranks.append(int(proc.name))
+    return ranks
+
+
+def test_two_workers_train_to_succeeded_finding_each_other_through_cluster_dns(
+    submit: Any, inputs: Inputs, real_node: RealNode
+) -> None:
+    job = submit("rn-train", a_real_job("tiny", inputs))
+    pods = eventually(lambda: job.running(1), 240, message="both workers running")
+    for pod in pods:
+        container = pod["status"]["containerStatuses"][0]
+        assert container["image"] == TRAINER_IMAGE, container
+        assert pod["spec"]["nodeName"] == "kt-node" and pod["status"]["podIP"].startswith("10.244.0.")
+    status = job.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", f"{status}\n{job.logs()}"
+    assert status["progress"]["step"] == MAX_STEPS, status
+    assert status["attempt"] == 1 and status["restarts"] == 0, status
+    assert (job.checkpoints / "tiny" / "output" / "config.json").exists()
+    real_node.check_contained()
+
+
+def test_a_killed_rank_ends_its_container_and_the_gang_resumes_from_the_checkpoint(
+    submit: Any, inputs: Inputs, real_node: RealNode
+) -> None:
+    job = submit("rn-kill", a_real_job("tiny", inputs))
+    eventually(lambda: job.running(1), 240, message="both workers running")
+    eventually(lambda: job.steps_saved(), 240, interval=0.2, message=f"a checkpoint\n{job.logs()}")
+    (rank,) = rank_processes(real_node, "rn-kill", "tiny-a1-w1")
+    os.kill(rank, signal.SIGKILL)
+    resumed = eventually(lambda: RESUMED.search(job.log("tiny-a2-w0")), 240, message=f"attempt 2 resumed\n{job.logs()}")
+    assert 8 <= int(resumed.group(1)) < MAX_STEPS, resumed.group(0)
+    status = job.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded" and status["attempt"] == 2 and status["restarts"] == 1, status
+    ended = job.admin.get("v1/pods", "rn-kill", "tiny-a1-w1")
+    if ended is not None:  # (the operator may have removed the old attempt's pods already)
+        terminated = ended["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] != 0, terminated
+
+
+def test_a_memory_limit_below_the_ranks_need_is_oom_killed_by_the_cgroup_and_the_job_says_so(
+    submit: Any, inputs: Inputs
+) -> None:
+    limits = {"requests": {"cpu": "400m", "memory": "400Mi"}, "limits": {"memory": "400Mi"}}
+    job = submit("rn-oom", a_real_job("tiny", inputs).resources(limits).retry(max_restarts=0))
+    status = job.wait_phase("Failed", "Succeeded")
+    assert status["phase"] == "Failed", status
+    texts = [status.get("message") or ""] + [c.get("message", "") for c in status.get("conditions") or []]
+    texts += [e.get("message", "") for e in job.admin.list("v1/events", "rn-oom")]
+    assert [t for t in texts if "OOMKilled" in t and "resources.limits.memory" in t], texts
+
+
+def test_deleting_a_running_job_sends_sigterm_and_the_ranks_checkpoint_within_the_grace_period(
+    submit: Any, inputs: Inputs
+) -> None:
+    spec = a_real_job("tiny", inputs).spec(UNTIL_STOPPED).checkpointing(grace_period_seconds=45)
+    job = submit("rn-delete", spec)
+    eventually(lambda: (job.status().get("progress") or {}).get("step", 0) >= 2, 240, message="training steps")
+    assert job.steps_saved() == []
+    code, body = job.admin.delete(JOBS, "rn-delete", "tiny")
+    assert code < 300, body
+    eventually(lambda: not job.pods(), 90, message="the job's pods gone")
+    assert job.steps_saved(), "no checkpoint saved on SIGTERM"
+
+
+def test_a_model_the_trainers_user_may_not_read_fails_naming_the_file(submit: Any, inputs: Inputs) -> None:
+    job = submit("rn-unreadable", a_real_job("tiny", inputs).model("pvc://data/private-model"))
+    status = job.wait_phase("Failed", "Succeeded")
+    assert status["phase"] == "Failed", status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ModelError", failed
+    assert "cannot read model.safetensors as user 1000" in failed["message"], failed
