@@ -57,12 +57,12 @@ KUBELET_SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "k
                    "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")  # fmt: skip
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(
-            f"`{' '.join(argv)}` did not finish within 120 s: the machine is overloaded or stuck"
+            f"`{' '.join(argv)}` did not finish within {timeout:g} s: the machine is overloaded or stuck"
         ) from None
 
 
@@ -168,11 +168,13 @@ class RealNode:
             env,
         )
         self._wait(lambda: paths.socket.exists(), timeout, "containerd's socket")
-        for image in self.images:
-            done = _run(
-                "ctr", "--address", str(paths.socket), "-n", "k8s.io", "images", "import", str(IMAGES / f"{image}.tar")
-            )
+        for image in self.images:  # (the trainer's 3.2 GB take 1-2 minutes to unpack)
+            began = time.monotonic()
+            archive = str(IMAGES / f"{image}.tar")
+            done = _run("ctr", "--address", str(paths.socket), "-n", "k8s.io", "images", "import", archive, timeout=600)
             _need(done.returncode == 0, f"importing {image}.tar: {done.stderr.strip()}")
+            with (logs / "start.log").open("a") as log:
+                log.write(f"imported {image}.tar in {time.monotonic() - began:.1f} s\n")
         self.owns_rules = True
         self._start(Component("kubelet", self._kubelet_argv(), logs / "kubelet.log"), env)
         self._start(
@@ -318,7 +320,8 @@ class RealNode:
 
     def stop(self, timeout: float = 60) -> None:
         """Every pod deleted through the API and torn down by the kubelet, then the components stopped and the
-        machine left as it was: no task, mount, bridge, filter or KUBE-* chain, its kernel settings back.
+        machine left as it was: no task, mount, bridge, filter or KUBE-* chain, its kernel settings back, and
+        containerd's images and snapshots deleted.
         Raises, after all that, when pods had to be killed because the kubelet did not tear them down."""
         socket = self.containerd.socket
         left: list[str] = []
@@ -350,6 +353,8 @@ class RealNode:
             for mount in reversed(self._mounts_under()):
                 _run("umount", "-l", mount)
             _run("ip", "link", "del", self.networks.bridge)
+            # containerd's images and snapshots: the trainer's alone are about 10 GB (logs are kept)
+            shutil.rmtree(self.containerd.folder / "root", ignore_errors=True)
         if left:
             raise RuntimeError(f"the kubelet did not tear down {len(left)} pod sandbox(es) within {timeout:g} s; "
                                f"they were killed (logs in {self.folder / 'logs'})")  # fmt: skip

@@ -5,11 +5,10 @@ with no packet able to leave the machine (tests/support/realnode.py says how the
   RBAC, its probes answered by the kubelet, reaching the API server through the `kubernetes` Service.
 - A running pod's routes lead only to the pod subnet and the Service range; the host forwards nothing;
   a pod reaches the API server through its Service but no other service of the host (one listening on
-  every address is dropped).
+  every address is dropped); the cluster DNS resolves the `kubernetes` Service and no name outside.
 - A job whose trainer image is not on the node: the kubelet's pull goes to the loopback port every
   registry points at and is refused at once; the operator's startup deadline fails the job with
-  ImagePullFailed, naming the image. (The trainer image itself, and the training scenarios on real
-  pods, come next.)
+  ImagePullFailed, naming the image. (Training on real pods: test_training.py.)
 """
 
 from __future__ import annotations
@@ -97,11 +96,17 @@ def reach(host, port):
         return "reached"
     except OSError as error:
         return type(error).__name__
-print(json.dumps({"api": reach("10.96.0.1", 443), "host": reach(HOST, PORT)}))
+def resolve(name):
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)})
+    except OSError as error:
+        return type(error).__name__
+print(json.dumps({"api": reach("10.96.0.1", 443), "host": reach(HOST, PORT),
+                  "service": resolve("kubernetes.default.svc.cluster.local"), "outside": resolve("example.com")}))
 """
 
 
-def test_a_pod_reaches_the_api_server_through_its_service_and_no_other_host_service(
+def test_a_pod_reaches_the_api_server_through_its_service_and_dns_and_nothing_else(
     real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]]
 ) -> None:
     namespace = "rn-reach"
@@ -138,5 +143,7 @@ def test_a_pod_reaches_the_api_server_through_its_service_and_no_other_host_serv
 
         assert eventually(ended, 90, interval=0.5, message="the probe pod to end") == "Succeeded"
     logs = real_node.control_plane.kubectl("logs", "-n", namespace, "reach")
-    assert json.loads(logs.stdout) == {"api": "reached", "host": "TimeoutError"}, logs.stdout
+    # the cluster DNS answers for the cluster's names and for nothing outside it (no forwarding)
+    expected = {"api": "reached", "host": "TimeoutError", "service": ["10.96.0.1"], "outside": "gaierror"}
+    assert json.loads(logs.stdout) == expected, logs.stdout
     real_node.check_contained()
