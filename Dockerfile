@@ -7,7 +7,8 @@
 #   docker build --target trainer  -t ghcr.io/kubetune/trainer:0.1.0 .
 #   docker build --target trainer  -t ghcr.io/kubetune/trainer:0.1.0-cpu \
 #     --build-arg TRAINER_BASE_IMAGE=python:3.11.14-slim-bookworm \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu --build-arg TRAINER_ACCELERATOR=cpu .
+# (The other stages, wheel, pins and trainer-requirements, are steps of these two.)
 #
 # No `# syntax=` line: it makes BuildKit fetch a frontend image from a registry; BuildKit's built-in
 # Dockerfile frontend has everything used here (heredocs, RUN --mount). Where the package index is
@@ -79,10 +80,14 @@ CMD ["operator"]
 FROM ${PYTHON_IMAGE} AS trainer-requirements
 COPY pyproject.toml /src/pyproject.toml
 COPY trainer/pyproject.toml /src/trainer/pyproject.toml
+# (The standard library only: the base has no `packaging` outside pip's private copy. A requirement's name
+# ends at the first of these marks; an extra of kubetune's own would be caught by `pip check` below.)
 COPY <<EOF /requirements.py
 import tomllib
 for path in ("/src/pyproject.toml", "/src/trainer/pyproject.toml"):
-    for requirement in tomllib.load(open(path, "rb"))["project"]["dependencies"]:
+    with open(path, "rb") as pyproject:
+        requirements = tomllib.load(pyproject)["project"]["dependencies"]
+    for requirement in requirements:
         name = requirement
         for mark in "<>=!~[; ":
             name = name.split(mark)[0]
@@ -94,7 +99,6 @@ RUN python3 /requirements.py > /requirements.txt
 # ---- trainer: torch + DeepSpeed on the chosen base (CUDA runtime, or a plain Python image for CPU)
 FROM ${TRAINER_BASE_IMAGE} AS trainer
 ARG TORCH_INDEX_URL
-ARG TRAINER_ACCELERATOR
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kubetune/bin:$PATH DEBIAN_FRONTEND=noninteractive \
     TORCH_EXTENSIONS_DIR=/opt/kubetune/torch-extensions
 # DeepSpeed builds its ops just in time (the CPU comm op included): a compiler and Python headers.
@@ -110,10 +114,14 @@ RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca,required=false \
  && PIP_CACHE_DIR=/var/cache/pip /opt/kubetune/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" \
       --constraint /opt/constraints.txt --requirement /opt/requirements.txt \
  && (getent passwd 1000 >/dev/null && userdel --remove "$(getent passwd 1000 | cut -d: -f1)" || true) \
- && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune
+ && groupadd --gid 1000 kubetune && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubetune \
+ && mkdir -p "$TORCH_EXTENSIONS_DIR" && chown 1000:1000 "$TORCH_EXTENSIONS_DIR"
 # On the CPU, DeepSpeed's gloo backend loads a shared-memory comm op that it compiles just in time with g++
 # (half a minute to a minute on two cores): compiled here once, so that no pod of any attempt compiles it
-# again. The folder stays the trainer user's: loading takes a lock file beside the compiled op.
+# again. The folder is the trainer user's in every variant: loading takes a lock file beside the compiled
+# op, and a CPU job on the CUDA image compiles it there at start. (Declared here, so that the layers above
+# are the same for every accelerator.)
+ARG TRAINER_ACCELERATOR
 RUN if [ "$TRAINER_ACCELERATOR" = cpu ]; then \
       DS_ACCELERATOR=cpu python3 -c "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None, 'the shm comm op did not build'" \
       && chown -R 1000:1000 "$TORCH_EXTENSIONS_DIR"; \

@@ -208,19 +208,51 @@ def route_breaches(routes: Iterable[Mapping[str, Any]], allowed_cidrs: Iterable[
     return breaches
 
 
-#: CoreDNS plugins that send queries, or read answers, from another server.
-UPSTREAM_DNS_PLUGINS = ("forward", "grpc", "proxy", "alternate", "etcd", "route53", "azure", "clouddns")
+#: What a server block of the node's Corefile may hold, and nothing else (an allow-list: CoreDNS has many
+#: plugins that send or serve beyond the node, `forward`, `secondary`, `dnstap`, `health` on every address...).
+ALLOWED_DNS_DIRECTIVES = ("bind", "errors", "ready", "kubernetes")
+#: The options the `kubernetes` plugin may have (no `endpoint`: it would name another API server).
+ALLOWED_KUBERNETES_OPTIONS = ("kubeconfig", "pods")
+
+
+def corefile_blocks(corefile: str) -> list[tuple[str, list[list[str]]]]:
+    """(keys, directives) of each server block, each directive as its words; a plugin's own block adds its
+    options as directives named `plugin.option` (`kubernetes.kubeconfig PATH`). Comments dropped."""
+    blocks: list[tuple[str, list[list[str]]]] = []
+    depth, plugin = 0, ""
+    for line in corefile.splitlines():
+        words = line.split("#", 1)[0].replace("{", " { ").replace("}", " } ").split()
+        body = [word for word in words if word not in ("{", "}")]
+        if body and depth == 0:
+            blocks.append((" ".join(body), []))
+        elif body and depth == 1:
+            blocks[-1][1].append(body)
+            plugin = body[0]
+        elif body:
+            blocks[-1][1].append([f"{plugin}.{body[0]}", *body[1:]])
+        depth += words.count("{") - words.count("}")
+    return blocks
 
 
 def dns_breaches(corefile: str, bridge_address: str) -> list[str]:
-    """What in a Corefile would send a query off the machine, or serve one beyond the node's bridge."""
-    directives = [line.split() for line in corefile.splitlines() if line.split()]
-    breaches = [
-        f"CoreDNS's `{words[0]}` plugin sends queries to {' '.join(words[1:]) or 'another server'}"
-        for words in directives
-        if words[0] in UPSTREAM_DNS_PLUGINS
-    ]
-    binds = [words[1:] for words in directives if words[0] == "bind"]
-    if binds != [[bridge_address]]:
-        breaches.append(f"CoreDNS must bind the bridge address {bridge_address} alone, not {binds or 'every address'}")
+    """What in a Corefile would send a query off the machine, or serve anything beyond the node's bridge:
+    every server block binds the bridge address alone, reports readiness on loopback only, and answers
+    from the API server (its kubeconfig) and nothing else."""
+    breaches = []
+    for keys, directives in corefile_blocks(corefile):
+        binds = [words[1:] for words in directives if words[0] == "bind"]
+        if binds != [[bridge_address]]:
+            breaches.append(f"CoreDNS block `{keys}` must bind the bridge address {bridge_address} alone, "
+                            f"not {binds or 'every address'}")  # fmt: skip
+        for words in directives:
+            name, _, option = words[0].partition(".")
+            if option:
+                allowed = name == "kubernetes" and option in ALLOWED_KUBERNETES_OPTIONS
+            elif name == "ready":
+                allowed = len(words) == 2 and words[1].startswith("127.0.0.1:")
+            else:
+                allowed = name in ALLOWED_DNS_DIRECTIVES
+            if not allowed:
+                breaches.append(f"CoreDNS block `{keys}`: `{' '.join(words)}` may send or serve beyond the node "
+                                "(allowed: bind, errors, ready on 127.0.0.1, kubernetes with kubeconfig and pods)")  # fmt: skip
     return breaches

@@ -52,6 +52,8 @@ NODE_NAME = "kt-node"
 #: What pods may reach on the host, through the bridge (everything else is dropped: the machine has
 #: services listening on every address that pods must never reach).
 INPUT_CHAIN = "KT-NODE-INPUT"
+#: Free disk the node needs under its folder: the images' content and snapshots (the trainer's ~10 GB).
+NEEDED_DISK_GIB = 12
 #: The kernel settings the kubelet sets (protectKernelDefaults: false), put back as they were at stop.
 KUBELET_SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
                    "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")  # fmt: skip
@@ -119,6 +121,9 @@ class RealNode:
             f"no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)",
         )
         _need(BINARY.exists(), f"{BINARY} is missing (make controlplane)")
+        free = shutil.disk_usage(self.folder.parent).free / 2**30
+        _need(free >= NEEDED_DISK_GIB, f"{free:.1f} GiB free under {self.folder.parent}: the images unpacked need "
+              f"about {NEEDED_DISK_GIB} GiB (point pytest's --basetemp elsewhere)")  # fmt: skip
         _need(COREDNS.exists(), f"{COREDNS} is missing (make coredns)")
         for image in self.images:
             _need((IMAGES / f"{image}.tar").exists(), f"{IMAGES / image}.tar is missing (make images)")
@@ -283,8 +288,12 @@ class RealNode:
         _run("iptables", "-X", INPUT_CHAIN)
 
     def check_contained(self) -> None:
-        """The host forwards nothing (the CNI bridge plugin would turn forwarding on for a gateway bridge)."""
+        """The host forwards nothing (the CNI bridge plugin would turn forwarding on for a gateway bridge),
+        and every component still runs (were CoreDNS gone, a resolver of the host listening on every
+        address would take the pods' queries at the bridge address, and might forward them)."""
         self._refuse(containment.forwarding_breaches(containment.read_forwarding()))
+        for component in self.components:
+            component.check_alive()
 
     @staticmethod
     def _refuse(breaches: list[str]) -> None:
@@ -355,6 +364,8 @@ class RealNode:
             _run("ip", "link", "del", self.networks.bridge)
             # containerd's images and snapshots: the trainer's alone are about 10 GB (logs are kept)
             shutil.rmtree(self.containerd.folder / "root", ignore_errors=True)
+        if (self.containerd.folder / "root").exists():
+            raise RuntimeError(f"{self.containerd.folder / 'root'} could not be deleted: delete it by hand")
         if left:
             raise RuntimeError(f"the kubelet did not tear down {len(left)} pod sandbox(es) within {timeout:g} s; "
                                f"they were killed (logs in {self.folder / 'logs'})")  # fmt: skip

@@ -183,15 +183,25 @@ def test_the_node_configuration_the_fixture_writes_passes_every_check(tmp_path: 
     assert set(hosts) >= {"_default", "docker.io", "ghcr.io", "registry.k8s.io"}
 
 
+ALLOWED_HINT = (
+    "may send or serve beyond the node (allowed: bind, errors, ready on 127.0.0.1, kubernetes with kubeconfig and pods)"
+)
+BLOCK = "CoreDNS block `cluster.local:53 in-addr.arpa:53 ip6.arpa:53`"
+
+
 @pytest.mark.parametrize(
     ("extra", "bind", "expected"),
     [
         ("", "10.244.0.1", []),
-        ("    forward . 8.8.8.8\n", "10.244.0.1", ["CoreDNS's `forward` plugin sends queries to . 8.8.8.8"]),
-        ("    grpc . 10.0.0.2\n", "10.244.0.1", ["CoreDNS's `grpc` plugin sends queries to . 10.0.0.2"]),
-        ("", "0.0.0.0", ["CoreDNS must bind the bridge address 10.244.0.1 alone, not [['0.0.0.0']]"]),
+        ("    forward . 8.8.8.8\n", "10.244.0.1", [f"{BLOCK}: `forward . 8.8.8.8` {ALLOWED_HINT}"]),
+        ("    secondary example.org\n", "10.244.0.1", [f"{BLOCK}: `secondary example.org` {ALLOWED_HINT}"]),
+        ("    health\n", "10.244.0.1", [f"{BLOCK}: `health` {ALLOWED_HINT}"]),
+        ("    ready :8181\n", "10.244.0.1", [f"{BLOCK}: `ready :8181` {ALLOWED_HINT}"]),
+        ("    kubernetes cluster.local {\n        endpoint https://10.0.0.9\n    }\n", "10.244.0.1",
+         [f"{BLOCK}: `kubernetes.endpoint https://10.0.0.9` {ALLOWED_HINT}"]),
+        ("", "0.0.0.0", [f"{BLOCK} must bind the bridge address 10.244.0.1 alone, not [['0.0.0.0']]"]),
     ],
-)
+)  # fmt: skip
 def test_the_cluster_dns_answers_only_from_the_api_server_on_the_bridge(
     extra: str, bind: str, expected: list[str], tmp_path: Any
 ) -> None:
@@ -199,7 +209,8 @@ def test_the_cluster_dns_answers_only_from_the_api_server_on_the_bridge(
     assert dns_breaches(text, "10.244.0.1") == expected
 
 
-def test_a_corefile_without_bind_serves_every_address() -> None:
-    assert dns_breaches(".:53 {\n    kubernetes cluster.local\n}\n", "10.244.0.1") == [
-        "CoreDNS must bind the bridge address 10.244.0.1 alone, not every address"
+def test_every_server_block_must_bind_the_bridge_alone() -> None:
+    text = "cluster.local:53 {\n    bind 10.244.0.1\n}\n.:53 {  # a second block\n    errors\n}\n"
+    assert dns_breaches(text, "10.244.0.1") == [
+        "CoreDNS block `.:53` must bind the bridge address 10.244.0.1 alone, not every address"
     ]

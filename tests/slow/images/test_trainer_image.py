@@ -30,6 +30,8 @@ class Scanned:
     name: str
     config: dict[str, Any]
     files: frozenset[str]
+    folder_owners: dict[str, int]
+    """Each folder's owner (uid), as the last layer that has it says."""
     holding_secret: tuple[str, ...]
     """Files whose content has the pip configuration's line."""
 
@@ -50,18 +52,21 @@ def scan(target: str) -> Scanned:
         manifest = json.loads(blob(entry["manifests"][0]["digest"]).read())
         config = json.loads(blob(manifest["config"]["digest"]).read())
         files: set[str] = set()
+        owners: dict[str, int] = {}
         holding: list[str] = []
         for layer in manifest["layers"]:
             with tarfile.open(fileobj=blob(layer["digest"]), mode="r|*") as inner:
                 for member in inner:
                     name = member.name.removeprefix("./")
                     files.add(name)
+                    if member.isdir():
+                        owners[name.rstrip("/")] = member.uid
                     if member.isfile() and member.size <= SEARCHED_BYTES:
                         content = inner.extractfile(member)
                         if content is not None and PIP_CONF_LINE in content.read():
                             holding.append(name)
     name = entry["manifests"][0]["annotations"]["io.containerd.image.name"]
-    return Scanned(name, config["config"], frozenset(files), tuple(holding))
+    return Scanned(name, config["config"], frozenset(files), owners, tuple(holding))
 
 
 def test_the_trainer_image_runs_as_the_operator_builds_worker_pods() -> None:
@@ -78,6 +83,8 @@ def test_the_trainer_image_carries_deepspeeds_cpu_comm_op_compiled() -> None:
     env = dict(line.split("=", 1) for line in built.config["Env"])
     folder = env["TORCH_EXTENSIONS_DIR"].strip("/")
     assert [f for f in built.files if f.startswith(f"{folder}/") and f.endswith(".so")], sorted(built.files)[:20]
+    # the trainer's user takes a lock file there when it loads the op (and compiles there on a CUDA image)
+    assert built.folder_owners[folder] == TRAINER_UID
 
 
 def test_no_build_secret_stays_in_the_trainer_image() -> None:

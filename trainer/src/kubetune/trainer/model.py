@@ -76,11 +76,17 @@ def set_dropout(config: Any, probability: float) -> list[str]:
 
 
 def unreadable_files(source: str) -> list[str]:
-    """Files of a local model folder that this process may not read (a claim written by another user)."""
+    """Files of a local model folder that this process may not read (a claim written by another user);
+    `folder/` when the folder itself cannot be listed."""
     folder = Path(source)
-    if not folder.is_dir():
-        return []
-    return sorted(path.name for path in folder.iterdir() if path.is_file() and not os.access(path, os.R_OK))
+    try:
+        if not folder.is_dir():
+            return []
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return [f"{folder.name}/"]
+        return sorted(path.name for path in folder.iterdir() if path.is_file() and not os.access(path, os.R_OK))
+    except OSError:
+        return [f"{folder.name}/"]
 
 
 def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
