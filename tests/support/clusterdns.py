@@ -22,13 +22,15 @@ ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 
 def corefile(address: str, kubeconfig: Path, ready_port: int) -> str:
     """Serve ZONES on `address`:53 from the API server `kubeconfig` names; report readiness (the API's
-    Services and EndpointSlices listed) on loopback at `ready_port`. Nothing else: no forwarding, no cache
+    Services and EndpointSlices listed) on loopback at `ready_port`; log every query (kept with the node's
+    logs when a test fails). Nothing else: no forwarding, no cache
     (a restarted gang's new addresses are answered at once)."""
     zones = " ".join(f"{zone}:53" for zone in ZONES)
     return (
         f"{zones} {{\n"
         f"    bind {address}\n"
         "    errors\n"
+        "    log\n"
         f"    ready 127.0.0.1:{ready_port}\n"
         f"    kubernetes {' '.join(ZONES)} {{\n"
         f"        kubeconfig {kubeconfig}\n"

@@ -210,7 +210,7 @@ def route_breaches(routes: Iterable[Mapping[str, Any]], allowed_cidrs: Iterable[
 
 #: What a server block of the node's Corefile may hold, and nothing else (an allow-list: CoreDNS has many
 #: plugins that send or serve beyond the node, `forward`, `secondary`, `dnstap`, `health` on every address...).
-ALLOWED_DNS_DIRECTIVES = ("bind", "errors", "ready", "kubernetes")
+ALLOWED_DNS_DIRECTIVES = ("bind", "errors", "log", "ready", "kubernetes")
 #: The options the `kubernetes` plugin may have (no `endpoint`: it would name another API server).
 ALLOWED_KUBERNETES_OPTIONS = ("kubeconfig", "pods")
 
@@ -254,5 +254,5 @@ def dns_breaches(corefile: str, bridge_address: str) -> list[str]:
                 allowed = name in ALLOWED_DNS_DIRECTIVES
             if not allowed:
                 breaches.append(f"CoreDNS block `{keys}`: `{' '.join(words)}` may send or serve beyond the node "
-                                "(allowed: bind, errors, ready on 127.0.0.1, kubernetes with kubeconfig and pods)")  # fmt: skip
+                                "(allowed: bind, errors, log, ready on 127.0.0.1, kubernetes with kubeconfig and pods)")  # fmt: skip
     return breaches

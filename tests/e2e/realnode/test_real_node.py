@@ -90,20 +90,26 @@ def test_a_job_whose_image_is_not_on_the_node_fails_with_a_clear_reason_and_noth
 
 
 PROBE = """
-import json, socket
+import json, socket, time
 def reach(host, port):
     try:
         socket.create_connection((host, port), timeout=3).close()
         return "reached"
     except OSError as error:
         return type(error).__name__
-def resolve(name):
-    try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)})
-    except OSError as error:
-        return type(error).__name__
+def resolve(name, within=90):
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            infos = socket.getaddrinfo(name, 443, family=socket.AF_INET, proto=socket.IPPROTO_TCP)
+            return sorted({info[4][0] for info in infos})
+        except OSError as error:
+            failed = f"{type(error).__name__}: {error}"
+        if time.monotonic() > deadline:
+            return failed
+        time.sleep(1)
 print(json.dumps({"api": reach("10.96.0.1", 443), "host": reach(HOST, PORT),
-                  "service": resolve("kubernetes.default.svc.cluster.local"), "outside": resolve("example.com")}))
+                  "service": resolve("kubernetes.default.svc.cluster.local."), "outside": resolve("example.com.", 0)}))
 """
 
 
@@ -142,9 +148,15 @@ def test_a_pod_reaches_the_api_server_through_its_service_and_dns_and_nothing_el
             phase = ((admin.get("v1/pods", namespace, "reach") or {}).get("status") or {}).get("phase")
             return phase if phase in ("Succeeded", "Failed") else None
 
-        assert eventually(ended, 90, interval=0.5, message="the probe pod to end") == "Succeeded"
+        assert eventually(ended, 180, interval=0.5, message="the probe pod to end") == "Succeeded"
     logs = real_node.control_plane.kubectl("logs", "-n", namespace, "reach")
     # the cluster DNS answers for the cluster's names and for nothing outside it (no forwarding)
-    expected = {"api": "reached", "host": "TimeoutError", "service": ["10.96.0.1"], "outside": "gaierror"}
-    assert json.loads(logs.stdout) == expected, logs.stdout
+    # (Absolute names, IPv4 only; the Service's name asked again for up to 90 s: twice in about ten sessions
+    # its lookups got no answer for 30 s, while the other name's were refused at once and every training
+    # scenario's lookups answered. Cause not found yet: CoreDNS now logs every query, kept on failure.)
+    probed = json.loads(logs.stdout)
+    assert probed["outside"].startswith("gaierror"), probed
+    assert {**probed, "outside": "gaierror"} == {
+        "api": "reached", "host": "TimeoutError", "service": ["10.96.0.1"], "outside": "gaierror"
+    }, probed  # fmt: skip
     real_node.check_contained()

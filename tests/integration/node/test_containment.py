@@ -183,9 +183,7 @@ def test_the_node_configuration_the_fixture_writes_passes_every_check(tmp_path: 
     assert set(hosts) >= {"_default", "docker.io", "ghcr.io", "registry.k8s.io"}
 
 
-ALLOWED_HINT = (
-    "may send or serve beyond the node (allowed: bind, errors, ready on 127.0.0.1, kubernetes with kubeconfig and pods)"
-)
+ALLOWED_HINT = "may send or serve beyond the node (allowed: bind, errors, log, ready on 127.0.0.1, kubernetes with kubeconfig and pods)"
 BLOCK = "CoreDNS block `cluster.local:53 in-addr.arpa:53 ip6.arpa:53`"
 
 
