@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -44,34 +46,54 @@ class Image:
     """Each layer's tar, uncompressed, bottom first."""
 
 
+@dataclass(frozen=True)
+class Archive:
+    """An OCI archive `make images` wrote, open: its only image's index entry, manifest and config."""
+
+    tar: tarfile.TarFile
+    entry: dict[str, Any]
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.entry["annotations"]["io.containerd.image.name"])
+
+    def blob(self, digest: str) -> IO[bytes]:
+        return blob(self.tar, digest)
+
+
+def blob(tar: tarfile.TarFile, digest: str) -> IO[bytes]:
+    member = tar.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+    assert member is not None, digest
+    return member
+
+
+@contextmanager
+def archive(target: str) -> Iterator[Archive]:
+    path = IMAGES / f"{target}.tar"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: `make images` builds it (make test runs it first)")
+    with tarfile.open(path) as tar:
+        index = tar.extractfile("index.json")
+        assert index is not None, path
+        entry = json.load(index)["manifests"][0]
+        manifest = json.load(blob(tar, entry["digest"]))
+        yield Archive(tar, entry, manifest, json.load(blob(tar, manifest["config"]["digest"])))
+
+
 @cache
 def image(target: str) -> Image:
-    archive = IMAGES / f"{target}.tar"
-    if not archive.exists():
-        pytest.fail(f"{archive} is missing: `make images` builds it (make test runs it first)")
-    with tarfile.open(archive) as outer:
-
-        def read(name: str) -> bytes:
-            member = outer.extractfile(name)
-            assert member is not None, name
-            return member.read()
-
-        def blob(digest: str) -> bytes:
-            return read(f"blobs/sha256/{digest.split(':', 1)[1]}")
-
-        entry = json.loads(read("index.json"))["manifests"][0]
-        manifest = json.loads(blob(entry["digest"]))
-        config = json.loads(blob(manifest["config"]["digest"]))
+    with archive(target) as opened:
         files: set[str] = set()
         layers = []
-        for layer in manifest["layers"]:
-            data = blob(layer["digest"])
+        for layer in opened.manifest["layers"]:
+            data = opened.blob(layer["digest"]).read()
             raw = gzip.decompress(data) if layer["mediaType"].endswith("gzip") else data
             layers.append(raw)
             with tarfile.open(fileobj=io.BytesIO(raw)) as inner:
                 files.update(name.removeprefix("./") for name in inner.getnames())
-    name = entry["annotations"]["io.containerd.image.name"]
-    return Image(name, config["config"], frozenset(files), tuple(layers))
+    return Image(opened.name, opened.config["config"], frozenset(files), tuple(layers))
 
 
 def unpack(built: Image, rootfs: Path) -> None:

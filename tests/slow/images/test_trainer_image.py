@@ -7,7 +7,6 @@ pod compiles it), and no build secret stayed in any layer. The real node's train
 
 from __future__ import annotations
 
-import json
 import tarfile
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from kubetune.operator.builders import METRICS_PORT, RENDEZVOUS_PORT, TRAINER_UID
-from tests.slow.images.test_images import IMAGES, PIP_CONF_LINE, SECRET_PATHS
+from tests.slow.images.test_images import PIP_CONF_LINE, SECRET_PATHS, archive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,24 +37,12 @@ class Scanned:
 
 @cache
 def scan(target: str) -> Scanned:
-    archive = IMAGES / f"{target}.tar"
-    if not archive.exists():
-        pytest.fail(f"{archive} is missing: `make images` builds it (make test runs it first)")
-    with tarfile.open(archive) as outer:
-
-        def blob(digest: str) -> tarfile.ExFileObject:
-            member = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
-            assert member is not None, digest
-            return member
-
-        entry = json.loads(outer.extractfile("index.json").read())  # type: ignore[union-attr]
-        manifest = json.loads(blob(entry["manifests"][0]["digest"]).read())
-        config = json.loads(blob(manifest["config"]["digest"]).read())
-        files: set[str] = set()
-        owners: dict[str, int] = {}
-        holding: list[str] = []
-        for layer in manifest["layers"]:
-            with tarfile.open(fileobj=blob(layer["digest"]), mode="r|*") as inner:
+    files: set[str] = set()
+    owners: dict[str, int] = {}
+    holding: list[str] = []
+    with archive(target) as opened:
+        for layer in opened.manifest["layers"]:
+            with tarfile.open(fileobj=opened.blob(layer["digest"]), mode="r|*") as inner:
                 for member in inner:
                     name = member.name.removeprefix("./")
                     files.add(name)
@@ -65,8 +52,7 @@ def scan(target: str) -> Scanned:
                         content = inner.extractfile(member)
                         if content is not None and PIP_CONF_LINE in content.read():
                             holding.append(name)
-    name = entry["manifests"][0]["annotations"]["io.containerd.image.name"]
-    return Scanned(name, config["config"], frozenset(files), owners, tuple(holding))
+    return Scanned(opened.name, opened.config["config"], frozenset(files), owners, tuple(holding))
 
 
 def test_the_trainer_image_runs_as_the_operator_builds_worker_pods() -> None:
