@@ -37,7 +37,7 @@ import yaml
 
 from tests.support import containment
 from tests.support.clusterdns import COREDNS, ClusterDns
-from tests.support.controlplane import BINARY, Component, ControlPlane
+from tests.support.controlplane import BINARY, NODE_MONITOR_GRACE_SECONDS, Component, ControlPlane
 from tests.support.kubechains import kube_chains, remove_kube_chains
 from tests.support.nodeconfig import ContainerdPaths, NodeNetworks, cni_network_list, containerd_config, registry_hosts
 from tests.support.ports import free_port
@@ -232,6 +232,9 @@ class RealNode:
             "podCIDR": self.networks.pod_cidr, "podLogsDir": str(self.pod_logs),
             # nothing is pulled and no disk pressure evicts the test's pods
             "imageGCHighThresholdPercent": 100, "serializeImagePulls": False,
+            # renewed every quarter of its duration (2 s), well inside the controller's grace: the default
+            # lease (40 s, renewed every 10 s) let the node flap NotReady and its workers look lost
+            "nodeLeaseDurationSeconds": NODE_MONITOR_GRACE_SECONDS,
             "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%"},
         }  # fmt: skip
         path = self.folder / "kubelet.yaml"

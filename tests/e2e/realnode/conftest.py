@@ -64,6 +64,21 @@ def admin(real_node: RealNode) -> KubeApi:
     return KubeApi(plane.url, ADMIN_TOKEN, plane.ca_file)
 
 
+@pytest.fixture(autouse=True)
+def node_stays_ready(admin: KubeApi) -> Iterator[None]:
+    """Each test fails if the node went NotReady during it: the node-lifecycle controller would have marked
+    its pods not ready and tainted it, and the operator would take a worker still running for a lost one."""
+    before = {e["metadata"]["uid"] for e in admin.list("v1/events", None, fields="reason=NodeNotReady")}
+    yield
+    flaps = [
+        e for e in admin.list("v1/events", None, fields="reason=NodeNotReady") if e["metadata"]["uid"] not in before
+    ]
+    seen = [
+        f"{e['involvedObject'].get('namespace', '')}/{e['involvedObject']['name']}: {e.get('message')}" for e in flaps
+    ]
+    assert not seen, "the node went NotReady (its lease reached the control plane late):\n" + "\n".join(seen[:5])
+
+
 @pytest.fixture(scope="package")
 def installed(real_node: RealNode, admin: KubeApi, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     """Every object the chart renders, applied as `helm install` would, the operator Deployment included."""
