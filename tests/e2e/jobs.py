@@ -10,6 +10,7 @@ to a folder that outlives pods, as a claim outlives them in a cluster.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ CLAIM = "checkpoints"
 #: Steps of every scenario run: long enough (about a second) that a test can act between the first
 #: checkpoint and the end.
 MAX_STEPS = 48
+#: The trainer's log line when an attempt resumes: the checkpoint's step and the total.
+RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
 #: The spec every scenario starts from: 2 workers x 1 process, ZeRO-2 on CPU, fp32, a checkpoint every
 #: 8 steps, restarts without waiting.
 SCENARIO_SPEC: dict[str, Any] = {

@@ -13,7 +13,6 @@ uninterrupted reference instead of training one of its own.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,12 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.jobs import CLAIM, JOBS, MAX_STEPS, PODS, Inputs, Job, a_scenario, make_inputs, submit
+from tests.e2e.jobs import CLAIM, JOBS, MAX_STEPS, PODS, RESUMED, Inputs, Job, a_scenario, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import Fault, RealCluster
 from tests.support.waiting import eventually
-
-RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
 
 
 @pytest.fixture(scope="session")

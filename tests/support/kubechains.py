@@ -5,11 +5,8 @@ kubelet's own). tests/support/realnode.py refuses to start on a machine that has
 from __future__ import annotations
 
 import shlex
-import subprocess
 
-
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=120)
+from tests.support.commands import run_tool as _run
 
 
 def kube_chains() -> list[str]:

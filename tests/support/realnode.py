@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import yaml
 
 from tests.support import containment
 from tests.support.clusterdns import COREDNS, ClusterDns
+from tests.support.commands import run_tool as _run
 from tests.support.controlplane import BINARY, NODE_MONITOR_GRACE_SECONDS, Component, ControlPlane
 from tests.support.kubechains import kube_chains, remove_kube_chains
 from tests.support.nodeconfig import ContainerdPaths, NodeNetworks, cni_network_list, containerd_config, registry_hosts
@@ -57,15 +57,6 @@ NEEDED_DISK_GIB = 12
 #: The kernel settings the kubelet sets (protectKernelDefaults: false), put back as they were at stop.
 KUBELET_SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
                    "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")  # fmt: skip
-
-
-def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(
-            f"`{' '.join(argv)}` did not finish within {timeout:g} s: the machine is overloaded or stuck"
-        ) from None
 
 
 def _sysctl_path(name: str) -> Path:
@@ -202,11 +193,10 @@ class RealNode:
 
     def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         def alive_and(check: Callable[[], bool]) -> bool:
-            for component in self.components:
-                try:
-                    component.check_alive()
-                except RuntimeError as died:
-                    raise GiveUp(f"{died} (logs in {self.folder / 'logs'})") from None
+            try:
+                self.check_alive()
+            except RuntimeError as died:
+                raise GiveUp(f"{died} (logs in {self.folder / 'logs'})") from None
             return check()
 
         eventually(lambda: alive_and(check), timeout, interval=0.2, message=f"{what} (logs in {self.folder / 'logs'})")
@@ -295,6 +285,10 @@ class RealNode:
         and every component still runs (were CoreDNS gone, a resolver of the host listening on every
         address would take the pods' queries at the bridge address, and might forward them)."""
         self._refuse(containment.forwarding_breaches(containment.read_forwarding()))
+        self.check_alive()
+
+    def check_alive(self) -> None:
+        """Every component still runs; RuntimeError naming the first that died."""
         for component in self.components:
             component.check_alive()
 

@@ -64,18 +64,23 @@ def admin(real_node: RealNode) -> KubeApi:
     return KubeApi(plane.url, ADMIN_TOKEN, plane.ca_file)
 
 
+def not_ready_events(admin: KubeApi) -> dict[str, str]:
+    """The node-lifecycle controller's NodeNotReady events (on the Node and on each of its pods), by uid."""
+    events = admin.list("v1/events", None, fields="reason=NodeNotReady")
+    return {e["metadata"]["uid"]: f"{described(e['involvedObject'])}: {e.get('message')}" for e in events}
+
+
+def described(reference: dict[str, str]) -> str:
+    return f"{reference.get('namespace', '')}/{reference['name']}"
+
+
 @pytest.fixture(autouse=True)
 def node_stays_ready(admin: KubeApi) -> Iterator[None]:
     """Each test fails if the node went NotReady during it: the node-lifecycle controller would have marked
     its pods not ready and tainted it, and the operator would take a worker still running for a lost one."""
-    before = {e["metadata"]["uid"] for e in admin.list("v1/events", None, fields="reason=NodeNotReady")}
+    before = not_ready_events(admin)
     yield
-    flaps = [
-        e for e in admin.list("v1/events", None, fields="reason=NodeNotReady") if e["metadata"]["uid"] not in before
-    ]
-    seen = [
-        f"{e['involvedObject'].get('namespace', '')}/{e['involvedObject']['name']}: {e.get('message')}" for e in flaps
-    ]
+    seen = [text for uid, text in not_ready_events(admin).items() if uid not in before]
     assert not seen, "the node went NotReady (its lease reached the control plane late):\n" + "\n".join(seen[:5])
 
 

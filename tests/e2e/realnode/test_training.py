@@ -19,7 +19,6 @@ checkpoints on another, which the trainer's user (uid 1000) owns.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -29,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.jobs import SCENARIO_SPEC
+from kubetune.operator.builders import TRAINER_UID
+from tests.e2e.jobs import MAX_STEPS, RESUMED, SCENARIO_SPEC
 from tests.e2e.realnode.cluster import JOBS, claim, restricted_namespace, wait_operator
 from tests.support import tiny
 from tests.support.builders import JobBuilder
@@ -40,11 +40,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.timeout(420)
 
 TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
-TRAINER_UID = 1000
-MAX_STEPS = int(SCENARIO_SPEC["hyperparameters"]["maxSteps"])
 #: Requests that let two workers and the operator fit the node's two cores.
 WORKER_RESOURCES = {"requests": {"cpu": "400m", "memory": "1Gi"}}
-RESUMED = re.compile(r"resumed from checkpoint \S+ \(step (\d+) of (\d+)\)")
 #: A run that only stops when asked: no periodic checkpoint, so any checkpoint is the SIGTERM one.
 UNTIL_STOPPED = {"hyperparameters": {"maxSteps": 100000, "epochs": 1000}, "checkpointing": {"everySteps": 100000}}
 

@@ -75,20 +75,6 @@ def set_dropout(config: Any, probability: float) -> list[str]:
     return changed
 
 
-def unreadable_files(source: str) -> list[str]:
-    """Files of a local model folder that this process may not read (a claim written by another user);
-    `folder/` when the folder itself cannot be listed."""
-    folder = Path(source)
-    try:
-        if not folder.is_dir():
-            return []
-        if not os.access(folder, os.R_OK | os.X_OK):
-            return [f"{folder.name}/"]
-        return sorted(path.name for path in folder.iterdir() if path.is_file() and not os.access(path, os.R_OK))
-    except OSError:
-        return [f"{folder.name}/"]
-
-
 def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
     """The causal LM with the spec's dropout override and LoRA adapters applied, on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -99,13 +85,7 @@ def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
         if spec.hyperparameters.dropout is not None:
             set_dropout(config, spec.hyperparameters.dropout)
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **options)
-    except Exception as error:
-        unreadable = unreadable_files(source)
-        if unreadable:  # (transformers reports a file it may not read as missing)
-            raise ModelError(
-                f"model.source {spec.model.source}: cannot read {', '.join(unreadable)} as user {os.getuid()}: "
-                "make the model's files readable by the trainer's user (the trainer image runs as uid 1000)"
-            ) from error
+    except Exception as error:  # (files this user may not read were named by the preflight already)
         raise ModelError(f"model.source {spec.model.source}: cannot load the model: {error}") from error
     model.config.use_cache = False
     if spec.model.gguf_file:

@@ -114,7 +114,19 @@ def _model_problems(prefix: str, model: ModelSpec, base: Path) -> list[Problem]:
         return [Problem(f"{prefix}.source", f"{model.source}: {why}", ExitReason.MODEL_ERROR)]
     if model.gguf_file and (why := _unreadable(source / model.gguf_file, "file")):
         return [Problem(f"{prefix}.ggufFile", f"{model.gguf_file}: {why}", ExitReason.MODEL_ERROR)]
+    if not model.gguf_file and source.is_dir() and (names := _unreadable_files(source)):
+        why = (
+            f"cannot read {', '.join(names)} as user {os.getuid()}: make the model's files readable by the "
+            "trainer's user (the trainer image runs as uid 1000)"
+        )
+        return [Problem(f"{prefix}.source", f"{model.source}: {why}", ExitReason.MODEL_ERROR)]
     return []
+
+
+def _unreadable_files(folder: Path) -> list[str]:
+    """The files of a model folder this process may not read: a claim written by another user (safetensors
+    writes weights readable by their owner only), which transformers would report as missing files."""
+    return sorted(path.name for path in folder.iterdir() if path.is_file() and not os.access(path, os.R_OK))
 
 
 def _unreadable(path: Path, kind: Literal["file", "folder", "file or folder"]) -> str | None:

@@ -47,10 +47,10 @@ def paths_in(place: Path) -> RunPaths:
     return RunPaths(place / "job.yaml", place / "work", place / "work" / "checkpoints", place / "work" / "output")
 
 
-def deny(path: Path) -> Callable[[Any, int], bool]:
-    """os.access that refuses `path` (tests run as root, where permission bits deny nothing)."""
+def deny(*paths: Path) -> Callable[[Any, int], bool]:
+    """os.access that refuses `paths` (tests run as root, where permission bits deny nothing)."""
     allowed = os.access
-    return lambda target, mode: Path(target) != path and allowed(target, mode)
+    return lambda target, mode: Path(target) not in paths and allowed(target, mode)
 
 
 def failure(job: FineTuneJob, place: Path, devices: Devices = CPU_ONLY) -> TrainerError:
@@ -99,6 +99,25 @@ def test_an_unreadable_dataset_or_model_is_named(place: Path, monkeypatch: pytes
     monkeypatch.setattr(os, "access", deny(place / "model"))
     error = failure(a_local_job(place), place)
     assert error.reason is ExitReason.MODEL_ERROR and "permission denied" in error.message
+
+
+@pytest.mark.parametrize(
+    ("denied", "named"),
+    [
+        (("model.safetensors",), "model.safetensors"),
+        (("tokenizer.json", "model.safetensors"), "model.safetensors, tokenizer.json"),
+    ],
+)
+def test_model_files_this_user_may_not_read_are_named_with_the_user(
+    place: Path, monkeypatch: pytest.MonkeyPatch, denied: tuple[str, ...], named: str
+) -> None:
+    """(transformers would report them as missing: a claim written by another user is the usual cause)"""
+    (place / "model" / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(os, "access", deny(*(place / "model" / name for name in denied)))
+    error = failure(a_local_job(place), place)
+    assert error.reason is ExitReason.MODEL_ERROR, error
+    assert f"spec.model.source: {place / 'model'}: cannot read {named} as user {os.getuid()}: " in error.message
+    assert "readable by the trainer's user" in error.message
 
 
 def test_an_unwritable_or_full_checkpoint_disk_is_refused(place: Path, monkeypatch: pytest.MonkeyPatch) -> None:
