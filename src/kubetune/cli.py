@@ -27,7 +27,18 @@ def _crd(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from kubetune.api.validation import validate_files
 
-    jobs, problems = validate_files(args.files)
+    if args.policy:
+        from kubetune.api.platform_policy import PolicyError, load_policy
+        from kubetune.api.platform_rules import validate_files_against
+
+        try:
+            policy = load_policy(args.policy)
+        except PolicyError as error:
+            print(f"{error}\nthe platform policy is unusable: nothing was checked", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        jobs, problems = validate_files_against(args.files, policy)
+    else:
+        jobs, problems = validate_files(args.files)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -144,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check FineTuneJob manifests; exit 2 on any problem")
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML files (multi-document); - for stdin")
+    validate.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="also apply a platform policy: the ConfigMap the chart renders (templates/platform-policy.yaml), "
+        "as the API server's admission policy does",
+    )
     validate.set_defaults(handler=_validate)
 
     run = commands.add_parser("run", help="run a FineTuneJob on this machine, no cluster needed")
@@ -224,8 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     operator.add_argument(
         "--kueue",
-        action="store_true",
-        help="run jobs with spec.scheduling.queueName through Kueue Workloads (Kueue installed, README: Kueue)",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="run jobs with spec.scheduling.queueName through Kueue Workloads (README: Kueue); auto (default): "
+        "when Kueue's Workload API is served at start. Without it a queued job waits (QueueUnavailable)",
+    )
+    operator.add_argument(
+        "--progress-max-bytes",
+        type=_positive(int),
+        default=64 * 1024,
+        help="largest GET /progress body read from rank 0; a larger one is refused (default 65536)",
+    )
+    operator.add_argument(
+        "--result-max-bytes",
+        type=_positive(int),
+        default=1024 * 1024,
+        help="largest GET /result body read from rank 0; a larger one is refused (default 1048576)",
     )
     operator.set_defaults(handler=_lazy("kubetune.operator.main"))
     return parser

@@ -77,6 +77,17 @@ ALL_MONITORING_ON: dict[str, Any] = {
     }
 }
 
+#: A platform policy with every key set (charts/kubetune/tests/test_chart_admission.py).
+PLATFORM_POLICY: dict[str, Any] = {
+    "create": True,
+    "allowedImages": ["ghcr.io/acme/trainer", "registry.example.com/ml/", "sha256:abc123"],
+    "allowedPriorityClasses": ["team-low", "team-high"],
+    "allowedTolerationKeys": [],
+    "allowedNodeSelectorKeys": ["pool"],
+    "maxGangProcesses": 16,
+    "maxGPUsPerJob": 8,
+}
+
 #: Named value sets: the defaults and each toggle, rendered and validated by the tests.
 SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "defaults": ({}, ()),
@@ -88,6 +99,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "service-monitor": ({"monitoring": {"serviceMonitor": {"enabled": True}}}, MONITORING_APIS),
     "prometheus-rule": ({"monitoring": {"prometheusRule": {"enabled": True}}}, MONITORING_APIS),
     "dashboard": ({"monitoring": {"dashboard": {"enabled": True}}}, ()),
+    "admission-off": ({"admission": {"enabled": False}}, ()),
+    "platform-policy": ({"admission": {"platformPolicy": PLATFORM_POLICY}}, ()),
     "network-policy": (
         {"networkPolicy": {"enabled": True}, "watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
         (),

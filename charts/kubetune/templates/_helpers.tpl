@@ -69,3 +69,14 @@ Fail with a clear message when an optional monitoring object's CRD is not instal
 {{- fail (printf "%s=true needs the %s custom resource (%s), which this cluster does not serve: install the Prometheus Operator's CRDs first, or set %s=false. (With `helm template`, pass --api-versions %s/%s.)" $toggle $kind $groupVersion $toggle $groupVersion $kind) }}
 {{- end }}
 {{- end }}
+
+{{/* --kueue from kueue.enabled: true -> on, false -> off, "auto" -> auto (Kueue's Workload API served at start). */}}
+{{- define "kubetune.kueueMode" -}}
+{{- $mode := toString .Values.kueue.enabled -}}
+{{- if eq $mode "true" }}on{{ else if eq $mode "false" }}off{{ else }}auto{{ end -}}
+{{- end }}
+
+{{/* The platform policy ConfigMap's name (in the release namespace): the platform admission policy's parameter. */}}
+{{- define "kubetune.platformPolicyName" -}}
+{{- default (printf "%s-platform-policy" (include "kubetune.fullname" .)) .Values.admission.platformPolicy.name }}
+{{- end }}

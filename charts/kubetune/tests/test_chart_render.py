@@ -55,6 +55,7 @@ def test_defaults_render_the_operator_and_nothing_optional() -> None:
     kinds = sorted(obj["kind"] for obj in render())
     assert kinds == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2  # author access and platform
     )
 
 
@@ -108,9 +109,18 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--api-writes-per-second=200",
         "--api-write-burst=400",
         "--reconcile-workers=64",
+        "--kueue=auto",
     ]
     assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
     assert container["resources"]["limits"]["memory"]
+
+
+@pytest.mark.parametrize(("enabled", "flag"), [("auto", "--kueue=auto"), (True, "--kueue=on"), (False, "--kueue=off")])
+def test_kueue_mode_reaches_the_operator(enabled: object, flag: str) -> None:
+    args = one(render({"kueue": {"enabled": enabled}}), "Deployment")["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert [a for a in args if a.startswith("--kueue")] == [flag]
 
 
 def test_namespaced_mode_passes_each_namespace() -> None:

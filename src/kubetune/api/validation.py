@@ -93,6 +93,11 @@ def _line_of(node: yaml.Node | None, location: tuple[str | int, ...]) -> int | N
     return line
 
 
+def line_in(document: Document, location: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of `location` (or of its deepest part that exists) in `document`."""
+    return _line_of(document.node, location)
+
+
 def _leaf_types(annotation: Any) -> Iterator[Any]:
     """The types a field's annotation can hold, through `X | None`, `list[X]` and `dict[K, X]`; Literal
     annotations are yielded whole (their values are what an enum field allows)."""
@@ -196,7 +201,7 @@ def _problem(document: Document, error: Any) -> Problem:
     location: tuple[str | int, ...] = tuple(part for part in error["loc"] if part != "[key]")
     message = _describe(error, _allowed_values(location) if error["type"] in ("literal_error", "enum") else ())
     if error["type"] == "rule" and error.get("ctx", {}).get("field"):
-        location = (*location, error["ctx"]["field"])
+        location = (*location, *error["ctx"]["field"].split("."))  # a rule may name a nested field
     if error["type"] == "extra_forbidden":
         owner = _model_at(location[:-1])
         known = [f.alias or n for n, f in owner.model_fields.items()] if owner else []

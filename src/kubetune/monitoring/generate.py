@@ -2,7 +2,8 @@
 
 A chart can only read files inside its own folder, so everything it shares with the rest of the
 project is copied in here and never edited by hand: the CRD (from the API models), the operator's RBAC
-rules (from operator/src/kubetune/operator/rbac.py), the alert rules and the Grafana dashboard (from this package). The
+rules (from operator/src/kubetune/operator/rbac.py), the admission policies (from
+src/kubetune/api/admission.py), the alert rules and the Grafana dashboard (from this package). The
 README's metrics table is refreshed between its markers too. `--check` reports stale files without
 writing; charts/kubetune/tests and the monitoring tests fail on any drift.
 
@@ -45,6 +46,12 @@ def rbac_rules() -> str:
     return "\n".join(lines) + "\n"
 
 
+def admission_policies() -> str:
+    from kubetune.api.admission import render_chart_file
+
+    return render_chart_file()
+
+
 def prometheus_rules() -> str:
     from kubetune.monitoring.alerts import render_rule_file
 
@@ -61,6 +68,7 @@ def dashboard() -> str:
 CHART_FILES: dict[Path, Callable[[], str]] = {
     CHART / "files/crds/finetunejob.yaml": crd_copy,
     CHART / "files/rbac.yaml": rbac_rules,
+    CHART / "files/admission.yaml": admission_policies,
     CHART / "files/prometheus-rules.yaml": prometheus_rules,
     CHART / "files/dashboards/kubetune.json": dashboard,
 }
