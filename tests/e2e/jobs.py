@@ -67,6 +67,17 @@ class Job:
     def condition(self, type_: str) -> dict[str, Any] | None:
         return condition_in(self.status(), type_) or None
 
+    def wait_condition(self, type_: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the job's condition `type_` has `reason`; returns the condition."""
+
+        def found() -> dict[str, Any]:
+            condition = self.condition(type_)
+            assert condition is not None and condition.get("reason") == reason, self.status()
+            return condition
+
+        found_condition: dict[str, Any] = eventually(found, timeout, message=f"{self.name}: {type_} {reason}")
+        return found_condition
+
     def wait_phase(self, *phases: str, timeout: float = 120) -> dict[str, Any]:
         """Wait until the job's phase is one of `phases`; returns the status. On timeout the failure
         message carries the status and the tails of the pods' logs."""

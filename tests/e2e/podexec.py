@@ -20,8 +20,7 @@ process, the pod looks as Kubernetes would run it:
   address; and, because processes bind ports on every address, each declared containerPort is remapped
   to a free host port shared by every pod of the same subdomain (one port block per gang), in env values
   and arguments, so that two jobs' rendezvous ports never collide.
-
-Nothing here talks to the API or starts anything; `kubelet.py` does.
+Test images: tests/e2e/images.py. Nothing here talks to the API or starts anything; `kubelet.py` does.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.images import image_environment
 from tests.support.ports import free_port
 
 #: Kubernetes' default terminationMessagePath.
@@ -356,7 +356,7 @@ def plan_container(
     paths = PathMap(rootfs, [*mounts, termination_path])
     declared = {name: rewrite(value, paths, network) for name, value in container_env(pod, container, ctx).items()}
     hostname = pod.get("spec", {}).get("hostname") or pod["metadata"]["name"]
-    env = {**base_env, "HOSTNAME": hostname, **declared}
+    env = image_environment(container.get("image", ""), {**base_env, "HOSTNAME": hostname, **declared})
     argv = [rewrite(expand(part, env), paths, network) for part in command]
     cwd = Path(paths.host(container["workingDir"])) if container.get("workingDir") else rootfs
     cwd.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,12 @@
 framework, on the real control plane with real trainer processes, two-worker CPU gangs.
 
 The ClusterQueue holds one gang (2 CPUs); every scenario has its own namespace and LocalQueue. The
-operator runs for this module with `kueue` on (`kubetune operator --kueue`, the chart's `kueue.enabled`),
-under the chart's RBAC, and is put back as it was afterwards.
+operator is restarted for this module with its default `--kueue auto` (the chart's `kueue.enabled: auto`),
+which turns the integration on because Kueue's Workload API is now served, under the chart's RBAC.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ def kueue(cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         pytest.skip(f"Kueue {kueue_support.VERSION} is not built: `make kueue` (make test builds it)")
     running = Kueue(cluster.control_plane, tmp_path_factory.mktemp("kueue")).start()
     cluster.stop_operator()
-    cluster.start_operator(dataclasses.replace(operator_settings(), kueue=True))
+    cluster.start_operator(operator_settings())  # `kueue` unset (`--kueue auto`): on, since Kueue's API is served
     cluster.kubectl_ok("apply", "-f", "-", input=yaml.safe_dump_all(PRIORITY_CLASSES))
     try:
         yield running

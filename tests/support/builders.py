@@ -218,7 +218,7 @@ def a_cpu_gang(name: str = "demo", workers: int = 2) -> JobBuilder:
         a_job(name)
         .workers(workers)
         .accelerator("cpu")
-        .storage("pvc://ckpt/demo")
+        .storage(f"pvc://ckpt/{name}")  # a folder per job: two live jobs never share one (FolderInUse)
         .retry(max_restarts=2, backoff_seconds=0)
     )
 

@@ -26,6 +26,10 @@ ATTEMPT_ENV: Final = "KUBETUNE_ATTEMPT"
 ACCELERATOR_ENV: Final = "DS_ACCELERATOR"
 #: Where `pvc://claim/path` URIs are mounted inside a pod (one folder per claim).
 PVC_ROOT_ENV: Final = "KUBETUNE_PVC_ROOT"
+#: The attempt's token for rank 0's endpoints (`Authorization: Bearer <token>` on /progress and /result):
+#: made by the operator for each attempt, in the pod's spec, so only who may read the pod may use them.
+#: Unset (`kubetune run`, which reads progress from files): the endpoints ask for none.
+RANK0_TOKEN_ENV: Final = "KUBETUNE_RANK0_TOKEN"
 #: How long torchrun (torch elastic's agent) waits for its ranks after forwarding SIGTERM before it
 #: SIGKILLs them, in seconds. The pinned torch (2.13) reads it when `--shutdown-timeout` is not given
 #: (`torch.distributed.launcher.api.LaunchConfig`; 30 s without it); an older torchrun ignores it and

@@ -50,6 +50,12 @@ TRAINER_METRICS: tuple[Metric, ...] = (
         "trainer",
         "Optimizer steps skipped by the fp16 loss scaler (gradient overflow; the scale is lowered).",
     ),
+    Metric(
+        "kubetune_unauthenticated_requests_total",
+        "counter",
+        "trainer",
+        "Requests to rank 0's /progress or /result refused: no valid attempt token (KUBETUNE_RANK0_TOKEN).",
+    ),
     Metric("kubetune_step_duration_seconds", "histogram", "trainer", "Wall time of one optimizer step, in seconds."),
     Metric("kubetune_progress_ratio", "gauge", "trainer", "Optimizer steps done / planned, 0 to 1."),
     Metric("kubetune_estimated_remaining_seconds", "gauge", "trainer", "Estimated time to finish, in seconds."),

@@ -4,7 +4,9 @@ The operator reads progress, metrics and the whole result from rank 0's pod on T
 a default-deny NetworkPolicy drops those requests, and without a word the job would show no progress and
 end with a result cut to what fits its termination message. So a read that fails at the connection (refused,
 reset, timed out) for longer than a bound sets ProgressUnavailable=True with the fix in its message, and
-the first read that works again sets it False (ProgressReadable).
+the first read that works again sets it False (ProgressReadable). An answer the operator refuses (larger
+than its cap, not the protocol's shape: kubetune.operator.progress) sets it True at once, with reason
+RankZeroAnswerRefused: rank 0 runs an image its author chose, and a wrong answer is not a network's fault.
 
 The bound (the operator's `progress_unreachable_after`, in seconds) is longer than a trainer takes to start
 serving (imports and rendezvous, during which the port is closed), so a starting trainer does not raise it.
@@ -40,6 +42,9 @@ class ProgressReach:
     """Why not, when unreachable: e.g. `timed out after 2.0s`, `connection refused`."""
     failing_for: float = 0.0
     """Seconds since reads of this worker began failing (0 when reachable)."""
+    refused: str = ""
+    """Rank 0 answered, but the operator refused the answer: e.g. `GET /progress answered with more than
+    65536 bytes (the operator reads at most 65536)`. Empty when nothing was refused."""
 
 
 def unreachable_message(reach: ProgressReach) -> str:
@@ -52,6 +57,14 @@ def unreachable_message(reach: ProgressReach) -> str:
     )
 
 
+def refused_message(reach: ProgressReach) -> str:
+    return (
+        f"the operator refused what rank 0 answered at {reach.address}: {reach.refused}. The trainer image does "
+        f"not answer as kubetune's trainer does (a modified image?): no progress or whole result is read from "
+        f"it, and the job's outcome is taken from its termination message"
+    )
+
+
 def apply_reach(
     status: FineTuneJobStatus, reach: ProgressReach | None, now: datetime, after: float
 ) -> FineTuneJobStatus:
@@ -59,11 +72,16 @@ def apply_reach(
     changes). `after`: seconds reads must fail before the condition is raised."""
     if reach is None:
         return status
+    if reach.refused:
+        message = refused_message(reach)
+        return set_condition(status, ConditionType.PROGRESS_UNAVAILABLE, "True", Reason.RANK_ZERO_REFUSED, message, now)
     if reach.reachable:
         message = "the operator reads rank 0's progress again"
         return clear_condition(status, ConditionType.PROGRESS_UNAVAILABLE, Reason.PROGRESS_READABLE, message, now)
     current = find_condition(status, ConditionType.PROGRESS_UNAVAILABLE)
     raised = current is not None and current.status == "True"
+    if raised and current is not None and current.reason == Reason.RANK_ZERO_REFUSED:
+        return status  # a rank 0 that broke the protocol stays named so until it answers well (no flapping)
     if reach.failing_for < after and not raised:
         return status
     message = unreachable_message(reach)

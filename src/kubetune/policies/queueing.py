@@ -17,6 +17,10 @@ Workload into the `WorkloadObservation` below and carries out what is decided he
 
 A job created with `spec.suspend: true` and a queue name follows Kueue's convention for its own
 integrations: it waits for admission, and admission unsuspends it (`unsuspend_on_admission`).
+
+A queue is a team's quota: a job that names one is never run unqueued. When the operator cannot queue it
+(its Kueue integration off, or Kueue not installed) the job waits with no pod, Pending with Admitted=False
+and reason QueueUnavailable (`QueueingUnavailable`), until an operator that can queue it takes over.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from kubetune.api.status import ConditionType, FineTuneJobStatus, Phase, Reason
 from kubetune.policies import gang, suspension
 from kubetune.policies.gang import GangPlan
 from kubetune.policies.observed import WorkerObservation
-from kubetune.policies.status import clear_condition, set_condition, with_phase
+from kubetune.policies.status import Event, clear_condition, find_condition, set_condition, with_phase
 
 #: The pod set of a FineTuneJob's Workload: every worker pod is alike, so there is exactly one.
 POD_SET = "workers"
@@ -60,6 +64,14 @@ class WorkloadObservation:
     """Tolerations of the admitted flavors (ResourceFlavor spec.tolerations), to add to the pods."""
 
 
+@dataclass(frozen=True)
+class QueueingUnavailable:
+    """The supervisor cannot queue jobs (no Kueue integration): a queued job must wait, not run."""
+
+    why: str
+    """Why, for the status: e.g. "the operator runs without its Kueue integration (--kueue off)"."""
+
+
 def queue_of(job: FineTuneJob) -> str | None:
     """The LocalQueue the job is submitted to, if any (the queue label, else spec.scheduling.queueName)."""
     return suspension.queue_name(job)
@@ -82,19 +94,52 @@ def _queued_message(queue: str, observation: WorkloadObservation) -> str:
     return f"queued in LocalQueue {queue} (Workload {observation.name}): {why}"
 
 
+def _unavailable(
+    job: FineTuneJob, workers: Sequence[WorkerObservation], queue: str, why: str, now: datetime
+) -> tuple[FineTuneJobStatus, GangPlan]:
+    """A queued job the supervisor cannot queue: Pending (Suspended once it had run), no pod."""
+    prev = job.status or FineTuneJobStatus()
+    message = (
+        f"spec.scheduling.queueName names LocalQueue {queue}, but {why}: the job waits and never runs "
+        f"unqueued. Install Kueue and let the operator use it (chart value kueue.enabled), or remove queueName"
+    )
+    status = set_condition(prev, ConditionType.ADMITTED, "False", Reason.QUEUE_UNAVAILABLE, message, now)
+    phase: Phase = "Pending" if prev.attempt == 0 else "Suspended"
+    if phase == "Suspended":
+        status = set_condition(status, ConditionType.SUSPENDED, "True", Reason.QUEUE_UNAVAILABLE, message, now)
+        status = clear_condition(status, ConditionType.RUNNING, Reason.QUEUE_UNAVAILABLE, message, now)
+    return with_phase(status, phase, message), gang.remove_all(workers, prev.attempt)
+
+
+def held_events(
+    previous: FineTuneJobStatus | None, status: FineTuneJobStatus, events: Sequence[Event]
+) -> tuple[Event, ...]:
+    """The events of a held job's decision: one Warning when it starts waiting because it cannot be queued
+    (Admitted=False raises no event of its own: waiting in a queue is normal, a queue that cannot be used
+    is not), instead of the Normal one its Suspended condition may raise."""
+    now = find_condition(status, ConditionType.ADMITTED)
+    before = find_condition(previous or FineTuneJobStatus(), ConditionType.ADMITTED)
+    others = tuple(e for e in events if e.reason != Reason.QUEUE_UNAVAILABLE)
+    if now is None or now.reason != Reason.QUEUE_UNAVAILABLE or (before is not None and before.reason == now.reason):
+        return others
+    return (*others, Event("Warning", Reason.QUEUE_UNAVAILABLE, now.message))
+
+
 def hold(
     job: FineTuneJob,
     workers: Sequence[WorkerObservation],
-    observation: WorkloadObservation | None,
+    observation: WorkloadObservation | QueueingUnavailable | None,
     now: datetime,
 ) -> tuple[FineTuneJobStatus, GangPlan] | None:
     """The status and plan of a queued job whose gang may not run now; None when it may, or when the job
-    is not queued or has no Workload (`observation` None: the operator runs without its Kueue integration,
-    where the queue name is only a label). Before its first start the job is Pending; after one (an
+    is not queued or has no Workload (`observation` None: a supervisor without queues, `kubetune run`;
+    `QueueingUnavailable`: an operator that cannot queue, where the job waits). Before its first start the job is Pending; after one (an
     eviction, an admission withdrawn) it is Suspended as `spec.suspend` leaves it, so that re-admission
     resumes from the last checkpoint through the same path as unsuspending."""
     queue = queue_of(job)
-    if queue is None or observation is None or runnable(observation):
+    if queue is not None and isinstance(observation, QueueingUnavailable):
+        return _unavailable(job, workers, queue, observation.why, now)
+    if queue is None or not isinstance(observation, WorkloadObservation) or runnable(observation):
         return None
     prev = job.status or FineTuneJobStatus()
     evicted = observation.evicted
@@ -112,10 +157,13 @@ def hold(
 
 
 def admitted(
-    job: FineTuneJob, status: FineTuneJobStatus, observation: WorkloadObservation | None, now: datetime
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    observation: WorkloadObservation | QueueingUnavailable | None,
+    now: datetime,
 ) -> FineTuneJobStatus:
     """`status` with Admitted=True once a queued job's Workload is admitted (unchanged otherwise)."""
-    if queue_of(job) is None or not runnable(observation) or observation is None:
+    if queue_of(job) is None or not isinstance(observation, WorkloadObservation) or not runnable(observation):
         return status
     message = f"admitted by Kueue (Workload {observation.name}, LocalQueue {queue_of(job)})"
     return set_condition(status, ConditionType.ADMITTED, "True", Reason.WORKLOAD_ADMITTED, message, now)

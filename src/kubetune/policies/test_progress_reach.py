@@ -28,6 +28,8 @@ def failing(seconds: float) -> ProgressReach:
 
 
 OK = ProgressReach(True, ADDRESS)
+TOO_LARGE = "GET /progress answered with more than 65536 bytes (the operator reads at most 65536)"
+REFUSED = ProgressReach(True, ADDRESS, refused=TOO_LARGE)
 
 
 @pytest.mark.parametrize(
@@ -41,8 +43,25 @@ OK = ProgressReach(True, ADDRESS)
         (RAISED, OK, ("False", Reason.PROGRESS_READABLE)),
         (CLEARED, failing(5), ("False", Reason.PROGRESS_READABLE)),
         (CLEARED, failing(25), ("True", Reason.PROGRESS_UNREACHABLE)),
+        (NONE, REFUSED, ("True", Reason.RANK_ZERO_REFUSED)),  # at once: not a network's fault, no bound to wait
+        (RAISED, REFUSED, ("True", Reason.RANK_ZERO_REFUSED)),
+        (apply_reach(NONE, REFUSED, T0, AFTER), OK, ("False", Reason.PROGRESS_READABLE)),  # answers well again
+        (apply_reach(NONE, REFUSED, T0, AFTER), failing(AFTER), ("True", Reason.RANK_ZERO_REFUSED)),  # no flapping
     ],
-    ids=["no-read", "ok", "blip", "raised", "stays", "cleared", "cleared-blip", "again"],
+    ids=[
+        "no-read",
+        "ok",
+        "blip",
+        "raised",
+        "stays",
+        "cleared",
+        "cleared-blip",
+        "again",
+        "refused",
+        "refused-after-unreachable",
+        "refused-then-ok",
+        "refused-then-silent",
+    ],
 )
 def test_apply_reach(before: FineTuneJobStatus, reach: ProgressReach | None, after: tuple[str, str] | None) -> None:
     condition = find_condition(apply_reach(before, reach, T1, AFTER), ConditionType.PROGRESS_UNAVAILABLE)
@@ -62,3 +81,10 @@ def test_with_reach_derives_a_warning_event_from_the_status_written_last() -> No
     raised = with_reach(decision, NONE, failing(60), T1, AFTER)
     assert [(e.type, e.reason) for e in raised.events] == [("Warning", Reason.PROGRESS_UNREACHABLE)]
     assert with_reach(decision, NONE, None, T1, AFTER) is decision
+
+
+def test_a_refused_answer_is_named_with_what_was_refused_and_where() -> None:
+    condition = find_condition(apply_reach(NONE, REFUSED, T1, AFTER), ConditionType.PROGRESS_UNAVAILABLE)
+    assert condition is not None
+    assert ADDRESS in condition.message and TOO_LARGE in condition.message
+    assert "termination message" in condition.message

@@ -91,11 +91,44 @@ def test_the_queued_message_names_the_queue_and_kueues_reason() -> None:
 
 
 @pytest.mark.parametrize("queue", [False, True])
-def test_without_a_workload_the_queue_name_is_only_a_label(queue: bool) -> None:
-    """Not queued, or the operator runs without its Kueue integration (no Workload observed): it launches."""
+def test_a_supervisor_without_queues_launches(queue: bool) -> None:
+    """Not queued, or a supervisor with no queues at all (`kubetune run`: no observation): it launches."""
     decision = decide(job(queue=queue), [], T0)
     assert decision.plan.create == (0, 1)
     assert find_condition(decision.status, ConditionType.ADMITTED) is None
+
+
+UNAVAILABLE = queueing.QueueingUnavailable("the operator runs without its Kueue integration (--kueue off)")
+
+
+@pytest.mark.parametrize(
+    ("status", "workers", "phase", "delete"),
+    [
+        (None, [], "Pending", ()),  # never launched: waits with no pod
+        (RUNNING, [w(0), w(1)], "Suspended", (0, 1)),  # the operator lost its integration: the gang stops
+    ],
+)
+def test_a_queued_job_never_runs_unqueued(
+    status: FineTuneJobStatus | None, workers: list[WorkerObservation], phase: str, delete: tuple[int, ...]
+) -> None:
+    decision = decide(job(status), workers, T0, queue=UNAVAILABLE)
+    assert (decision.status.phase, decision.plan.create) == (phase, ())
+    assert tuple(ref.index for ref in decision.plan.delete) == delete
+    condition = find_condition(decision.status, ConditionType.ADMITTED)
+    assert condition is not None and (condition.status, condition.reason) == ("False", "QueueUnavailable")
+    assert decision.status.message is not None
+    for part in ("spec.scheduling.queueName", "LocalQueue team-a", "--kueue off", "never runs unqueued"):
+        assert part in decision.status.message
+    assert [(e.type, e.reason) for e in decision.events if e.reason == "QueueUnavailable"] == [
+        ("Warning", "QueueUnavailable")
+    ]
+    again = decide(job(decision.status), [], T0, queue=UNAVAILABLE)
+    assert [e for e in again.events if e.reason == "QueueUnavailable"] == []  # said once, not each reconcile
+
+
+def test_an_unqueued_job_ignores_an_operator_without_queues() -> None:
+    decision = decide(job(queue=False), [], T0, queue=UNAVAILABLE)
+    assert decision.plan.create == (0, 1)
 
 
 @pytest.mark.parametrize(

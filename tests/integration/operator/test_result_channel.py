@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kubetune.api.invocation import RANK0_TOKEN_ENV
 from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, TrainerResult
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.operator.progress import HttpProgressSource
 from kubetune.operator.rank_zero import RankZeroView, RankZeroWatch
 from kubetune.policies.observed import WorkerObservation
 from kubetune.trainer.handover import ResultHandover
-from kubetune.trainer.metrics import serve
+from kubetune.trainer.metrics import Guard, serve
 from kubetune.trainer.outputs import Recorder
 from kubetune.trainer.state import StopRequest
 from tests.support.ports import free_port
@@ -97,3 +98,30 @@ async def test_a_confirmation_that_does_not_reach_rank_0_is_still_owed() -> None
     # once worker 0 has ended (its handover time ran out) nothing is owed any more
     assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "succeeded")])).result is None
     assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])).result is None
+
+
+async def test_with_the_attempts_token_only_the_operator_takes_the_result(tmp_path: Path) -> None:
+    """Rank 0 requires the token its pod's spec carries: a peer without it is refused (401) and cannot take
+    the result away; the operator, which reads the token from the pod, still reads the whole result."""
+    whole = largest_result()
+    port, handover, recorder = free_port(), ResultHandover(), Recorder(tmp_path / "work", enabled=True)
+    server = serve(port, CollectorRegistry(), recorder.progress_json, handover, Guard(token="attempt-1-token"))
+    pod = {
+        **POD,
+        "spec": {"containers": [{"name": "trainer", "env": [{"name": RANK0_TOKEN_ENV, "value": "attempt-1-token"}]}]},
+    }
+    try:
+        recorder.finish(whole, str(tmp_path / "termination-log"), handover=handover)
+        stranger = HttpProgressSource(port, timeout=5.0)  # reaches the pod, but knows no token
+        assert not await stranger.confirm(POD)
+        assert (await stranger.result(POD)).result is None and (await stranger.read(POD)).snapshot is None
+        assert not handover.taken
+        watch = RankZeroWatch(HttpProgressSource(port, timeout=5.0))
+        status = FineTuneJobStatus(phase="Running", attempt=1)
+        view = await watch.look(status, [pod], [WorkerObservation(0, 1, "running")])
+        assert view.result == whole
+        assert not await watch.confirm(view, status.model_copy(update={"phase": "Succeeded"}))
+        assert handover.taken
+    finally:
+        server.shutdown()
+        server.server_close()

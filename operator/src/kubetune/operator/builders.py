@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.invocation import PVC_ROOT_ENV, TrainerInvocation
+from kubetune.api.invocation import PVC_ROOT_ENV, RANK0_TOKEN_ENV, TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import ResourcesSpec
 from kubetune.policies.storage import claims_of
@@ -234,13 +234,15 @@ def trainer_invocation(
     )
 
 
-def _env(job: FineTuneJob, attempt: int, index: int) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, attempt: int, index: int, rank0_token: str) -> list[dict[str, Any]]:
     rank_env = trainer_invocation(job, attempt).env() | {
         "KUBETUNE_WORKER_INDEX": str(index),
         PVC_ROOT_ENV: PVC_ROOT,
         "HOME": SCRATCH_DIR,
         "HF_HOME": f"{SCRATCH_DIR}/huggingface",
     }
+    if rank0_token:
+        rank_env[RANK0_TOKEN_ENV] = rank0_token
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in rank_env.items()]
     token = job.spec.model.token_secret_ref
     if token is not None:
@@ -292,8 +294,11 @@ def _scheduling(job: FineTuneJob) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v}
 
 
-def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: BuildSettings) -> dict[str, Any]:
-    """Worker `index` of gang attempt `attempt`."""
+def build_worker_pod(
+    job: FineTuneJob, attempt: int, index: int, settings: BuildSettings, rank0_token: str = ""
+) -> dict[str, Any]:
+    """Worker `index` of gang attempt `attempt`; `rank0_token`: the attempt's token for rank 0's endpoints
+    (kubetune.api.invocation.RANK0_TOKEN_ENV; empty: none, as in a Workload's pod template)."""
     volumes, mounts = _volumes(job, settings)
     labels = {INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)}
     queue = job.spec.scheduling.queue_name if job.spec.scheduling else None
@@ -304,7 +309,7 @@ def build_worker_pod(job: FineTuneJob, attempt: int, index: int, settings: Build
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(job, settings),
-        "env": _env(job, attempt, index),
+        "env": _env(job, attempt, index, rank0_token),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},

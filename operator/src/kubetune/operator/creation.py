@@ -15,6 +15,7 @@ The reconciler asks for workers to be created; this module does it the way a rea
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from kubetune.api.job import FineTuneJob
@@ -22,6 +23,7 @@ from kubetune.api.status import Reason
 from kubetune.operator import builders, quota, refusals
 from kubetune.operator.caches import Caches
 from kubetune.operator.kube import ApiError, Kube, owner_uids
+from kubetune.operator.progress import pod_token
 from kubetune.operator.store import Store
 from kubetune.policies.reconcile import CreateRefusal
 
@@ -39,7 +41,8 @@ class GangCreator:
     ) -> CreateRefusal | None:
         """Create workers `indexes` of `attempt`; the refusal that stopped it, or None when all exist.
         Raises kube.StaleObjectError while a deleted namesake's objects are in the way."""
-        pods = [builders.build_worker_pod(job, attempt, index, self.build) for index in indexes]
+        token = self._token(job, attempt)
+        pods = [builders.build_worker_pod(job, attempt, index, self.build, token) for index in indexes]
         shortfall = quota.gang_shortfall(self.caches.quotas.indexed(job.namespace), pods)
         if shortfall is not None:
             return CreateRefusal(True, Reason.QUOTA_EXCEEDED, shortfall)
@@ -58,6 +61,17 @@ class GangCreator:
                 raise
             return refusal
         return None
+
+    def _token(self, job: FineTuneJob, attempt: int) -> str:
+        """The attempt's token for rank 0's endpoints: the one worker 0 of `attempt` already carries (a gang
+        completed in parts), else a new one. Random, not derived: nothing else needs to know it, and the
+        operator reads it back from worker 0's spec in its cache (it survives an operator restart)."""
+        for pod in self.caches.pods.indexed(job.namespace, job.name):
+            labels = pod.get("metadata", {}).get("labels") or {}
+            same = labels.get(builders.ATTEMPT_LABEL) == str(attempt) and labels.get(builders.INDEX_LABEL) == "0"
+            if same and job.metadata.uid in owner_uids(pod) and (token := pod_token(pod)):
+                return token
+        return secrets.token_urlsafe(32)
 
     @staticmethod
     def _exists(store: Store, manifest: dict[str, Any], uid: str) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 import threading
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -22,7 +23,7 @@ from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
 from kubetune.operator.caches import Caches
 from kubetune.operator.kube import Kube, load_configuration
-from kubetune.operator.progress import HttpProgressSource, ProgressSource
+from kubetune.operator.progress import HttpProgressSource, ProgressSource, ReadLimits
 from kubetune.operator.reconciler import Reconciler
 from kubetune.operator.settings import DEFAULT_TRAINER_IMAGE, TRAINER_IMAGE_ENV, OperatorSettings
 
@@ -39,8 +40,9 @@ async def run_operator(
     """Run the operator until `stop_flag` is set (or a signal arrives, in the main thread)."""
     configuration = configuration or load_configuration()
     kube = Kube(configuration, settings.api_retry, settings.write_limit())
-    source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout)
-    reconciler = Reconciler(kube, Caches(settings.kueue), settings, source, handlers.post_kopf_event)
+    settings = await with_kueue_detected(settings, kube)
+    source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout, settings.read_limits)
+    reconciler = Reconciler(kube, Caches(bool(settings.kueue)), settings, source, handlers.post_kopf_event)
     registry = handlers.build_registry(reconciler, settings, configuration)
     metrics_server: Any = None
     if settings.metrics_port is not None:
@@ -64,6 +66,25 @@ async def run_operator(
         kube.close()
 
 
+async def with_kueue_detected(settings: OperatorSettings, kube: Kube) -> OperatorSettings:
+    """The settings with the Kueue integration decided: unset (`--kueue auto`) follows whether Kueue's
+    Workload API is served, read once at start (an operator started before Kueue was installed must be
+    restarted to use it)."""
+    if settings.kueue is not None:
+        return settings
+    served = await kube.serves_kueue()
+    logger.info(
+        "Kueue integration %s: Kueue's Workload API is %s",
+        "on" if served else "off",
+        "served" if served else "not served",
+    )
+    return replace(settings, kueue=served)
+
+
+#: `--kueue` as the settings' field.
+KUEUE_MODES = {"auto": None, "on": True, "off": False}
+
+
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces: tuple[str, ...] = () if args.all_namespaces else tuple(args.namespace)
     image = args.trainer_image
@@ -76,7 +97,11 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         health_port=args.health_port or None,
         result_handover_seconds=getattr(args, "result_handover_seconds", 120.0),
         progress_unreachable_after=getattr(args, "progress_unreachable_after", 60.0),
-        kueue=getattr(args, "kueue", False),
+        kueue=KUEUE_MODES[getattr(args, "kueue", "auto")],
+        read_limits=ReadLimits(
+            progress_bytes=int(getattr(args, "progress_max_bytes", ReadLimits.progress_bytes)),
+            result_bytes=int(getattr(args, "result_max_bytes", ReadLimits.result_bytes)),
+        ),
         api_writes_per_second=getattr(args, "api_writes_per_second", 200.0),
         api_write_burst=int(getattr(args, "api_write_burst", 400)),
         reconcile_workers=int(getattr(args, "reconcile_workers", 64)),

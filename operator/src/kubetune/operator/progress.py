@@ -12,6 +12,16 @@ operator's pods, e.g. with the chart's `networkPolicy.enabled`. A read that fail
 (refused, reset, timed out) is reported as such (`ProgressRead.error`), so that the policies can say
 so in the status (ProgressUnavailable); it never fails a reconcile. The source is injectable
 (`RankZero`) so tests can serve snapshots without a trainer.
+
+Rank 0 runs an image the job's author chose, so everything read from it is untrusted, and one operator
+serves every team: a body is read only up to a cap (`ReadLimits`: a declared Content-Length beyond it is
+refused unread, a stream is cut one byte past it), each request is bounded in total time (a pod that
+trickles bytes or holds the connection open cannot hold a reconcile worker), and an answer refused for
+either reason, or one that is not what the protocol says, is reported (`ProgressRead.refused`) so that
+the job's status names it (ProgressUnavailable, reason RankZeroAnswerRefused). Worst case in memory:
+`reconcile_workers` reads at once, each at most `progress_bytes` + `result_bytes`. Every request carries
+the attempt's token (`Authorization: Bearer`, kubetune.api.invocation.RANK0_TOKEN_ENV), which rank 0
+requires: a peer that reaches the pod but cannot read the pod's spec cannot take the result.
 """
 
 from __future__ import annotations
@@ -24,9 +34,21 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from kubetune.api.invocation import RANK0_TOKEN_ENV
 from kubetune.api.outcome import ProgressSnapshot, TrainerResult
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much the operator reads from one pod, at most. Sizes in bytes."""
+
+    progress_bytes: int = 64 * 1024
+    """Largest `GET /progress` body read. A snapshot is about 1-2 KB (losses, ETA, a few fit reports)."""
+    result_bytes: int = 1024 * 1024
+    """Largest `GET /result` body read. A whole result is a few KB (evaluation table, fit reports); 1 MiB
+    leaves room for long messages, and 64 reads at once stay under 70 MiB of the operator's 512 Mi."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,19 @@ class ProgressRead:
     """The URL read; empty when the pod has no IP yet (nothing was tried)."""
     error: str | None = None
     """Why rank 0 could not be reached (connection refused, reset or timed out); None when it answered
-    (even without a snapshot: a 503 while starting, a body that is not a snapshot)."""
+    (even without a snapshot: a 503 while starting)."""
+    refused: str | None = None
+    """Why what rank 0 answered was refused (a body over the cap, a 200 that is not a snapshot, HTTP
+    that makes no sense); None otherwise."""
+
+
+@dataclass(frozen=True)
+class ResultRead:
+    """One read of rank 0's whole result."""
+
+    result: TrainerResult | None = None
+    refused: str | None = None
+    """Why the answer was refused (as `ProgressRead.refused`); None when it was used or was simply not there."""
 
 
 class RankZero(Protocol):
@@ -47,8 +81,8 @@ class RankZero(Protocol):
 
     async def read(self, pod: Mapping[str, Any]) -> ProgressRead: ...
 
-    async def result(self, pod: Mapping[str, Any]) -> TrainerResult | None:
-        """The whole result waiting at GET /result; None when unavailable."""
+    async def result(self, pod: Mapping[str, Any]) -> ResultRead:
+        """The whole result waiting at GET /result (`result` None when unavailable)."""
 
     async def confirm(self, pod: Mapping[str, Any]) -> bool:
         """Tell rank 0 its result was received (DELETE /result); whether it acknowledged."""
@@ -61,12 +95,44 @@ ProgressSource = RankZero
 _UNREACHABLE: tuple[type[BaseException], ...] = (aiohttp.ClientConnectionError, TimeoutError, OSError)
 
 
-class HttpProgressSource:
-    """Rank 0 at http://<pod IP>:<port>, each request bounded by `timeout` seconds."""
+class BodyTooLarge(Exception):
+    """Rank 0 declared or sent more than the cap; nothing past the cap was kept."""
 
-    def __init__(self, port: int, timeout: float) -> None:
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answered with more than {limit} bytes (the operator reads at most {limit})")
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, if it is at most `limit` bytes; raises BodyTooLarge as soon as it is known to be larger
+    (a declared Content-Length, or one byte past the cap while streaming). The request's total timeout
+    bounds the time."""
+    if response.content_length is not None and response.content_length > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
+def pod_token(pod: Mapping[str, Any]) -> str | None:
+    """The attempt's token from the pod's own spec (the operator put it there when it created the pod)."""
+    for container in pod.get("spec", {}).get("containers") or []:
+        for variable in container.get("env") or []:
+            if variable.get("name") == RANK0_TOKEN_ENV and variable.get("value"):
+                return str(variable["value"])
+    return None
+
+
+class HttpProgressSource:
+    """Rank 0 at http://<pod IP>:<port>, each request bounded by `timeout` seconds in all (connecting,
+    sending, reading the body) and its body by `limits`."""
+
+    def __init__(self, port: int, timeout: float, limits: ReadLimits | None = None) -> None:
         self.port = port
         self.seconds = timeout
+        self.limits = limits or ReadLimits()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     def url(self, pod: Mapping[str, Any], path: str) -> str | None:
@@ -76,53 +142,63 @@ class HttpProgressSource:
         host = f"[{ip}]" if ":" in ip else ip
         return f"http://{host}:{self.port}{path}"
 
-    async def _request(self, method: str, url: str) -> tuple[int, bytes]:
+    async def _request(self, method: str, url: str, pod: Mapping[str, Any], limit: int = 0) -> tuple[int, bytes]:
+        token = pod_token(pod)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
-            aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.request(method, url) as response,
+            # auto_decompress off: a small gzip body could inflate past the cap in one step (the trainer
+            # never compresses; a compressed answer fails as "not a snapshot").
+            aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False) as session,
+            session.request(method, url, headers=headers, allow_redirects=False) as response,
         ):
-            return response.status, await response.read()
+            return response.status, await read_capped(response, limit)
 
     async def read(self, pod: Mapping[str, Any]) -> ProgressRead:
         url = self.url(pod, "/progress")
         if url is None:
             return ProgressRead()
         try:
-            code, body = await self._request("GET", url)
+            code, body = await self._request("GET", url, pod, self.limits.progress_bytes)
         except _UNREACHABLE as error:
             timed_out = isinstance(error, TimeoutError)
             reason = f"timed out after {self.seconds:g}s" if timed_out else str(error) or type(error).__name__
             logger.debug("no progress from %s: %s", url, reason)
             return ProgressRead(address=url, error=reason)
-        except aiohttp.ClientError as error:  # it answered, but not in HTTP that makes sense
-            logger.debug("no progress from %s: %s", url, error)
-            return ProgressRead(address=url)
+        except (aiohttp.ClientError, BodyTooLarge) as error:  # it answered, but not in HTTP that makes sense
+            logger.info("refused the answer of %s: %s", url, error)
+            return ProgressRead(address=url, refused=f"GET /progress {error}")
         if code != 200:
             return ProgressRead(address=url)
         try:
             return ProgressRead(ProgressSnapshot.model_validate_json(body), address=url)
         except ValidationError as error:
-            logger.debug("not a progress snapshot from %s: %s", url, error)
-            return ProgressRead(address=url)
+            logger.info("not a progress snapshot from %s: %s", url, error.errors()[0]["msg"])
+            return ProgressRead(address=url, refused="GET /progress answered 200 with a body that is not a snapshot")
 
-    async def result(self, pod: Mapping[str, Any]) -> TrainerResult | None:
+    async def result(self, pod: Mapping[str, Any]) -> ResultRead:
         url = self.url(pod, "/result")
         if url is None:
-            return None
+            return ResultRead()
         try:
-            code, body = await self._request("GET", url)
-            return TrainerResult.model_validate_json(body) if code == 200 else None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValidationError) as error:
+            code, body = await self._request("GET", url, pod, self.limits.result_bytes)
+            return ResultRead(TrainerResult.model_validate_json(body) if code == 200 else None)
+        except BodyTooLarge as error:
+            logger.info("refused the whole result of %s: %s", url, error)
+            return ResultRead(refused=f"GET /result {error}")
+        except ValidationError:
+            logger.info("not a whole result from %s", url)
+            return ResultRead(refused="GET /result answered 200 with a body that is not a result")
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.info("the whole result could not be read from %s: %s", url, error)
-            return None
+            return ResultRead()
 
     async def confirm(self, pod: Mapping[str, Any]) -> bool:
         url = self.url(pod, "/result")
         if url is None:
             return False
         try:
-            code, _ = await self._request("DELETE", url)
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            code, _ = await self._request("DELETE", url, pod)
+        except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as error:
             logger.info("could not confirm the result to %s: %s", url, error)
             return False
         if code != 204:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubetune.api.outcome import ProgressSnapshot, TrainerResult
@@ -93,7 +93,10 @@ class RankZeroWatch:
         reach = self._reach(pod, read) if running else None
         if not result_waiting(read.snapshot, status.attempt):
             return RankZeroView(read.snapshot, reach, None, pod)
-        return RankZeroView(read.snapshot, reach, await self.source.result(pod), pod)
+        taken = await self.source.result(pod)
+        if taken.refused and reach is not None:  # said in the status like a refused progress answer
+            reach = replace(reach, refused=taken.refused)
+        return RankZeroView(read.snapshot, reach, taken.result, pod)
 
     async def confirm(self, view: RankZeroView, written: FineTuneJobStatus) -> bool:
         """Tell rank 0 its result was received, once the status written (`written`) has used it. Returns
@@ -118,6 +121,6 @@ class RankZeroWatch:
         self._failing_since = {k: v for k, v in self._failing_since.items() if now - v < FORGET_AFTER_SECONDS}
         if read.error is None:
             self._failing_since.pop(uid, None)
-            return ProgressReach(True, read.address)
+            return ProgressReach(True, read.address, refused=read.refused or "")
         since = self._failing_since.setdefault(uid, now)
         return ProgressReach(False, read.address, read.error, now - since)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import kopf
 
@@ -19,7 +20,26 @@ from kubetune.api.operations import ResourcesSpec
 from kubetune.operator.builders import METRICS_PORT, BuildSettings
 from kubetune.operator.informer import WatchTimeouts
 from kubetune.operator.kube import RetrySettings
+from kubetune.operator.progress import ReadLimits
 from kubetune.operator.ratelimit import WriteLimit
+from kubetune.policies.mass_node_loss import Thresholds
+
+#: Namespaces of the cluster itself, where the operator never runs a job.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+#: Environment variable with the operator's own namespace (the chart sets it from the downward API).
+OPERATOR_NAMESPACE_ENV = "POD_NAMESPACE"
+#: Where a pod finds its own namespace when the environment does not say it.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def protected_namespaces() -> tuple[str, ...]:
+    """The system namespaces and the operator's own, when known (environment, else the pod's service
+    account; an operator run outside a pod without the variable has none of its own)."""
+    own = os.environ.get(OPERATOR_NAMESPACE_ENV, "")
+    if not own and SERVICE_ACCOUNT_NAMESPACE.is_file():
+        own = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return SYSTEM_NAMESPACES + ((own,) if own and own not in SYSTEM_NAMESPACES else ())
+
 
 #: Environment variable that gives the default trainer image (the Helm chart sets it).
 TRAINER_IMAGE_ENV = "KUBETUNE_TRAINER_IMAGE"
@@ -48,7 +68,10 @@ class OperatorSettings:
     progress_port: int = METRICS_PORT
     """Port of rank 0's `GET /progress` on worker 0's pod IP."""
     progress_timeout: float = 2.0
-    """Seconds one progress request may take."""
+    """Seconds one request to rank 0 may take in all (connecting, sending, reading the whole body): a pod
+    that trickles bytes or holds the connection open holds a reconcile worker no longer than this."""
+    read_limits: ReadLimits = field(default_factory=ReadLimits)
+    """Largest bodies read from rank 0 (kubetune.operator.progress): a larger answer is refused unread."""
     progress_unreachable_after: float = 60.0
     """Seconds reads of rank 0's progress must fail at the connection (refused, timed out) before the job
     says ProgressUnavailable (kubetune.policies.progress_reach): longer than a trainer takes to start
@@ -76,13 +99,22 @@ class OperatorSettings:
     api_write_burst: int = 400
     """API writes allowed at once after a quiet period."""
 
-    kueue: bool = False
+    kueue: bool | None = None
     """Run jobs with `spec.scheduling.queueName` as a Kueue external framework: one Workload per job, no pod
-    before Kueue admits it (kubetune.operator.workloads). Off by default: it needs Kueue installed and
-    configured for it (README.md, Kueue); off, the queue name is only a label on the pods."""
+    before Kueue admits it (kubetune.operator.workloads). None (default, `--kueue auto`): on when the API
+    server serves Kueue's Workload API at start. Off, a job that names a queue is never run unqueued: it
+    waits, Pending, with reason QueueUnavailable."""
+    protected_namespaces: tuple[str, ...] = field(default_factory=protected_namespaces)
+    """Namespaces where the operator runs no job, whatever its RBAC allows: the cluster's own and the
+    operator's (a job there fails with reason ProtectedNamespace)."""
 
     trainer_resources: ResourcesSpec | None = None
     """Worker-pod resources for jobs that set no `spec.resources`; None: none requested."""
+
+    node_outage: Thresholds = field(default_factory=Thresholds)
+    """When silent nodes are a mass outage that holds the jobs instead of costing their gangs
+    (kubetune.policies.mass_node_loss): `unhealthy_share`, 0.55 as the node lifecycle controller's
+    `--unhealthy-zone-threshold`; None turns the brake off."""
 
     def watch_timeouts(self) -> WatchTimeouts:
         return WatchTimeouts(

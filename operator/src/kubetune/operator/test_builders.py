@@ -174,7 +174,7 @@ def test_configmap_holds_a_valid_manifest_with_mount_paths_and_the_spec_as_launc
     again = FineTuneJob.model_validate(rendered)
     assert again.spec.model.source == "/mnt/pvc/models/llama"
     assert again.spec.dataset.train == "/mnt/pvc/data/train.jsonl"
-    assert again.spec.storage.checkpoints == "pvc://ckpt/demo"  # the API keeps pvc:// here; flags carry the path
+    assert again.spec.storage.checkpoints == "pvc://ckpt/llama"  # the API keeps pvc:// here; flags carry the path
     assert "status" not in rendered and "uid" not in rendered["metadata"]
 
 

@@ -93,7 +93,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
 
     from kubetune.trainer import engine as engines
     from kubetune.trainer import local_results
-    from kubetune.trainer.metrics import TrainerMetrics, serve
+    from kubetune.trainer.metrics import Guard, TrainerMetrics, serve
     from kubetune.trainer.model import load_model, load_tokenizer
     from kubetune.trainer.packing import BatchPlan
     from kubetune.trainer.zero3 import ShardedLoading
@@ -108,7 +108,8 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         local_results.forget(recorder.local_results(args.attempt or 1), int(os.environ["LOCAL_RANK"]))
     metrics = TrainerMetrics(job.name, job.namespace)
     if rank.is_main and args.metrics_port:
-        shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json, shell.handover)
+        guard = Guard(refused=metrics.unauthenticated)
+        shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json, shell.handover, guard)
     recorder.publish(phase="Starting")
     set_seed(spec.hyperparameters.seed)
     base = paths.manifest.parent

@@ -11,14 +11,18 @@ create a series per step. Units are base units (seconds, bytes, ratios 0-1); cou
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from kubetune.api.invocation import RANK0_TOKEN_ENV
 from kubetune.trainer.handover import ResultHandover
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,12 @@ class TrainerMetrics:
         self.skipped_steps = Counter(
             "kubetune_skipped_steps",
             "Optimizer steps skipped by the fp16 loss scaler (gradient overflow; the scale is lowered).",
+            LABELS,
+            registry=self.registry,
+        ).labels(**labels)
+        self.unauthenticated = Counter(
+            "kubetune_unauthenticated_requests",
+            "Requests to rank 0's /progress or /result refused: no valid attempt token (KUBETUNE_RANK0_TOKEN).",
             LABELS,
             registry=self.registry,
         ).labels(**labels)
@@ -159,14 +169,45 @@ def _result(environ: dict[str, Any], start_response: Callable[..., Any], handove
     return []
 
 
+@dataclass(frozen=True)
+class Guard:
+    """Who may use /progress and /result: the holder of the attempt's token (kubetune.api.invocation
+    .RANK0_TOKEN_ENV). Without a token (`kubetune run`), anyone who reaches the port, as before."""
+
+    token: str = field(default_factory=lambda: os.environ.get(RANK0_TOKEN_ENV, ""), repr=False)
+    refused: Any = None
+    """The counter of refused requests (TrainerMetrics.unauthenticated); None: not counted."""
+
+    def allows(self, environ: dict[str, Any]) -> bool:
+        if not self.token:
+            return True
+        given = str(environ.get("HTTP_AUTHORIZATION", ""))
+        if hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return True
+        if self.refused is not None:
+            self.refused.inc()
+        return False
+
+
+def _unauthorized(start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("401 Unauthorized", [("Content-Length", "0"), ("WWW-Authenticate", "Bearer")])
+    return []
+
+
 def wsgi_app(
-    registry: CollectorRegistry, progress_json: Callable[[], bytes], handover: ResultHandover | None = None
+    registry: CollectorRegistry,
+    progress_json: Callable[[], bytes],
+    handover: ResultHandover | None = None,
+    guard: Guard | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """`/progress` -> the snapshot JSON; `/result` -> the whole result (kubetune.trainer.handover);
-    anything else -> prometheus-client's exposition app."""
+    """`/progress` -> the snapshot JSON; `/result` -> the whole result (kubetune.trainer.handover), both
+    for the attempt's token holder only (`guard`); anything else -> prometheus-client's exposition app."""
     metrics_app = make_wsgi_app(registry)
+    guard = guard or Guard(token="")
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in ("/progress", "/result") and not guard.allows(environ):
+            return _unauthorized(start_response)
         if environ.get("PATH_INFO") == "/progress":
             return _json(start_response, progress_json())
         if environ.get("PATH_INFO") == "/result" and handover is not None:
@@ -178,7 +219,11 @@ def wsgi_app(
 
 
 def serve(
-    port: int, registry: CollectorRegistry, progress_json: Callable[[], bytes], handover: ResultHandover | None = None
+    port: int,
+    registry: CollectorRegistry,
+    progress_json: Callable[[], bytes],
+    handover: ResultHandover | None = None,
+    guard: Guard | None = None,
 ) -> Any:
     """Serve metrics and progress on all interfaces at `port` from a daemon thread; the server, or None
     when the port cannot be bound (training goes on: metrics are not worth a failed run)."""
@@ -188,7 +233,7 @@ def serve(
         server = make_server(
             "",
             port,
-            wsgi_app(registry, progress_json, handover),
+            wsgi_app(registry, progress_json, handover, guard),
             server_class=ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )

@@ -3,6 +3,7 @@ metrics/progress endpoint — without a launch."""
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api.invocation import TrainerInvocation
 from kubetune.api.job import FineTuneJob
-from kubetune.api.outcome import ExitReason, ProgressSnapshot
+from kubetune.api.outcome import ExitReason, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Progress
 from kubetune.trainer.config import load_job, resolve_path, run_paths
 from kubetune.trainer.engine import deepspeed_config, warmup_steps
 from kubetune.trainer.errors import ConfigError, DataError, classify
-from kubetune.trainer.metrics import TrainerMetrics, serve
+from kubetune.trainer.handover import ResultHandover
+from kubetune.trainer.metrics import Guard, TrainerMetrics, serve
 from kubetune.trainer.model import set_dropout
 from kubetune.trainer.outputs import Recorder
 from tests.support import tiny
@@ -137,3 +139,40 @@ def test_metrics_and_progress_are_served_together(tmp_path: Path) -> None:
     assert "kubetune_gpu_memory_peak_bytes" not in families, "GPU metrics must not appear on CPU runs"
     assert snapshot.progress.step == 3 and snapshot.phase == "Training"
     assert ProgressSnapshot.model_validate_json((tmp_path / "progress.json").read_text()) == snapshot
+
+
+def test_progress_and_result_need_the_attempts_token_and_refusals_are_counted(tmp_path: Path) -> None:
+    """A peer that reaches rank 0 but cannot read the pod's spec gets neither the progress nor the result,
+    and cannot take the result away (DELETE); /metrics stays open to Prometheus."""
+    metrics = TrainerMetrics("my-job", "team")
+    recorder = Recorder(tmp_path, enabled=True)
+    recorder.publish(progress=Progress(step=3, total_steps=10), phase="Training")
+    handover = ResultHandover()
+    handover.offer(TrainerResult(outcome="Succeeded", reason="Succeeded", message="done", retryable=False))
+    port = free_port()
+    guard = Guard(token="s3cret", refused=metrics.unauthenticated)
+    server = serve(port, metrics.registry, recorder.progress_json, handover, guard)
+    assert server is not None
+
+    def ask(method: str, path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    try:
+        refused = [ask("GET", "/progress", None), ask("GET", "/result", "wrong"), ask("DELETE", "/result", None)]
+        assert refused == [401, 401, 401]
+        assert handover.body() is not None  # nobody took it away
+        assert ask("GET", "/metrics", None) == 200
+        assert [ask("GET", "/progress", "s3cret"), ask("GET", "/result", "s3cret")] == [200, 200]
+        assert ask("DELETE", "/result", "s3cret") == 204
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert families["kubetune_unauthenticated_requests"].samples[0].value == 3

@@ -1,0 +1,80 @@
+"""One team's hostile trainer image cannot stop the operator for the others (issue 26, item 3), on the real
+control plane with the operator under the chart's RBAC.
+
+The hostile job's image (images.HOSTILE_IMAGE) puts tests/support/hostile_image first on its PATH, so the
+operator's `torchrun ...` starts a rank 0 that streams endless bodies, answers junk and holds connections
+open. The operator refuses what it answers and says so in that job's status (ProgressUnavailable, reason
+RankZeroAnswerRefused), while another team's job trains to Succeeded beside it and the operator's memory
+stays small. The operator runs in this test process (realcluster.py), so the resident memory sampled is
+the operator's plus the test's and the kubelet's, none of which grows by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.images import HOSTILE_IMAGE
+from tests.e2e.jobs import JOBS, Inputs, a_scenario, make_inputs, submit
+from tests.e2e.node import ScheduledKubelet
+from tests.e2e.realcluster import RealCluster
+
+#: Growth of this process's resident memory that the scenario tolerates, in MiB: one unbounded read of the
+#: hostile body takes several hundred within a 2 s request (the issue measured 2.4 GiB within a minute).
+RSS_GROWTH_LIMIT_MIB = 200
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("data"), tiny_model)
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class PeakMemory:
+    """Samples this process's resident memory every 0.1 s until stopped; keeps the highest."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = resident_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, resident_mib())
+
+    def stop(self) -> float:
+        """The growth over the start, in MiB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak - self.start
+
+
+@pytest.mark.timeout(420)
+def test_a_hostile_rank_0_is_refused_and_another_teams_job_succeeds_beside_it(
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs
+) -> None:
+    memory = PeakMemory()
+    try:
+        hostile = submit(
+            cluster, kubelet, "hostile-a", a_scenario("hostile", inputs).workers(1).spec(image=HOSTILE_IMAGE)
+        )
+        said = hostile.wait_condition("ProgressUnavailable", "RankZeroAnswerRefused", timeout=120)
+        assert "answered" in str(said["message"]) and "termination message" in str(said["message"])
+        other = submit(cluster, kubelet, "hostile-b", a_scenario("other", inputs))
+        status = other.wait_phase("Succeeded", "Failed", timeout=300)
+        assert status["phase"] == "Succeeded", status
+        assert hostile.phase() == "Running", hostile.status()  # still served; its outcome will come from its pod
+    finally:
+        grown = memory.stop()
+    assert grown < RSS_GROWTH_LIMIT_MIB, f"resident memory grew by {grown:.0f} MiB while the hostile rank 0 ran"
+    cluster.delete(JOBS, "hostile-a", "hostile")
+    hostile.wait_gone()
