@@ -4,7 +4,9 @@ A kubelet registers a Node (capacity, addresses, a Ready condition), then proves
 its Lease in `kube-node-lease` every few seconds and refreshing its status now and then. The scheduler
 binds pods only to Ready, untainted nodes with room; the node-lifecycle controller marks a node whose
 Lease stops being renewed NotReady (Unknown) and taints it `node.kubernetes.io/unreachable`, as after a
-real node loss. `NodeAgent.stop_heartbeat()` is that loss, on demand.
+real node loss. `NodeAgent.stop_heartbeat()` is that loss, on demand. `ScheduledKubelet.silence_node()`
+is the other silence: the kubelet loses the API server while its machine, and every process on it, runs on
+(a control-plane or network outage); what it has to report waits until `resume_node()`.
 
 Capacity is what the tests need, not this machine's: 16 CPUs, 64 GiB and 8 fake `nvidia.com/gpu` (so
 GPU-requesting pods can be scheduled; nothing here uses a GPU).
@@ -41,6 +43,8 @@ LEASE_SECONDS = 40
 #: Seconds between two status heartbeats (a kubelet: 5 min when nothing changes; shorter here).
 STATUS_SECONDS = 10.0
 CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8", "ephemeral-storage": "100Gi"}
+#: Seconds between two looks of a silenced node's pending status write at whether it may be sent.
+SILENT_WRITE_POLL = 0.2
 
 
 def _now(micro: bool = False) -> str:
@@ -144,6 +148,8 @@ class ScheduledKubelet(ProcessKubelet):
         self.ca_file = ca_file
         self.nodes = {name: NodeAgent(api, name) for name in node_names}
         self.dead_nodes: set[str] = set()
+        self.silent_nodes: set[str] = set()
+        """Nodes cut off from the API server with their processes running (`silence_node`)."""
 
     def start(self) -> ScheduledKubelet:
         for agent in self.nodes.values():
@@ -182,6 +188,22 @@ class ScheduledKubelet(ProcessKubelet):
             self._kill_group(runtime, signal.SIGKILL)
         return sorted(runtime.name for runtime in lost)
 
+    def silence_node(self, node_name: str) -> None:
+        """The node's kubelet loses the API server; the machine and its pods' processes run on. No Lease
+        renewal, no status: each status write (or deletion confirmed) of its pods waits until it reports
+        again, as a kubelet's retries do."""
+        self.silent_nodes.add(node_name)
+        self.stop_heartbeat(node_name)
+
+    def resume_node(self, node_name: str) -> None:
+        """A silenced node reaches the API server again: its heartbeat, then the writes held meanwhile."""
+        self.nodes[node_name] = NodeAgent(self.api, node_name).start()
+        self.silent_nodes.discard(node_name)
+
+    async def _while_silent(self, runtime: PodRuntime) -> None:
+        while self._node_of(runtime.pod) in self.silent_nodes:
+            await asyncio.sleep(SILENT_WRITE_POLL)
+
     def revive_node(self, node_name: str, timeout: float = 60) -> None:
         """The node comes back, empty (a replaced machine): it reports Ready again and runs new pods. Returns
         once the node-lifecycle controller has lifted its NotReady/unreachable taints (until then the
@@ -204,6 +226,7 @@ class ScheduledKubelet(ProcessKubelet):
     async def _write_status(
         self, runtime: PodRuntime, phase: str, state: Mapping[str, Any], ip: str, ready: bool = False
     ) -> None:
+        await self._while_silent(runtime)
         if self._node_of(runtime.pod) not in self.dead_nodes:
             await super()._write_status(runtime, phase, state, ip, ready)
 
@@ -225,6 +248,7 @@ class ScheduledKubelet(ProcessKubelet):
         return True
 
     async def _release(self, runtime: PodRuntime) -> None:
+        await self._while_silent(runtime)
         if runtime.vanished or self._node_of(runtime.pod) in self.dead_nodes:
             return
         assert self._session is not None

@@ -176,6 +176,7 @@ def declare_resources(server: ApiServer) -> None:
         namespaced=False, kind="CustomResourceDefinition", verbs=verbs
     )
     server.resources["v1/namespaces"] = info(namespaced=False, kind="Namespace", verbs=verbs)
+    server.resources["v1/nodes"] = info(namespaced=False, kind="Node", verbs=verbs, subresources={"status"})
     server.resources["v1/events"] = info(namespaced=True, kind="Event", verbs=verbs)
     server.resources[PODS] = info(namespaced=True, kind="Pod", verbs=verbs, subresources={"status"})
     server.resources["v1/services"] = info(namespaced=True, kind="Service", verbs=verbs)

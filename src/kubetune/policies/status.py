@@ -34,8 +34,12 @@ WARNING_CONDITIONS = frozenset(
         ConditionType.RESTARTING,
         ConditionType.PROGRESS_UNAVAILABLE,
         ConditionType.RESULT_INCOMPLETE,
+        ConditionType.NODE_OUTAGE,
     }
 )
+
+#: Conditions whose turning False (from True) is news too: an Event with the reason it turned False with.
+ANNOUNCED_WHEN_CLEARED = frozenset({ConditionType.SUSPENDED, ConditionType.NODE_OUTAGE})
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def transition_events(previous: FineTuneJobStatus, current: FineTuneJobStatus) -
         unchanged = old is not None and (old.status, old.reason) == (condition.status, condition.reason)
         if unchanged or (condition.status != "True" and (old is None or old.status != "True")):
             continue
-        if condition.status != "True" and condition.type != ConditionType.SUSPENDED:
+        if condition.status != "True" and condition.type not in ANNOUNCED_WHEN_CLEARED:
             continue
         kind: Literal["Normal", "Warning"] = (
             "Warning" if condition.type in WARNING_CONDITIONS and condition.status == "True" else "Normal"

@@ -6,6 +6,12 @@
 - pods, Services and ConfigMaps: one informer each, selected on the server by the
   `kubetune.io/job-name` label, indexed by the job they belong to;
 - ResourceQuotas: one informer, indexed by namespace (a gang is checked against them before creation);
+- Nodes: one informer, cluster-wide, slimmed to their Ready condition (nodes.py): the brake on mass node
+  loss counts them, and a worker's node is read from it. It is the one cache the operator starts
+  without: an operator that may not list Nodes (a chart older than the brake) logs so, reads a suspect
+  worker's Node by GET as before, and runs without the brake. A Node's change wakes no job: a lost
+  node's pods change too (the node lifecycle controller marks them not Ready), and every running job is
+  reconciled every `reconcile_interval` anyway;
 - with `--kueue`: Workloads (the job-name label again) and ResourceFlavors (cluster-scoped).
 
 With `--namespace`, each kind is watched in each of those namespaces; otherwise once, cluster-wide.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,10 +32,17 @@ from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator.builders import JOB_LABEL
 from kubetune.operator.informer import Informer, Source, WatchTimeouts
 from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, Kube
+from kubetune.operator.nodes import slim_node
 from kubetune.operator.store import Store, by_namespace
+
+logger = logging.getLogger(__name__)
 
 #: Called with (namespace, job name) when something of that job changed.
 JobChanged = Callable[[str, str], None]
+#: Kinds the operator runs without when they cannot be listed (see the module docstring).
+OPTIONAL_KINDS = frozenset({"nodes"})
+#: Seconds an optional kind may take to list once the others have: one LIST, where it is allowed.
+OPTIONAL_SYNC_SECONDS = 5.0
 
 
 class Caches:
@@ -42,6 +56,7 @@ class Caches:
         self.quotas = Store("resourcequotas", by_namespace)
         self.workloads = Store("workloads")
         self.flavors = Store("resourceflavors", by_namespace)
+        self.nodes = Store("nodes", by_namespace, shape=slim_node)
         self.kueue = kueue
         self.informers: list[Informer] = []
         self._by_kind = {
@@ -87,6 +102,7 @@ class Caches:
                 custom.list_cluster_custom_object, KUEUE_GROUP, KUEUE_VERSION, "resourceflavors"
             )
             yield Source("resourceflavors", flavors), self.flavors, "all"
+        yield Source("nodes", core.list_node), self.nodes, "none"
         for kind, store, in_namespace, everywhere, label, wakes in namespaced:
             if not namespaces:
                 yield Source(kind, everywhere, None, label), store, wakes
@@ -105,6 +121,8 @@ class Caches:
             def wake(obj: dict[str, Any]) -> None:
                 metadata = obj.get("metadata") or {}
                 namespace = metadata.get("namespace") or ""
+                if wakes == "none":
+                    return
                 if wakes == "self":
                     changed(namespace, metadata.get("name") or "")
                     return
@@ -122,15 +140,35 @@ class Caches:
         for source, store, wakes in self._sources(kube, namespaces):
             self.informers.append(Informer(source, store, waker(wakes), timeouts, loop).start())
 
+    def synced(self, kind: str) -> bool:
+        """Whether the informers of `kind` have listed (an optional kind may never: no permission)."""
+        mine = [informer for informer in self.informers if informer.source.kind == kind]
+        return bool(mine) and all(informer.synced.is_set() for informer in mine)
+
     async def wait_synced(self, timeout: float) -> list[str]:
-        """Wait until every informer has listed once; the kinds that have not after `timeout` seconds."""
-        tasks = [(informer.source.kind, asyncio.ensure_future(informer.synced.wait())) for informer in self.informers]
+        """Wait until every informer of a kind the operator needs has listed once; those kinds that have not
+        after `timeout` seconds. An optional kind (OPTIONAL_KINDS) not listed by then is only logged."""
+        late = await self._wait([i for i in self.informers if i.source.kind not in OPTIONAL_KINDS], timeout)
+        optional = [i for i in self.informers if i.source.kind in OPTIONAL_KINDS]
+        for kind in await self._wait(optional, min(timeout, OPTIONAL_SYNC_SECONDS)):
+            logger.warning(
+                "cannot list %s yet (the log above says why; without RBAC permission to list and watch them, "
+                "grant the chart's ClusterRole with helm upgrade): until then the brake on mass node loss is "
+                "off, and every node that stops reporting is handled as lost after retryPolicy."
+                "nodeLostGraceSeconds",
+                kind,
+            )
+        return late
+
+    @staticmethod
+    async def _wait(informers: list[Informer], timeout: float) -> list[str]:
+        """Wait until `informers` have listed once; the kinds that have not after `timeout` seconds."""
+        tasks = [(informer.source.kind, asyncio.ensure_future(informer.synced.wait())) for informer in informers]
         if tasks:
             await asyncio.wait([task for _, task in tasks], timeout=timeout)
-        late = sorted({kind for kind, task in tasks if not task.done()})
         for _, task in tasks:
             task.cancel()
-        return late
+        return sorted({kind for kind, task in tasks if not task.done()})
 
     def stop(self) -> None:
         for informer in self.informers:

@@ -68,9 +68,18 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """Objects of one kind by (namespace, name), with an index (by job, or by namespace)."""
 
-    def __init__(self, kind: str, index: Callable[[dict[str, Any]], IndexKey] = by_job_label) -> None:
+    def __init__(
+        self,
+        kind: str,
+        index: Callable[[dict[str, Any]], IndexKey] = by_job_label,
+        shape: Callable[[dict[str, Any]], dict[str, Any]] = slim,
+    ) -> None:
         self.kind = kind
         self._index_of = index
+        self._shape = shape
+        """What is kept of each object (`slim` by default; Nodes keep only what the reconcile reads)."""
+        self.revision = 0
+        """Counts the changes to the stored objects, so a reader can tell that nothing changed since it looked."""
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._index: dict[IndexKey, dict[ObjectKey, dict[str, Any]]] = {}
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -88,6 +97,10 @@ class Store:
     def object_keys(self) -> Iterable[ObjectKey]:
         return self._objects.keys()
 
+    def objects(self) -> list[dict[str, Any]]:
+        """Every stored object (a copy of the list, not of the objects)."""
+        return list(self._objects.values())
+
     def upsert(self, obj: dict[str, Any]) -> bool:
         """Store `obj` unless a newer state of it is stored or it was deleted already (the answer to a
         delete can arrive after the watch said the object is gone); whether it was stored."""
@@ -97,9 +110,10 @@ class Store:
             return False
         if (obj.get("metadata") or {}).get("uid") in self._gone:
             return False
-        obj = slim(obj)
+        obj = self._shape(obj)
         if current is not None:
             self._unindex(key, current)
+        self.revision += 1
         self._objects[key] = obj
         self._index.setdefault(self._index_of(obj), {})[key] = obj
         return True
@@ -116,6 +130,7 @@ class Store:
         self._unindex(key, current)
         del self._objects[key]
         self._bury(current)
+        self.revision += 1
         return True
 
     def _bury(self, obj: dict[str, Any]) -> None:
@@ -143,6 +158,7 @@ class Store:
             self._unindex(key, current)
             del self._objects[key]
             self._bury(current)
+            self.revision += 1
             changed.append(current)
         return changed
 
