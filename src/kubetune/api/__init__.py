@@ -20,6 +20,14 @@ this package (CLI, operator, trainer, local runner); it imports neither side. Mo
                  supervisors and parsed by `kubetune train`
 - crd.py         the CRD generated from the models (`kubetune crd` > crds/finetunejob.yaml)
 - validation.py  `kubetune validate`: every problem in a set of manifests, naming file, line and field
+- paths.py       the output-path rule: folders a job writes overlap neither each other nor its inputs
+                 (pydantic and CEL); `pvc://` paths written plainly; `overlaps`
+- admission.py   the chart's ValidatingAdmissionPolicies (CEL, generated into the chart): the job's author
+                 may get every Secret and claim it names; Python twins of the rules beside them
+- platform_policy.py  the platform policy ConfigMap (image prefixes, PriorityClasses, toleration and
+                 nodeSelector keys, gang and GPU limits), as `kubetune validate --policy` reads it
+- platform_rules.py   its limits as CEL (the platform policy) and Python (`kubetune validate --policy`)
+- cel_text.py    writing CEL from Python: literals, `has()` chains, reading the spec by wire path
 """
 
 from kubetune.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec

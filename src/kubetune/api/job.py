@@ -21,6 +21,7 @@ from kubetune.api.operations import (
     SchedulingSpec,
     StorageSpec,
 )
+from kubetune.api.paths import OVERLAP_RULES
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.api.training import DatasetSpec, DistributedSpec, HyperparametersSpec, MethodSpec, ModelSpec
 
@@ -102,6 +103,7 @@ class FineTuneJobSpec(ApiModel):
             message="early stopping needs an `evaluation` block (it watches periodic evaluations)",
             field="earlyStopping",
         ),
+        *OVERLAP_RULES,
     ]
 
 

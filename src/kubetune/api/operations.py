@@ -27,6 +27,7 @@ from kubetune.api.kubernetes_syntax import (
     qualified_name_cel,
     quantity_value,
 )
+from kubetune.api.paths import plain_path_rule
 from kubetune.api.training import K8S_NAME_PATTERN, ModelSpec
 
 
@@ -249,6 +250,11 @@ class StorageSpec(ApiModel):
         max_length=1024,
         pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$",
     )
+
+    rules: ClassVar[list[Rule]] = [
+        plain_path_rule("checkpoints"),
+        plain_path_rule("output"),
+    ]
 
 
 class ResourcesSpec(ApiModel):

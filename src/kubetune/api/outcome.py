@@ -23,6 +23,7 @@ loses a field: either it has the whole result, or it says where the whole result
 | 6    | OutOfMemory         | yes       | the accelerator or host ran out of memory; try a smaller batch |
 | 7    | PeerLost            | yes       | a collective timed out or a peer process vanished              |
 | 8    | Interrupted         | yes       | SIGTERM: checkpointed and stopped (pod deletion, Ctrl-C)       |
+| 9    | CheckpointUnreadable| yes       | reading a checkpoint failed (I/O), which proves no damage      |
 | 1    | (uncaught error)    | yes       | an unexpected exception; the traceback is in the log           |
 | 128+N| (signal N)          | yes       | killed by a signal (137: SIGKILL, often the OOM killer)        |
 """
@@ -55,6 +56,7 @@ class ExitReason(Enum):
     OUT_OF_MEMORY = (6, True, "OutOfMemory")
     PEER_LOST = (7, True, "PeerLost")
     INTERRUPTED = (8, True, "Interrupted")
+    CHECKPOINT_UNREADABLE = (9, True, "CheckpointUnreadable")
 
     @property
     def exit_code(self) -> int:

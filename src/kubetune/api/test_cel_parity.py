@@ -5,6 +5,8 @@ cel-python has no Kubernetes quantity library (`isQuantity`, `quantity`, `sign`,
 below, here and only here, are the Python port of Kubernetes' parser that pydantic uses, so these tests check
 the rules' structure (int-or-string branches, map comprehensions, guards); the real API server test
 (tests/integration/controlplane/test_api_server.py) checks the quantity library itself against pydantic.
+The output-path rule's table (PATH_CASES) also runs on the real API server
+(tests/integration/controlplane/test_output_paths.py), which checks that its cost fits the budget.
 """
 
 from __future__ import annotations
@@ -24,12 +26,49 @@ from kubetune.api.operations import (
     EvaluationSpec,
     ResourcesSpec,
     SchedulingSpec,
+    StorageSpec,
     TolerationSpec,
 )
-from kubetune.api.training import DistributedSpec, MethodSpec, ModelSpec
+from kubetune.api.training import DatasetSpec, DistributedSpec, MethodSpec, ModelSpec
 from tests.support.builders import a_job
 
 SPEC = {"model": {"source": "hf://org/m"}, "dataset": {"train": "t.jsonl"}}
+
+#: `pvc://` paths written plainly or not (an empty, `.` or `..` segment).
+PLAIN_OR_NOT = [
+    "pvc://c/run", "pvc://c/run/", "pvc://c", "pvc://c/", "pvc://c/a.b/..c/c../.d", "pvc://c/run/..",
+    "pvc://c/../run", "pvc://c/./run", "pvc://c/run/.", "pvc://c//run", "pvc://c/run//", "pvc://c/a/../b/f.jsonl",
+]  # fmt: skip
+
+#: Spec parts whose folders may or may not overlap (the output-path rule); each is a case of its own below.
+PATH_CASES: list[dict[str, Any]] = [
+    {"storage": {"checkpoints": "pvc://c/run", "output": "pvc://c/run"}},
+    {"storage": {"checkpoints": "pvc://c/run", "output": "pvc://c/run/out"}},
+    {"storage": {"checkpoints": "pvc://c/run/ckpt", "output": "pvc://c/run"}},
+    {"storage": {"checkpoints": "pvc://c/run/", "output": "pvc://c/run"}},
+    {"storage": {"checkpoints": "pvc://c/run/", "output": "pvc://c/run/out/"}},
+    {"storage": {"checkpoints": "pvc://c", "output": "pvc://c/out"}},
+    {"storage": {"checkpoints": "pvc://c/run", "output": "pvc://c/run2"}},
+    {"storage": {"checkpoints": "pvc://c/run", "output": "pvc://d/run"}},
+    {"storage": {"checkpoints": "pvc://c/run"}},
+    {"storage": {"output": "pvc://c/out"}},
+    {"dataset": {"train": "pvc://d/data/t.jsonl"}, "storage": {"output": "pvc://d/data"}},
+    {"dataset": {"train": "pvc://d/data/t.jsonl"}, "storage": {"output": "pvc://d/data/t.jsonl"}},
+    {"dataset": {"train": "pvc://d/data/t.jsonl"}, "storage": {"output": "pvc://d/data-out"}},
+    {"dataset": {"train": "t.jsonl", "validation": "pvc://d/v.jsonl"}, "storage": {"output": "pvc://d"}},
+    {"dataset": {"train": "t.jsonl", "validation": "pvc://d/v.jsonl"}, "storage": {"checkpoints": "pvc://d/"}},
+    {"dataset": {"train": "t.jsonl", "validation": "v.jsonl"}, "storage": {"checkpoints": "pvc://d"}},
+    {"dataset": {"train": "pvc://d/t/x.jsonl"}, "storage": {"checkpoints": "pvc://d/t/x.jsonl/ckpt"}},
+    {"model": {"source": "pvc://m"}, "storage": {"checkpoints": "pvc://m/ckpt"}},
+    {"model": {"source": "pvc://m/base"}, "storage": {"output": "pvc://m"}},
+    {"model": {"source": "pvc://m/base"}, "storage": {"output": "pvc://m/tuned"}},
+    {"model": {"source": "hf://m/base"}, "storage": {"output": "pvc://m/base"}},
+    {"model": {"source": "/m/base"}, "storage": {"output": "pvc://m/base"}},
+    {"evaluation": {"referenceModel": {"source": "pvc://m/big"}, "baselines": {}}, "storage": {"output": "pvc://m"}},
+    {"evaluation": {"referenceModel": {"source": "pvc://m/big"}, "baselines": {}}, "storage": {"checkpoints": "pvc://m/big/c"}},
+    {"evaluation": {"referenceModel": {"source": "pvc://m/big"}, "baselines": {}}, "storage": {"output": "pvc://m/o"}},
+    {"evaluation": {}, "storage": {"output": "pvc://m/o"}},
+]  # fmt: skip
 
 CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (MethodSpec, {"type": "full"}),
@@ -60,6 +99,15 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (FineTuneJobSpec, {**SPEC}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}}),
     (FineTuneJobSpec, {**SPEC, "earlyStopping": {}, "evaluation": {}}),
+    *((FineTuneJobSpec, {**SPEC, **paths}) for paths in PATH_CASES),
+    *((StorageSpec, {"checkpoints": path}) for path in PLAIN_OR_NOT),
+    *((StorageSpec, {"output": path}) for path in PLAIN_OR_NOT),
+    *((ModelSpec, {"source": path}) for path in PLAIN_OR_NOT),
+    *((DatasetSpec, {"train": path}) for path in PLAIN_OR_NOT if path.rstrip("/") != "pvc://c"),  # a file
+    (DatasetSpec, {"train": "pvc://data/t.jsonl", "validation": "pvc://data/../v.jsonl"}),
+    (DatasetSpec, {"train": "../data/t.jsonl", "validation": "pvc://data/..v.jsonl"}),
+    (ModelSpec, {"source": "../models/m"}),
+    (DatasetSpec, {"train": "../data//./t.jsonl"}),
     (TolerationSpec, {"operator": "Exists"}),
     (TolerationSpec, {}),
     (TolerationSpec, {"key": ""}),

@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from kubetune.api.base import MAX_STRING_LENGTH, ApiModel, Rule, doc
+from kubetune.api.paths import plain_path_rule
 
 #: `hf://org/name`, `pvc://claim/path` or a plain local path (the local runner only).
 MODEL_SOURCE_PATTERN = (
@@ -79,6 +80,7 @@ class ModelSpec(ApiModel):
             message="`tokenSecretRef` is only meaningful with an `hf://` source",
             field="tokenSecretRef",
         ),
+        plain_path_rule("source"),
     ]
 
 
@@ -139,6 +141,11 @@ class DatasetSpec(ApiModel):
         ge=0,
         le=1,
     )
+
+    rules: ClassVar[list[Rule]] = [
+        plain_path_rule("train"),
+        plain_path_rule("validation"),
+    ]
 
 
 class LoraSpec(ApiModel):

@@ -220,9 +220,12 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_one(
     newest = newest_step(checkpoints)
     assert newest < 60, "the run finished before it could be killed"
 
-    # Truncate the newest checkpoint: the resumed run must fall back to the one before.
+    # Damage the newest checkpoint without changing its size (as a crash before the page cache reached the
+    # disk does): only its manifest's SHA-256 tells, and the resumed run must fall back to the one before.
     model_states = checkpoints / f"step-{newest:08d}" / "ds" / "mp_rank_00_model_states.pt"
-    model_states.write_bytes(model_states.read_bytes()[: model_states.stat().st_size // 2])
+    damaged = bytearray(model_states.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    model_states.write_bytes(bytes(damaged))
     resumed_from = newest - 4
 
     shutil.move(str(log), str(log) + ".killed")
@@ -232,6 +235,9 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_one(
     assert run.returncode == 0, run.log[-4000:]
     assert f"step-{newest:08d}" in run.log and "unusable" in run.log
     assert f"resumed from checkpoint step-{resumed_from:08d}" in run.log
+    assert "mp_rank_00_model_states.pt does not match its SHA-256" in run.log
+    skipped = f"resumed from step-{resumed_from:08d}: skipped step-{newest:08d}"
+    assert skipped in run.result()["message"], "the result does not name the checkpoint it skipped"
 
     resumed_trace = run.trace()[len(killed_trace) :]
     assert resumed_trace[0]["step"] == resumed_from + 1, "did not resume at the checkpoint step"

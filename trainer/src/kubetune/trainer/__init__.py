@@ -18,7 +18,9 @@ Modules, in the order a run uses them:
     loop.py         the training loop: steps, logging, evaluation, early stopping, checkpoints, the end
     evaluation.py   loss / perplexity / token accuracy / batched greedy exact match (reusable API); the
                     training loss with logits at the answer positions only
-    checkpoint.py   atomic checkpoints with a sidecar state, verification and fallback on resume
+    checkpoint.py   atomic checkpoints with a sidecar state; pruning that a skipped checkpoint cannot upset
+    integrity.py    each checkpoint's manifest (every file's size and SHA-256), written last, and its check
+    resume.py       the checkpoint to continue from: verified first, damage skipped and named, I/O retried
     metrics.py      every Prometheus metric and the /metrics + /progress + /result HTTP endpoint
     handover.py     the whole result waiting at GET /result for the operator (the termination message is capped)
     outputs.py      rank 0's progress.json, metrics.jsonl, result.json and termination message

@@ -5,40 +5,58 @@ Layout of the checkpoint directory:
     step-00000040/            one complete checkpoint
       ds/                     DeepSpeed's files (module, optimizer shards, LR scheduler), per rank
       rng-rank<R>.pt          each rank's random-number-generator state
-      trainer_state.json      written last: step, data position, early-stopping state, evaluations,
-                              and the size of every file above (a truncated file is detected)
+      trainer_state.json      step, data position, early-stopping state, evaluations (and every file's
+                              size, which trainers from before manifests check)
+      manifest.json           written last: every file's size and SHA-256 (kubetune.trainer.integrity)
     latest                    name of the newest published checkpoint (for people and tools)
     best                      name of the checkpoint with the best evaluation
     .partial-step-00000044/   a checkpoint being written (deleted on the next start)
 
-A save writes everything into `.partial-step-N` on all ranks, then rank 0 writes trainer_state.json,
-renames the folder to `step-N` and replaces `latest` (rename is atomic on POSIX file systems). Older
-checkpoints beyond `checkpointing.keep` are deleted, except the best one.
+A save writes everything into `.partial-step-N` on all ranks; rank 0 writes trainer_state.json; each rank
+hashes its share of the files; rank 0 writes the manifest (atomically), renames the folder to `step-N`
+and replaces `latest` (rename is atomic on POSIX file systems).
 
-On start every rank tries the published checkpoints newest first; a checkpoint whose files do not match
-its manifest, or that DeepSpeed fails to load on any rank (all ranks agree through an all-reduce), is
-skipped with a warning naming it and the previous one is tried. When checkpoints exist but none loads,
-the run fails rather than silently starting from step 0.
+On start, kubetune.trainer.resume picks the checkpoint to continue from: the newest whose manifest
+verifies and that loads on every rank; damaged ones are skipped and named, and an error that proves no
+damage (I/O, memory, a lost peer) fails the attempt as retryable rather than fall back.
+
+Pruning (`retained`) keeps the newest `checkpointing.keep` checkpoints that were not passed over on
+resume, the best one, and the one this attempt resumed from (the only one proven to load) for the whole
+attempt. A checkpoint passed over never takes a place in `keep`, so it never pushes a good one out; while
+it is newer than every kept checkpoint it stays (the run replaces it when it saves that step again),
+once older it is pruned like any other.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubetune.trainer import distributed
-from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.errors import ConfigError, proves_nothing
+from kubetune.trainer.integrity import (
+    MANIFEST_FILE,
+    MANIFEST_KEY,
+    STATE_FILE,
+    FileRecord,
+    describe,
+    describe_visible,
+    file_sizes,
+    listing,
+    share,
+    write,
+    write_text_atomically,
+)
+from kubetune.trainer.resume import Resumed, resume_newest
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "ds"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -55,53 +73,20 @@ def published(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def file_sizes(folder: Path) -> dict[str, int]:
-    """Size in bytes of every file under `folder` (relative POSIX paths), the state file excluded."""
-    return {
-        path.relative_to(folder).as_posix(): path.stat().st_size
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != STATE_FILE
-    }
-
-
-def read_state(folder: Path) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    return state
-
-
-def problem(folder: Path) -> str | None:
-    """Why the checkpoint in `folder` cannot be trusted, or None when every file is as recorded."""
-    try:
-        state = read_state(folder)
-    except FileNotFoundError:
-        return f"{STATE_FILE} is missing"
-    except (OSError, ValueError) as error:
-        return f"{STATE_FILE} is unreadable ({error})"
-    expected: dict[str, int] = state.get("files", {})
-    if not expected:
-        return f"{STATE_FILE} lists no files"
-    actual = file_sizes(folder)
-    for name, size in expected.items():
-        if name not in actual:
-            return f"{name} is missing"
-        if actual[name] != size:
-            return f"{name} has {actual[name]} bytes, {size} were written"
-    return None
-
-
-def retained(steps: list[int], keep: int, best: int | None) -> set[int]:
-    """Steps to keep: the newest `keep`, and the best."""
-    newest = sorted(steps, reverse=True)[:keep]
-    return set(newest) | ({best} if best is not None else set())
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+def retained(
+    steps: list[int],
+    keep: int,
+    best: int | None,
+    resumed_from: int | None = None,
+    passed_over: frozenset[int] = frozenset(),
+) -> set[int]:
+    """Steps to keep: the newest `keep` of those not `passed_over` on resume, the best, the one resumed
+    from, and any passed over that is newer than all of those kept (see the module docstring)."""
+    usable = sorted((step for step in steps if step not in passed_over), reverse=True)
+    kept = set(usable[:keep]) | {step for step in (best, resumed_from) if step is not None}
+    newest_kept = usable[0] if usable else None
+    kept |= {step for step in passed_over if newest_kept is None or step > newest_kept}
+    return kept & set(steps)
 
 
 def rng_state() -> dict[str, Any]:
@@ -129,6 +114,10 @@ class Checkpointer:
     directory: Path
     keep: int
     rank: distributed.Rank
+    resumed_from: int | None = None
+    """The step this attempt resumed from: kept for the whole attempt."""
+    passed_over: set[int] = field(default_factory=set)
+    """Steps skipped on resume and not saved again since: they never count toward `keep`."""
 
     def clean_partials(self) -> None:
         """Remove half-written checkpoints of an earlier, killed attempt, then wait for every rank.
@@ -157,65 +146,73 @@ class Checkpointer:
         distributed.barrier()
         if self.rank.is_main:
             state = {**sidecar, "step": step, "world": self.rank.world, "files": file_sizes(partial)}
-            _write_text_atomically(partial / STATE_FILE, json.dumps(state, indent=2) + "\n")
+            write_text_atomically(
+                partial / STATE_FILE, json.dumps({**state, MANIFEST_KEY: MANIFEST_FILE}, indent=2) + "\n"
+            )
+        records = self._describe(partial)
+        if self.rank.is_main:
+            write(partial, records)
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
-            _write_text_atomically(self.directory / "latest", final.name + "\n")
+            write_text_atomically(self.directory / "latest", final.name + "\n")
             if best_step is not None and best_step == step:
-                _write_text_atomically(self.directory / "best", final.name + "\n")
-            self._prune(best_step)
+                write_text_atomically(self.directory / "best", final.name + "\n")
+            self._prune(best_step, saved=step)
+        self.passed_over.discard(step)  # replaced by the checkpoint just saved
         distributed.barrier()
         return final
 
-    def _prune(self, best_step: int | None) -> None:
+    def _describe(self, partial: Path) -> dict[str, FileRecord]:
+        """Every file's size and SHA-256, each rank hashing its share; whole on rank 0 only. Rank 0 lists the
+        folder for everyone, and hashes itself what another rank does not see: that rank's folder may not be
+        rank 0's (each pod's own emptyDir when `storage.checkpoints` is unset), or its view of a network
+        file system may lag behind (cached lookups)."""
+        names: list[str] = distributed.broadcast_from_main(listing(partial) if self.rank.is_main else None)
+        mine = describe_visible(partial, share(names, self.rank.rank, self.rank.world))
+        records: dict[str, FileRecord] = {}
+        unseen: list[str] = []
+        for part, missing in distributed.all_gather_objects(mine):
+            records.update(part)
+            unseen += missing
+        return {**records, **describe(partial, unseen)} if self.rank.is_main else records
+
+    def _prune(self, best_step: int | None, saved: int) -> None:
         steps = [step for step, _ in published(self.directory)]
-        keep = retained(steps, self.keep, best_step)
+        passed_over = frozenset(self.passed_over - {saved})
+        keep = retained(steps, self.keep, best_step, self.resumed_from, passed_over)
         for step, folder in published(self.directory):
             if step not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def resume(self, engine: Any) -> dict[str, Any] | None:
-        """Load the newest checkpoint that loads on every rank; its sidecar state, or None when there is
-        no checkpoint at all. ConfigError when checkpoints exist but none loads."""
-        candidates = published(self.directory)
-        reasons: list[str] = []
-        for _step, folder in candidates:
-            why = problem(folder)
-            if why is None:
-                why = self._load(engine, folder)
-            failed = distributed.all_reduce_sum([1.0 if why else 0.0], self.rank.device)[0] > 0
-            if not failed:
-                state = read_state(folder)
-                if reasons:
-                    log.warning("resumed from %s after skipping newer checkpoint(s): %s", folder, "; ".join(reasons))
-                return state
-            reason = f"{folder.name}: {why or 'failed to load on another rank'}"
-            log.warning("checkpoint %s is unusable, trying the previous one", reason)
-            reasons.append(reason)
-        if candidates:
-            raise ConfigError(
-                f"checkpoints exist in {self.directory} but none can be loaded ({'; '.join(reasons)}); "
-                "move them away to start from scratch"
-            )
-        return None
+    def resume(self, engine: Any) -> Resumed | None:
+        """Load the newest usable checkpoint on every rank (kubetune.trainer.resume); None when there is
+        none at all. ConfigError when checkpoints exist but every one is proven unusable."""
+        resumed = resume_newest(self.directory, published(self.directory), self.rank, lambda f: self._load(engine, f))
+        if resumed is not None:
+            self.resumed_from = resumed.step
+            self.passed_over = {skipped.step for skipped in resumed.skipped}
+            if resumed.note:
+                log.warning("%s", resumed.note)
+        return resumed
 
     def _load(self, engine: Any, folder: Path) -> str | None:
-        """Load `folder` into the engine and this rank's RNG state; the problem, or None on success."""
+        """Load `folder` into the engine and this rank's RNG state; the problem, or None on success. An
+        error that proves nothing about the files (kubetune.trainer.errors.proves_nothing) is raised."""
         import torch
 
         try:
             path, _ = engine.load_checkpoint(
                 str(folder), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
             )
+            rng_file = folder / f"rng-rank{self.rank.rank}.pt"
+            if path is not None and rng_file.exists():
+                restore_rng(torch.load(rng_file, weights_only=False))
         except Exception as error:
-            return f"DeepSpeed could not load it: {type(error).__name__}: {str(error)[:300]}"
-        if path is None:
-            return "DeepSpeed found no checkpoint in it"
-        rng_file = folder / f"rng-rank{self.rank.rank}.pt"
-        if rng_file.exists():
-            restore_rng(torch.load(rng_file, weights_only=False))
-        return None
+            if proves_nothing(error):
+                raise
+            return f"it does not load: {type(error).__name__}: {str(error)[:300]}"
+        return None if path is not None else "DeepSpeed found no checkpoint in it"
 
     def load_weights(self, engine: Any, folder: Path, zero_stage: int) -> None:
         """Load the module weights of `folder` (the best checkpoint, before export). Under ZeRO-3 the module

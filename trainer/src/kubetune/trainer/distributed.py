@@ -90,6 +90,28 @@ def all_reduce_sum(values: list[float], device: Any) -> list[float]:
     return result
 
 
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (any picklable object; a small one: it travels pickled)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    carrier = [value]
+    dist.broadcast_object_list(carrier, src=0)
+    return carrier[0]
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (small picklable objects)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def numel(parameter: Any) -> int:
     """A parameter's full element count. Under ZeRO-3 DeepSpeed partitions parameters and leaves an empty
     placeholder on every rank (`numel()` is 0); the full size is in its partition metadata, `ds_numel`."""

@@ -58,6 +58,20 @@ class Interrupted(TrainerError):
     reason = ExitReason.INTERRUPTED
 
 
+class CheckpointUnreadable(TrainerError):
+    """Reading a checkpoint on resume failed with an error that proves no damage (EIO, ESTALE, a permission):
+    retryable, so that the next attempt reads the same checkpoint again rather than an older one."""
+
+    reason = ExitReason.CHECKPOINT_UNREADABLE
+
+
+class PeerFailedToResume(TrainerError):
+    """Another rank hit a retryable error while resuming; this rank stops with it. PeerLost: its own cause
+    is the other rank's, which the supervisors prefer (an echo, not a root cause)."""
+
+    reason = ExitReason.PEER_LOST
+
+
 #: Substrings of error messages (lower-cased) from torch.distributed, gloo and NCCL when a peer dies or
 #: a collective times out. These libraries raise plain RuntimeError/DistBackendError, so the text is
 #: all there is to go by.
@@ -75,6 +89,16 @@ _PEER_LOST_MARKERS = (
 _OOM_MARKERS = ("out of memory", "cannot allocate memory", "std::bad_alloc", "defaultcpuallocator: can't allocate")
 
 
+def proves_nothing(error: BaseException) -> bool:
+    """Whether an error met while reading a checkpoint says nothing about the checkpoint's files: an
+    OSError other than a missing file (EIO, ESTALE, EACCES), running out of memory, or a lost peer. A
+    missing file is proof (of an incomplete checkpoint), and so is anything a library raises on the
+    bytes it read (an unpickling error, a shape that does not fit)."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return False
+    return isinstance(error, OSError) or _is_oom(error) or is_peer_lost(error)
+
+
 def _is_oom(error: BaseException) -> bool:
     import torch
 
@@ -83,7 +107,8 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in _OOM_MARKERS)
 
 
-def _is_peer_lost(error: BaseException) -> bool:
+def is_peer_lost(error: BaseException) -> bool:
+    """A collective failed or timed out, or a peer process vanished (torch.distributed, gloo, NCCL)."""
     import torch.distributed as dist
 
     if isinstance(error, dist.DistBackendError | dist.DistNetworkError):
@@ -105,7 +130,7 @@ def classify(error: BaseException, micro_batch_size: int | None = None) -> tuple
             "larger gradientAccumulationSteps, a shorter dataset.maxSeqLength, or a higher distributed.zeroStage",
             True,
         )
-    if _is_peer_lost(error):
+    if is_peer_lost(error):
         return ExitReason.PEER_LOST, f"lost contact with another rank: {_first_line(error)}", True
     return None, unexpected_error_message(error), True
 

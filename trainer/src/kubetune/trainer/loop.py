@@ -71,6 +71,8 @@ class Trainer:
         self.state = RunState()
         self.started = time.time()
         self.start_step = 0
+        self.resume_note: str | None = None
+        """What resuming skipped (damaged checkpoints, named), for the result's message."""
         self.stopping = False
         """Some rank was asked to stop (agreed at the last step boundary)."""
         self.evaluation = self._settings()
@@ -99,9 +101,10 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the newest usable checkpoint, if any."""
         self.checkpointer.clean_partials()
-        sidecar = self.checkpointer.resume(self.engine)
-        if sidecar is not None:
-            self.state = RunState.from_sidecar(sidecar, self.plan)
+        resumed = self.checkpointer.resume(self.engine)
+        if resumed is not None:
+            self.resume_note = resumed.note
+            self.state = RunState.from_sidecar(resumed.state, self.plan)
             log.info(
                 "resumed from checkpoint %s (step %d of %d)",
                 step_name(self.state.step),
@@ -325,6 +328,8 @@ class Trainer:
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
             if self.evaluation.exact_match:  # periodic evaluations did not generate: score the exported weights
                 fine_tuned = self._score(self.evaluation).model_dump()
+        if self.resume_note:
+            message = f"{message}; {self.resume_note}"
         self.recorder.publish(phase="Exporting")
         lora = self.spec.method.lora
         merge = lora.merge if lora else True

@@ -1,13 +1,12 @@
-"""Checkpoint verification and retention — on folders written by hand, no DeepSpeed."""
+"""Checkpoint layout and retention — on folders written by hand, no DeepSpeed (resume: test_resume.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from kubetune.trainer.checkpoint import STATE_FILE, file_sizes, problem, published, retained, step_name
+from kubetune.trainer.checkpoint import published, retained, step_name
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -16,30 +15,7 @@ def write_checkpoint(directory: Path, step: int) -> Path:
     folder = directory / step_name(step)
     (folder / "ds").mkdir(parents=True)
     (folder / "ds" / "model_states.pt").write_bytes(b"x" * 100)
-    (folder / "rng-rank0.pt").write_bytes(b"y" * 10)
-    (folder / STATE_FILE).write_text(json.dumps({"step": step, "files": file_sizes(folder)}))
     return folder
-
-
-def test_a_complete_checkpoint_has_no_problem(tmp_path: Path) -> None:
-    folder = write_checkpoint(tmp_path, 8)
-    assert problem(folder) is None
-    assert json.loads((folder / STATE_FILE).read_text())["files"] == {"ds/model_states.pt": 100, "rng-rank0.pt": 10}
-
-
-def test_truncated_missing_or_unrecorded_files_are_problems(tmp_path: Path) -> None:
-    truncated = write_checkpoint(tmp_path, 4)
-    (truncated / "ds" / "model_states.pt").write_bytes(b"x" * 50)
-    assert problem(truncated) == "ds/model_states.pt has 50 bytes, 100 were written"
-    missing = write_checkpoint(tmp_path, 8)
-    (missing / "rng-rank0.pt").unlink()
-    assert problem(missing) == "rng-rank0.pt is missing"
-    no_state = write_checkpoint(tmp_path, 12)
-    (no_state / STATE_FILE).unlink()
-    assert problem(no_state) == f"{STATE_FILE} is missing"
-    garbled = write_checkpoint(tmp_path, 16)
-    (garbled / STATE_FILE).write_text("{")
-    assert "unreadable" in (problem(garbled) or "")
 
 
 def test_published_lists_step_folders_newest_first(tmp_path: Path) -> None:
@@ -52,18 +28,35 @@ def test_published_lists_step_folders_newest_first(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("steps", "keep", "best", "expected"),
+    ("steps", "keep", "best", "resumed_from", "passed_over", "expected"),
     [
-        ([4, 8, 12, 16], 2, None, {12, 16}),
-        ([4, 8, 12, 16], 2, 4, {4, 12, 16}),
-        ([4, 8, 12, 16], 1, 16, {16}),
-        ([4], 3, None, {4}),
+        ([4, 8, 12, 16], 2, None, None, set(), {12, 16}),
+        ([4, 8, 12, 16], 2, 4, None, set(), {4, 12, 16}),
+        ([4, 8, 12, 16], 1, 16, None, set(), {16}),
+        ([4], 3, None, None, set(), {4}),
+        # Fell back from a damaged 100 to 80, then saved 90 (keep: 1): nothing goes. Before, the damaged
+        # 100 took the one place and the fresh 90 and 80 were deleted.
+        ([80, 90, 100], 1, None, 80, {100}, {80, 90, 100}),
+        # ... then saved 100 again (the save replaced the damaged one, no longer passed over).
+        ([80, 90, 100], 1, None, 80, set(), {80, 100}),
+        # The checkpoint resumed from stays for the whole attempt; the others roll as usual.
+        ([80, 84, 88, 100], 1, None, 80, {100}, {80, 88, 100}),
+        ([80, 84, 88, 100], 2, None, 80, {100}, {80, 84, 88, 100}),
+        ([80, 84, 88, 92, 100], 2, None, 80, {100}, {80, 88, 92, 100}),
+        # Two passed over, newer than everything kept: both stay until the run saves those steps.
+        ([80, 84, 96, 100], 1, None, 80, {96, 100}, {80, 84, 96, 100}),
+        # Passed over but older than a kept checkpoint: superseded, pruned like any other.
+        ([70, 80, 84], 1, None, 80, {70}, {80, 84}),
+        # Nothing usable at all (every checkpoint passed over): pruning deletes none of them.
+        ([96, 100], 1, None, None, {96, 100}, {96, 100}),
+        # The best is kept whatever else happens.
+        ([40, 80, 84, 100], 1, 40, 80, {100}, {40, 80, 84, 100}),
     ],
 )
-def test_retention_keeps_the_newest_and_the_best(
-    steps: list[int], keep: int, best: int | None, expected: set[int]
+def test_retention_never_lets_a_passed_over_checkpoint_push_out_a_good_one(
+    steps: list[int], keep: int, best: int | None, resumed_from: int | None, passed_over: set[int], expected: set[int]
 ) -> None:
-    assert retained(steps, keep, best) == expected
+    assert retained(steps, keep, best, resumed_from, frozenset(passed_over)) == expected
 
 
 @pytest.mark.parametrize(("rank", "local_rank", "cleans"), [(0, 0, True), (2, 0, True), (3, 1, False)])
