@@ -25,9 +25,10 @@ including ones you are stopping (`deleting=True`); drop one only when it is gone
 attempt starts only when no worker of an older one is left). `state` is pending / running / succeeded /
 failed; for a failed one give `exit_code` (or `signal` for a process killed by a signal) and `result`
 (`parse_termination_message(text)` on the termination message or result.json). `oom_killed`,
-`disrupted` (preemption, eviction, drain, node loss — not counted against maxRestarts),
-`waiting_reason`/`waiting_since` (ErrImagePull...) and `unschedulable_since` only apply where they can
-be observed; a local runner leaves them at their defaults.
+`disrupted` (preemption, eviction, drain, node loss — not counted against maxRestarts; `preempted` for a
+preemption), `waiting_reason`/`waiting_since` (ErrImagePull...), `volume_held_elsewhere` (Multi-Attach)
+and `unschedulable_since` only apply where they can be observed; a local runner leaves them at their
+defaults.
 
 Modules:
 - observed:   WorkerObservation, parse_termination_message, of_attempt, missing_indexes
@@ -36,7 +37,10 @@ Modules:
               restarts_left (maxRestarts)
 - deadlines:  active_deadline_left (activeDeadlineSeconds, suspension not counted), startup_verdict
               (image pull / config errors / ContainerCreating past startupTimeoutSeconds, unschedulable
-              past schedulingTimeoutSeconds)
+              past schedulingTimeoutSeconds), judged by why: `limits` of a relaunch after a disruption
+              (relaunch_cause: Preempted has no scheduling deadline, NodeLost/Disrupted 30 min) and of a
+              volume still attached elsewhere (10 min); waiting_status names the wait (VolumeStillAttached,
+              Preempted, Unschedulable)
 - storage:    check_claims(spec, observed claims) -> StorageVerdict (fail ReadWriteOncePod with > 1 worker;
               warn ReadWriteOnce, ReadOnlyMany for writes, a missing claim); apply_to_launch: the operator
               runs it before each attempt launches

@@ -48,6 +48,9 @@ class WorkerObservation:
     """It was removed by something outside the job: preemption, eviction, node drain or node loss
     (Kubernetes' DisruptionTarget condition). Such failures do not count against maxRestarts."""
     disruption_message: str | None = None
+    preempted: bool = False
+    """The disruption made room for a higher-priority workload (Kubernetes: DisruptionTarget with reason
+    PreemptionByScheduler); the next attempt waits for that capacity without a scheduling deadline."""
     waiting_reason: str | None = None
     """Why a pending worker waits, e.g. ErrImagePull, ImagePullBackOff, CreateContainerConfigError."""
     waiting_message: str | None = None
@@ -56,6 +59,10 @@ class WorkerObservation:
     unschedulable_since: datetime | None = None
     """Since when the scheduler has found no place for it; None when scheduled or not known."""
     unschedulable_message: str | None = None
+    volume_held_elsewhere: str | None = None
+    """A pending worker waits for a volume still attached to another machine (Kubernetes: the attach-detach
+    controller's Multi-Attach error); its words. None when not so, or not looked up (see
+    kubetune.policies.deadlines.looks_up_attach)."""
     deleting: bool = False
     """Its removal has begun (a pod with a deletionTimestamp, a process sent SIGTERM)."""
     finished_at: datetime | None = None

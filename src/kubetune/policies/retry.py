@@ -10,10 +10,12 @@ policy does for the DisruptionTarget condition.
 | observed                                   | kind       | reason (kubetune.api.status.Reason) |
 |--------------------------------------------|------------|-------------------------------------|
 | disrupted (DisruptionTarget), vanished     | disruption | Disrupted                           |
+| preempted (DisruptionTarget by the scheduler) | disruption | Preempted                        |
 | result.retryable false / exit 2, 3, 4      | permanent  | InvalidSpec, DataError, ModelError  |
 | exit 5 (NaN loss)                          | permanent  | NonFiniteLoss (retryable with restartOnNonFiniteLoss) |
 | OOMKilled, exit 6                          | retryable  | OutOfMemory (message suggests memory) |
 | exit 7 (peer lost)                         | retryable  | PeerLost                            |
+| exit 9 (checkpoint unreadable: I/O)        | retryable  | CheckpointUnreadable                |
 | exit 8, 1, signal (>= 128), unknown        | retryable  | WorkerFailed                        |
 """
 
@@ -40,6 +42,7 @@ REASON_OF_EXIT: dict[ExitReason, str] = {
     ExitReason.OUT_OF_MEMORY: Reason.OUT_OF_MEMORY,
     ExitReason.PEER_LOST: Reason.PEER_LOST,
     ExitReason.INTERRUPTED: Reason.WORKER_FAILED,
+    ExitReason.CHECKPOINT_UNREADABLE: Reason.CHECKPOINT_UNREADABLE,
 }
 
 #: Reasons that are usually consequences of another worker's failure; a root cause is preferred.
@@ -128,9 +131,8 @@ def classify_worker(
     """
     if worker.disrupted:
         why = worker.disruption_message or "preempted, evicted or its node went away"
-        return FailureVerdict(
-            FailureKind.DISRUPTION, Reason.DISRUPTED, f"worker {worker.index} was disrupted: {why}", worker.index
-        )
+        reason, what = (Reason.PREEMPTED, "preempted") if worker.preempted else (Reason.DISRUPTED, "disrupted")
+        return FailureVerdict(FailureKind.DISRUPTION, reason, f"worker {worker.index} was {what}: {why}", worker.index)
     if worker.state != "failed":
         return None
     if worker.oom_killed:

@@ -125,8 +125,8 @@ def check_claims(spec: FineTuneJobSpec, observed: Mapping[str, ClaimObservation 
         if workers > 1 and RWO in modes and RWX not in modes:
             text = (
                 f"PersistentVolumeClaim `{claim}` is ReadWriteOnce: it can be attached to one node only, so a worker "
-                f"scheduled to another node stays in ContainerCreating (Multi-Attach) until "
-                f"retryPolicy.startupTimeoutSeconds; {_fix(claim)}"
+                f"scheduled to another node stays in ContainerCreating (Multi-Attach) until the job fails "
+                f"(VolumeStillAttached, after 10 min or retryPolicy.startupTimeoutSeconds); {_fix(claim)}"
             )
             warnings.append(Event("Warning", Reason.CLAIM_SINGLE_NODE, text))
         if writes and modes == {ROX}:

@@ -280,6 +280,23 @@ class Kube:
     async def get_node(self, name: str) -> dict[str, Any] | None:
         return await self._get_or_none("get_node", lambda: self._core.read_node(name, **self._options()))
 
+    async def list_attach_failures(self, namespace: str, pod_uid: str) -> list[dict[str, Any]]:
+        """The attach-detach controller's FailedAttachVolume Events of one pod (selected by the server, a
+        handful at most); none where the operator may not list Events (a chart older than this read)."""
+        selector = f"involvedObject.uid={pod_uid},reason=FailedAttachVolume"
+        try:
+            listed = await self._call(
+                "list_events",
+                lambda: self._core.list_namespaced_event(namespace, field_selector=selector, **self._options()),
+            )
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            logger.warning("may not list Events in %s: a volume still attached elsewhere is not recognised", namespace)
+            return []
+        items: list[dict[str, Any]] = listed.get("items") or []
+        return [e for e in items if (e.get("involvedObject") or {}).get("uid") == pod_uid]  # a server may not select
+
     async def _get_or_none(self, verb: str, call: Callable[[], Any]) -> dict[str, Any] | None:
         """The object `call` reads; None when it does not exist (404)."""
         try:
@@ -291,6 +308,14 @@ class Kube:
             raise
 
     # --- Kueue (queued jobs: kubetune.operator.workloads) ----------------------------------------------
+
+    async def serves_kueue(self) -> bool:
+        """Whether the API server serves Kueue's Workload API (discovery, which every user may read)."""
+        found = await self._get_or_none(
+            "get_kueue_discovery",
+            lambda: self._custom.get_api_resources(KUEUE_GROUP, KUEUE_VERSION, **self._options()),
+        )
+        return found is not None and any(r.get("name") == "workloads" for r in found.get("resources") or [])
 
     async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(

@@ -2,22 +2,34 @@
 
 This is the only place that knows where Kubernetes keeps each fact: exit codes and the termination
 message in the container state, OOMKilled as its reason, disruptions as the DisruptionTarget
-condition (preemption, eviction, node drain, node loss), unschedulability as PodScheduled=False with
-reason Unschedulable, and a pod being removed as a deletionTimestamp. Pure: a dict in, an observation
+condition (preemption, eviction, node drain, node loss; the scheduler's preemption by its reason),
+unschedulability as PodScheduled=False with reason Unschedulable, and a pod being removed as a
+deletionTimestamp. A volume still attached to another node is in none of the pod's fields: the
+attach-detach controller says it only in an Event of the pod (FailedAttachVolume, "Multi-Attach error"),
+so the operator reads a pod's Events only where `looks_up_attach` says so. Pure: dicts in, an observation
 out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from kubetune.operator.builders import ATTEMPT_LABEL, CONTAINER, INDEX_LABEL, JOB_LABEL
+from kubetune.policies import deadlines
 from kubetune.policies.observed import WorkerObservation, WorkerState, parse_termination_message
 
 #: Longest raw termination message kept when it is not a TrainerResult (the status stays readable).
 MAX_RAW_MESSAGE = 300
+#: The DisruptionTarget reason the scheduler sets on a pod it preempts for a higher-priority one.
+PREEMPTION_REASON = "PreemptionByScheduler"
+#: The Event reason of the attach-detach controller when it cannot attach a pod's volume, and the words of
+#: its refusal because the volume is attached to another node (kube-controller-manager, since Kubernetes
+#: 1.10: "Multi-Attach error for volume ... Volume is already exclusively attached to one node ..." or
+#: "... already used by pod(s) ...").
+ATTACH_FAILED_REASON = "FailedAttachVolume"
+MULTI_ATTACH_WORDS = "Multi-Attach error"
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -96,9 +108,43 @@ def node_lost_since(node: Mapping[str, Any] | None) -> datetime | None:
     return parse_time(ready.get("lastTransitionTime"))
 
 
-def observe_pod(pod: Mapping[str, Any], node: Mapping[str, Any] | None = None) -> WorkerObservation:
+def _waiting_since(pod: Mapping[str, Any], unschedulable: bool) -> datetime | None:
+    """Since when a pending pod waits to start: since it was scheduled, else since it was created."""
+    scheduled = _condition(pod, "PodScheduled") or {}
+    since = parse_time(scheduled.get("lastTransitionTime")) if not unschedulable else None
+    return since or parse_time(pod.get("metadata", {}).get("creationTimestamp"))
+
+
+def looks_up_attach(pod: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the pod's Events are worth reading for a Multi-Attach: it is ContainerCreating for long enough
+    (kubetune.policies.deadlines.looks_up_attach). One read per such pod and reconcile: none for a pod
+    that starts in time, so a healthy cluster costs no request."""
+    if node_of(pod) is None:
+        return False
+    waiting: Mapping[str, Any] = _container_state(pod).get("waiting") or {}
+    since = _waiting_since(pod, unschedulable=False)
+    waited = (now - since).total_seconds() if since is not None else 0.0
+    return deadlines.looks_up_attach(waiting.get("reason"), waited)
+
+
+def multi_attach_message(events: Sequence[Mapping[str, Any]]) -> str | None:
+    """The newest Multi-Attach refusal among a pod's Events (the attach-detach controller's words); None
+    when there is none."""
+    refusals = [
+        e for e in events if e.get("reason") == ATTACH_FAILED_REASON and MULTI_ATTACH_WORDS in (e.get("message") or "")
+    ]
+    if not refusals:
+        return None
+    newest = max(refusals, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return truncate(str(newest.get("message")))
+
+
+def observe_pod(
+    pod: Mapping[str, Any], node: Mapping[str, Any] | None = None, events: Sequence[Mapping[str, Any]] = ()
+) -> WorkerObservation:
     """The observation of one worker pod (it must carry the worker-index and attempt labels); `node` is its
-    Node when it was read (see `suspects_node_loss`)."""
+    Node when it was read (see `suspects_node_loss`), `events` its Events when they were read (see
+    `looks_up_attach`)."""
     metadata = pod.get("metadata", {})
     labels = metadata.get("labels") or {}
     container = _container_state(pod)
@@ -126,12 +172,13 @@ def observe_pod(pod: Mapping[str, Any], node: Mapping[str, Any] | None = None) -
         oom_killed=terminated.get("reason") == "OOMKilled",
         disrupted=disruption is not None and disruption.get("status") == "True",
         disruption_message=(disruption or {}).get("message") or (disruption or {}).get("reason"),
+        preempted=(disruption or {}).get("reason") == PREEMPTION_REASON,
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
-        waiting_since=parse_time((scheduled or {}).get("lastTransitionTime") if not unschedulable else None)
-        or parse_time(metadata.get("creationTimestamp")),
+        waiting_since=_waiting_since(pod, unschedulable),
         unschedulable_since=parse_time((scheduled or {}).get("lastTransitionTime")) if unschedulable else None,
         unschedulable_message=(scheduled or {}).get("message") if unschedulable else None,
+        volume_held_elsewhere=multi_attach_message(events) if waiting else None,
         deleting=bool(metadata.get("deletionTimestamp")),
         finished_at=parse_time(terminated.get("finishedAt")),
         node=node_of(pod),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from kubetune.api.outcome import TrainerResult
-from kubetune.operator.observe import observe_pod, owned_by
+from kubetune.operator.observe import looks_up_attach, observe_pod, owned_by
+from kubetune.policies.deadlines import ATTACH_LOOKUP_AFTER_SECONDS
 from kubetune.policies.observed import WorkerObservation
 
 pytestmark = pytest.mark.timeout(10)
@@ -155,3 +156,68 @@ def test_owned_by_checks_the_owner_uid(owners: list[str], owned: bool) -> None:
     worker = pod(None, False)
     worker["metadata"]["ownerReferences"] = [{"uid": uid, "kind": "FineTuneJob", "name": "j"} for uid in owners]
     assert owned_by(worker, "j", "uid-1") is owned
+
+
+def test_a_pod_preempted_by_the_scheduler_is_told_apart_from_other_disruptions() -> None:
+    def disrupted(reason: str) -> WorkerObservation:
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": "m"}
+        return observe_pod(pod({"phase": "Failed", "conditions": [condition]}))
+
+    assert disrupted("PreemptionByScheduler").preempted and disrupted("PreemptionByScheduler").disrupted
+    assert not disrupted("EvictionByEvictionAPI").preempted and disrupted("EvictionByEvictionAPI").disrupted
+
+
+MULTI_ATTACH = 'Multi-Attach error for volume "pvc-1" Volume is already exclusively attached to one node'
+
+
+def event(reason: str, message: str, last: str = T) -> dict[str, Any]:
+    return {"reason": reason, "message": message, "lastTimestamp": last, "type": "Warning"}
+
+
+@pytest.mark.parametrize(
+    ("events", "held"),
+    [
+        ([], None),
+        ([event("FailedMount", "Unable to attach or mount volumes: timed out waiting for the condition")], None),
+        ([event("FailedAttachVolume", "AttachVolume.Attach failed for volume: rpc error")], None),
+        ([event("FailedAttachVolume", MULTI_ATTACH)], MULTI_ATTACH),
+        (
+            [
+                event("FailedAttachVolume", MULTI_ATTACH + " (new)", "2026-01-01T00:02:00Z"),
+                event("FailedAttachVolume", MULTI_ATTACH, "2026-01-01T00:01:00Z"),
+            ],
+            MULTI_ATTACH + " (new)",
+        ),
+    ],
+)
+def test_a_volume_still_attached_elsewhere_is_read_from_the_pods_events(
+    events: list[dict[str, Any]], held: str | None
+) -> None:
+    creating = pod({"phase": "Pending", "containerStatuses": container({"waiting": {"reason": "ContainerCreating"}})})
+    assert observe_pod(creating, None, events).volume_held_elsewhere == held
+    running = pod({"phase": "Running", "containerStatuses": container({"running": {}})})
+    assert observe_pod(running, None, events).volume_held_elsewhere is None, "only a worker still waiting"
+
+
+@pytest.mark.parametrize(
+    ("waiting", "node", "seconds", "looks"),
+    [
+        ("ContainerCreating", "node-a", ATTACH_LOOKUP_AFTER_SECONDS, True),
+        ("ContainerCreating", "node-a", ATTACH_LOOKUP_AFTER_SECONDS - 1, False),
+        ("ContainerCreating", None, 3600, False),  # not scheduled: nothing is attached yet
+        ("ImagePullBackOff", "node-a", 3600, False),
+    ],
+)
+def test_the_events_are_read_only_for_a_pod_stuck_creating(
+    waiting: str, node: str | None, seconds: float, looks: bool
+) -> None:
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": T}
+    stuck = pod(
+        {
+            "phase": "Pending",
+            "conditions": [scheduled],
+            "containerStatuses": container({"waiting": {"reason": waiting}}),
+        }
+    )
+    stuck["spec"] = {"nodeName": node} if node else {}
+    assert looks_up_attach(stuck, T_DT + timedelta(seconds=seconds)) is looks
