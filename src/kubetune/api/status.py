@@ -38,6 +38,9 @@ class ConditionType:
     while it waits for quota (the message names the LocalQueue and gives Kueue's reason), or Evicted."""
     STORAGE_WARNING = "StorageWarning"
     """True when the last launch found claims that may not hold the gang (kubetune.policies.storage)."""
+    NODE_OUTAGE = "NodeOutage"
+    """True while a mass node outage holds the job (kubetune.policies.mass_node_loss): its workers' nodes
+    stopped reporting together with most of the cluster's, so none is declared lost or force-deleted."""
 
 
 class Reason:
@@ -58,6 +61,9 @@ class Reason:
     MODEL_ERROR = "ModelError"
     NON_FINITE_LOSS = "NonFiniteLoss"
     PEER_LOST = "PeerLost"
+    CHECKPOINT_UNREADABLE = "CheckpointUnreadable"
+    """Restarting: reading a checkpoint on resume failed with an error that proves no damage (an I/O error);
+    the next attempt reads the same checkpoint again instead of falling back to an older one."""
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
     UNSCHEDULABLE = "Unschedulable"
@@ -90,6 +96,15 @@ class Reason:
     QUEUED = "Queued"
     """Admitted=False: the job's Kueue Workload waits in its LocalQueue; no pod exists (phase Pending, or
     Suspended after an eviction while it waits for re-admission)."""
+    QUEUE_UNAVAILABLE = "QueueUnavailable"
+    """Admitted=False, phase Pending (Suspended once it had run): the job names a queue but the operator
+    cannot queue it (its Kueue integration off or Kueue not installed); no pod exists, it never runs unqueued."""
+    FOLDER_IN_USE = "FolderInUse"
+    """Failed before the first launch: another live job of the namespace writes a folder that overlaps
+    this job's `storage.checkpoints` or `storage.output` (kubetune.policies.shared_folders)."""
+    PROTECTED_NAMESPACE = "ProtectedNamespace"
+    """Failed: the job is in a namespace where the operator runs no job (kube-system, kube-public,
+    kube-node-lease, the operator's own), whatever its RBAC allows."""
     WORKLOAD_ADMITTED = "WorkloadAdmitted"
     """Admitted=True: Kueue admitted the Workload; the gang runs on the admitted flavor's nodes."""
     EVICTED = "Evicted"
@@ -97,6 +112,20 @@ class Reason:
     the gang was removed with its checkpoints kept and resumes from them once re-admitted."""
     NODE_LOST = "NodeLost"
     """Restarting (not counted): a worker's node stopped reporting; its pods were force-deleted."""
+    PREEMPTED = "Preempted"
+    """Restarting (not counted): the scheduler preempted a worker for a higher-priority pod (DisruptionTarget
+    PreemptionByScheduler). While the relaunch waits for that capacity: Running False, a Warning Event, and
+    no `retryPolicy.schedulingTimeoutSeconds` (kubetune.policies.deadlines)."""
+    VOLUME_STILL_ATTACHED = "VolumeStillAttached"
+    """Running False + Warning Event while a worker waits for a volume still attached to another node
+    (Multi-Attach), past `retryPolicy.startupTimeoutSeconds` up to a bound beyond Kubernetes' force-detach;
+    Failed past that bound (kubetune.policies.deadlines)."""
+    MASS_NODE_LOSS = "MassNodeLoss"
+    """NodeOutage True + Warning Event: the job's nodes went silent with most of the cluster's (the control
+    plane lost the kubelets, not the kubelets their machines): no worker is declared lost, none force-deleted."""
+    NODE_OUTAGE_OVER = "NodeOutageOver"
+    """NodeOutage False + Event: the job's nodes report again, or the outage became local (normal handling,
+    with retryPolicy.nodeLostGraceSeconds counted from then)."""
     UNKNOWN_FIELDS = "UnknownFieldsIgnored"
     """Warning Event: the job has fields of a newer CRD than the operator knows; they are ignored."""
     OVERFITTING = "EvalLossRising"
@@ -108,6 +137,9 @@ class Reason:
     PROGRESS_UNREACHABLE = "ProgressUnreachable"
     """On ProgressUnavailable: rank 0's `GET /progress` refused or timed out for longer than the operator's
     `progress_unreachable_after`; the message names the fix (allow operator -> trainer pods on TCP 9400)."""
+    RANK_ZERO_REFUSED = "RankZeroAnswerRefused"
+    """On ProgressUnavailable: rank 0 answered, but not as kubetune's trainer does (a body over the operator's
+    cap, a 200 that is not a snapshot or result, HTTP that makes no sense); the answer was refused unread."""
     PROGRESS_READABLE = "ProgressReadable"
     """On ProgressUnavailable, False: the operator reads rank 0's progress again."""
     RESULT_NOT_HANDED_OVER = "ResultNotHandedOver"

@@ -208,7 +208,7 @@ def _verdict(
     memory = str((job.spec.resources.limits or {}).get("memory", "")) if job.spec.resources else ""
     current = of_attempt(workers, attempt)
     verdicts = [v for w in current if (v := retry.classify_worker(w, policy, memory or None)) is not None]
-    verdicts += [v for w in current if (v := deadlines.startup_verdict(w, policy, now)) is not None]
+    verdicts += deadlines.startup_verdicts(job, current, now)  # judged by the relaunch's cause
     if (lost_node := node_loss.verdict(job, workers, attempt, now)) is not None:
         verdicts.append(lost_node)
     lost = gang.gang_broken(workers, attempt, size)
@@ -294,8 +294,8 @@ def _active(
         pass  # the refusal's reason and message stay until a create succeeds (see `refused`)
     elif prev.phase != "Running":
         status = _waiting_for_workers(status, attempt, size - sum(w.state != "pending" for w in current), now)
-        status, events = _unschedulable(status, prev, current)
-    checks = [deadlines.startup_check_in(w, job.spec.retry_policy, now) for w in current]
+        status, events = deadlines.waiting_status(job, status, current, now)  # Unschedulable, Preempted, ...
+    checks = deadlines.check_in(job, current, now)
     decision = _conclude(job, status, gang.keep(workers, attempt, size), check_again_in=_soonest(*checks))
     return replace(decision, events=decision.events + events) if events else decision
 
@@ -311,21 +311,6 @@ def _created(status: FineTuneJobStatus, attempt: int, size: int, now: datetime) 
 def _creation_refused(status: FineTuneJobStatus) -> bool:
     created = find_condition(status, ConditionType.CREATED)
     return created is not None and created.status == "False"
-
-
-def _unschedulable(
-    status: FineTuneJobStatus, prev: FineTuneJobStatus, current: Sequence[WorkerObservation]
-) -> tuple[FineTuneJobStatus, tuple[Event, ...]]:
-    """A gang waiting on the scheduler says why, in the scheduler's words ("0/3 nodes are available: 3
-    Insufficient nvidia.com/gpu."), with a Warning Event when that reason first appears or changes."""
-    waiting = [w for w in current if w.state == "pending" and w.unschedulable_message]
-    if not waiting:
-        return status, ()
-    names = ", ".join(str(w.index) for w in waiting)
-    message = f"{status.message}; worker(s) {names} cannot be scheduled: {waiting[0].unschedulable_message}"
-    status = with_phase(status, status.phase, message)
-    changed = prev.message != message
-    return status, (Event("Warning", Reason.UNSCHEDULABLE, message),) if changed else ()
 
 
 @dataclass(frozen=True)
@@ -376,7 +361,7 @@ def decide(
     workers: Sequence[WorkerObservation],
     now: datetime,
     progress: ProgressSnapshot | None = None,
-    queue: queueing.WorkloadObservation | None = None,
+    queue: queueing.WorkloadObservation | queueing.QueueingUnavailable | None = None,
 ) -> Decision:
     """The decision for `job` (status: the one written last time), every worker now, rank 0's progress, its Workload."""
     prev = job.status or FineTuneJobStatus()
@@ -386,8 +371,9 @@ def decide(
     if left is not None and left <= 0:
         message = f"the job ran longer than activeDeadlineSeconds ({job.spec.active_deadline_seconds}s)"
         return _fail(job, prev, workers, Reason.DEADLINE_EXCEEDED, message, now)
-    if (held := queueing.hold(job, workers, queue, now)) is not None:
-        return _conclude(job, *held)  # a queued job runs only while Kueue admits it; then it says Admitted
+    if (held := queueing.hold(job, workers, queue, now)) is not None:  # a queued job runs only while admitted
+        decision = _conclude(job, *held)
+        return replace(decision, events=queueing.held_events(job.status, decision.status, decision.events))
     prev = queueing.admitted(job, prev, queue, now)
     if job.spec.suspend:
         return _suspend(job, prev, workers, now)

@@ -10,6 +10,7 @@ import pytest
 
 from kubetune.api.outcome import ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
+from kubetune.operator.settings import OperatorSettings
 from tests.support.apiserver import Cluster, fast_settings
 from tests.support.builders import JobBuilder, a_cpu_gang
 from tests.support.operator_helpers import FakeRankZero
@@ -179,7 +180,7 @@ async def test_retryable_failure_removes_the_gang_before_attempt_2_which_counts_
 async def test_disruption_restarts_without_counting() -> None:
     async with Cluster() as cluster:
         pods = await launched(cluster)
-        await cluster.kubelet_disrupt(pods[0])
+        await cluster.kubelet_disrupt(pods[0], reason="EvictionByEvictionAPI")  # (a preemption: Preempted)
         await eventually_async(lambda: len(cluster.pods("demo", attempt=2)) == 2)
         status = cluster.status("demo")
         assert (status["attempt"], status["restarts"]) == (2, 0)
@@ -257,23 +258,24 @@ async def test_suspend_removes_the_gang_and_resume_continues_with_the_next_attem
         assert condition(status, "Suspended")["reason"] == "JobResumed"
 
 
-async def test_a_kueue_job_created_suspended_waits_for_admission() -> None:
+async def test_a_queued_job_never_runs_while_the_operator_cannot_queue_it() -> None:
+    """The emulator serves no Kueue API, so the operator (`kueue` unset: detected at start) runs without
+    its integration: a job naming a queue waits with no pod and says why, even once unsuspended; a job
+    without a queue beside it runs."""
     async with Cluster() as cluster:
-        queued = a_cpu_gang("queued").suspended().scheduling(queue_name="team-a")
-        await cluster.create_job(queued.labels({"kueue.x-k8s.io/queue-name": "team-a"}).build())
+        await cluster.create_job(a_cpu_gang("queued").suspended().scheduling(queue_name="team-a").build())
+        await cluster.create_job(a_cpu_gang("free").build())
+        await eventually_async(lambda: len(cluster.pods("free")) == 2)
         status = await eventually_async(
-            lambda: cluster.status("queued").get("phase") == "Suspended" and cluster.status("queued")
+            lambda: cluster.status("queued").get("phase") == "Pending" and cluster.status("queued")
         )
-        assert "waiting for admission by queue team-a" in status["message"] and "startTime" not in status
-        assert cluster.pods("queued") == []
-        # Kueue admits: it may set scheduling first, then unsuspends.
-        await cluster.patch_job(
-            "queued", {"spec": {"scheduling": {"queueName": "team-a", "nodeSelector": {"pool": "gpu"}}}}
-        )
+        assert condition(status, "Admitted")["reason"] == "QueueUnavailable"
+        assert "LocalQueue team-a" in status["message"] and "never runs unqueued" in status["message"]
+        await eventually_async(lambda: [e for e in cluster.events("queued") if e["reason"] == "QueueUnavailable"])
         await cluster.patch_job("queued", {"spec": {"suspend": False}})
-        pods = await eventually_async(lambda: len(cluster.pods("queued")) == 2 and cluster.pods("queued"))
-        assert pods[0]["spec"]["nodeSelector"] == {"pool": "gpu"}
-        assert pods[0]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        await cluster.reconciled("queued", times=2)  # two more reconciles after the change: still no pod
+        assert cluster.pods("queued") == []
+        assert condition(cluster.status("queued"), "Admitted")["reason"] == "QueueUnavailable"
 
 
 async def test_spec_changes_after_start_are_refused() -> None:
@@ -329,3 +331,41 @@ async def test_ttl_after_finished_deletes_the_job() -> None:
             await cluster.kubelet_exit(pod, 0)
         await eventually_async(lambda: cluster.get("kubetune.io/v1alpha1/finetunejobs", "demo") is None)
         await eventually_async(lambda: cluster.pods("demo") == [])
+
+
+@pytest.mark.parametrize(
+    ("namespace", "settings"),
+    [
+        ("kube-system", fast_settings()),
+        ("kubetune", fast_settings(protected_namespaces=("kube-system", "kube-public", "kube-node-lease", "kubetune"))),
+    ],
+    ids=["system", "the-operators-own"],
+)
+async def test_a_job_in_a_protected_namespace_fails_and_gets_nothing(
+    namespace: str, settings: OperatorSettings
+) -> None:
+    """Whatever the operator's RBAC allows there: no pod, Service, ConfigMap or Workload is made."""
+    async with Cluster(settings, namespace=namespace) as cluster:
+        await cluster.create_job(a_cpu_gang("demo").build())
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
+        )
+        assert condition(status, "Failed")["reason"] == "ProtectedNamespace"
+        assert f"namespace {namespace} is protected" in status["message"]
+        await cluster.reconciled("demo", times=2)
+        assert cluster.pods("demo") == [] and cluster.get("v1/configmaps", "demo-config") is None
+
+
+async def test_a_second_live_job_in_the_same_checkpoint_folder_is_refused_before_launch() -> None:
+    async with Cluster() as cluster:
+        await cluster.create_job(a_cpu_gang("first").storage("pvc://ckpt/run").build())
+        await eventually_async(lambda: len(cluster.pods("first")) == 2)
+        await cluster.create_job(a_cpu_gang("second").storage("pvc://ckpt/run/inside").build())
+        status = await eventually_async(
+            lambda: cluster.status("second").get("phase") == "Failed" and cluster.status("second")
+        )
+        assert condition(status, "Failed")["reason"] == "FolderInUse"
+        assert "spec.storage.checkpoints pvc://ckpt/run/inside" in status["message"]
+        assert "FineTuneJob first" in status["message"]
+        assert cluster.pods("second") == [] and "startTime" not in status
+        assert len(cluster.pods("first")) == 2  # the first one is untouched

@@ -57,7 +57,11 @@ NAMESPACED_RULES: tuple[PolicyRule, ...] = (
         ("",), ("configmaps",), ("get", "list", "watch", "create", "delete"), "the rendered trainer configuration"
     ),
     PolicyRule(
-        ("",), ("events",), ("create", "patch"), "Kubernetes Events for every transition (kopf posts v1 Events)"
+        ("",),
+        ("events",),
+        ("create", "patch", "list"),
+        "Kubernetes Events for every transition (kopf posts v1 Events); list: the attach failures (Multi-Attach) "
+        "of a worker stuck in ContainerCreating, which wait longer than startupTimeoutSeconds",
     ),
     PolicyRule(
         ("",),
@@ -96,8 +100,9 @@ CLUSTER_RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         ("",),
         ("nodes",),
-        ("get",),
-        "read-only: a worker whose node stopped reporting is force-deleted after retryPolicy.nodeLostGraceSeconds",
+        ("get", "list", "watch"),
+        "read-only: a worker whose node stopped reporting is force-deleted after retryPolicy.nodeLostGraceSeconds, "
+        "unless most nodes stopped at once (the brake on mass node loss counts every node's Ready condition)",
     ),
     PolicyRule(
         ("kueue.x-k8s.io",),

@@ -30,15 +30,17 @@ from kubetune.operator import builders, metrics
 from kubetune.operator.caches import Caches
 from kubetune.operator.creation import GangCreator
 from kubetune.operator.kube import ApiError, Kube, StaleObjectError, owner_uids
-from kubetune.operator.observe import node_of, observe_pod, owned_by, suspects_node_loss
+from kubetune.operator.nodes import OutageView
+from kubetune.operator.observe import looks_up_attach, node_of, observe_pod, owned_by, suspects_node_loss
 from kubetune.operator.progress import ProgressSource
 from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.workloads import WorkloadSync
-from kubetune.policies import queueing, storage
+from kubetune.policies import queueing, shared_folders, storage
+from kubetune.policies.mass_node_loss import decide_with_outage
 from kubetune.policies.observed import WorkerObservation
 from kubetune.policies.progress_reach import with_reach
-from kubetune.policies.reconcile import Decision, decide, refused
+from kubetune.policies.reconcile import Decision, decide, refuse_launch, refused
 from kubetune.policies.spec_changes import effective_spec, refused_fields
 from kubetune.policies.status import Event
 
@@ -50,6 +52,9 @@ STALE_RECHECK_SECONDS = 1.0
 #: Seconds before telling rank 0 again that its result was received, when it did not acknowledge: it holds
 #: its pod until told (or until its handover time, 120 s by default, runs out).
 CONFIRM_RETRY_SECONDS = 1.0
+
+#: Why a queued job waits when the operator runs without its Kueue integration.
+NO_KUEUE = "the operator runs without its Kueue integration (Kueue's Workload API not served, or --kueue off)"
 
 #: Posts one Kubernetes event about the job: (job body, event).
 EventPoster = Callable[[Mapping[str, Any], Event], None]
@@ -88,9 +93,13 @@ class Reconciler:
         self.clock = clock
         self.creator = GangCreator(kube, caches, settings.build_settings())
         self.rank_zero = RankZeroWatch(progress)
+        self.outage = OutageView(caches.nodes, caches.pods, settings.node_outage)
+        """The brake on mass node loss's view of the Nodes (None until the Node cache has listed)."""
         self._skew_warned: dict[tuple[str, str], tuple[str | None, int | None, tuple[str, ...]] | None] = {}
         """Per job: the uid, generation and unknown fields last warned about (UnknownFieldsIgnored)."""
         self.workloads = WorkloadSync(kube, caches, settings.build_settings()) if settings.kueue else None
+        self.no_queue = None if settings.kueue else queueing.QueueingUnavailable(NO_KUEUE)
+        """What a queued job is told when this operator cannot queue it (None: it can)."""
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.monotonic()
@@ -121,12 +130,16 @@ class Reconciler:
         rank_zero = await self.rank_zero.look(previous, pods, workers)
         workers = rank_zero.workers(workers, previous.attempt)  # worker 0 ended, once its whole result is in
         now = self.clock()
+        if job.namespace in self.settings.protected_namespaces:
+            return await self._refuse_protected(body, job, workers, now)
         queued, workload = await self.workloads.look(job) if self.workloads else (None, None)
         if queueing.unsuspend_on_admission(job, queued):  # Kueue's convention: admission unsuspends
             body = await self.kube.unsuspend_job(namespace, name)  # (its new resourceVersion for the status write)
             self.caches.record(body)
             job = job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": False})})
-        decision = decide(job, workers, now, rank_zero.snapshot, queued)
+        outage = self.outage.outage(self.caches.synced("nodes"))
+        queue = queued or self.no_queue
+        decision = decide_with_outage(job, workers, now, outage, progress=rank_zero.snapshot, queue=queue)
         decision = with_reach(decision, previous, rank_zero.reach, now, self.settings.progress_unreachable_after)
         if decision.plan.create and decision.plan.attempt != (job.status or FineTuneJobStatus()).attempt:
             decision = await self._check_storage(job, workers, decision, now)
@@ -138,6 +151,22 @@ class Reconciler:
             check_again_in = min(check_again_in if check_again_in is not None else inf, CONFIRM_RETRY_SECONDS)
         finished = decision.status.phase in FINISHED_PHASES
         return Outcome(exists=not decision.delete_job, check_again_in=check_again_in, finished=finished)
+
+    async def _refuse_protected(
+        self, body: dict[str, Any], job: FineTuneJob, workers: list[WorkerObservation], now: datetime
+    ) -> Outcome:
+        """A job in a protected namespace fails once, naming why; nothing is ever created there (a failed
+        job's decision creates nothing, and its TTL still applies)."""
+        decision = decide(job, workers, now)
+        if decision.status.phase not in FINISHED_PHASES:
+            namespaces = ", ".join(self.settings.protected_namespaces)
+            message = (
+                f"namespace {job.namespace} is protected: the operator runs no job in {namespaces}; "
+                f"create the job in a team's namespace"
+            )
+            decision = refuse_launch(job, workers, Reason.PROTECTED_NAMESPACE, message, now)
+        decision = await self._apply(body, job, [], workers, decision)
+        return Outcome(exists=not decision.delete_job, check_again_in=decision.check_again_in, finished=True)
 
     def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
         """The job's worker pods, from the cache."""
@@ -151,19 +180,34 @@ class Reconciler:
             self.caches.jobs.remove(stale)
 
     async def _observe(self, pods: list[dict[str, Any]]) -> list[WorkerObservation]:
-        """The workers, with the Node of each pod that shows signs of a lost node (read once per node)."""
+        """The workers, with the Node of each pod that shows signs of a lost node (from the Node cache; read
+        once per node where the operator may not list Nodes), and the attach failures of each pod stuck in
+        ContainerCreating (Events are not cached: read only for such pods, see `looks_up_attach`)."""
         nodes: dict[str, dict[str, Any] | None] = {}
+        events: dict[str, list[dict[str, Any]]] = {}
+        cached = self.caches.synced("nodes")
+        now = self.clock()
         for pod in pods:
             node = node_of(pod)
             if node is not None and node not in nodes and suspects_node_loss(pod):
-                nodes[node] = await self.kube.get_node(node)
-        return [observe_pod(pod, nodes.get(node_of(pod) or "")) for pod in pods]
+                nodes[node] = self.caches.nodes.get("", node) if cached else await self.kube.get_node(node)
+            if looks_up_attach(pod, now) and (uid := pod["metadata"].get("uid")):
+                events[uid] = await self.kube.list_attach_failures(pod["metadata"]["namespace"], uid)
+        return [
+            observe_pod(pod, nodes.get(node_of(pod) or ""), events.get(pod["metadata"].get("uid"), [])) for pod in pods
+        ]
 
     async def _check_storage(
         self, job: FineTuneJob, workers: list[WorkerObservation], launch: Decision, now: datetime
     ) -> Decision:
-        """Before a new attempt launches: read its claims (kubetune.policies.storage decides). A claim the
-        operator may not read (403: a chart without that rule) is left out and not judged."""
+        """Before a new attempt launches: no other live job of the namespace keeps its folders (from the job
+        cache; kubetune.policies.shared_folders decides), and its claims can hold the gang (read here;
+        kubetune.policies.storage decides; a claim the operator may not read, 403, is not judged)."""
+        body = self.caches.jobs.get(job.namespace, job.name) or {}
+        mine = shared_folders.WrittenFolders.of(body)
+        live = shared_folders.live_jobs(self.caches.jobs.indexed(job.namespace))
+        if mine is not None and (taken := shared_folders.conflict(mine, live)) is not None:
+            return refuse_launch(job, workers, *taken, now)
         observed: dict[str, storage.ClaimObservation | None] = {}
         for claim in storage.claims_of(job.spec):
             try:
