@@ -7,8 +7,10 @@ FineTuneJobs reads every Secret and claim of the namespace through it. So the AP
 *requesting user* before a job is stored, with two policies (CEL, admissionregistration.k8s.io/v1):
 
 - author access (always on): the user may `get` every Secret the job names and every
-  PersistentVolumeClaim it mounts, asked of the cluster's own authorizer (RBAC), so a job can never
-  reach more than its author could read directly;
+  PersistentVolumeClaim it only reads, and may `update` every claim it writes (`storage.checkpoints`,
+  `storage.output`: the pods mount them read-write, the export replaces folders there and pruning
+  deletes; the built-in `view` role grants `get` on every claim, `edit` grants `update`), asked of the
+  cluster's own authorizer (RBAC), so a job can never reach more than its author could directly;
 - platform (kubetune.api.platform_policy): image prefixes, PriorityClasses, toleration and nodeSelector
   keys, and the largest gang, from the platform policy ConfigMap (the policy's parameter object).
 
@@ -44,20 +46,28 @@ UNJUDGED_FIELDS = frozenset({"suspend"})
 
 @dataclass(frozen=True)
 class AccessRule:
-    """One place of the spec that names an object of the job's namespace its author must be allowed to get:
-    a SecretKeyRef (the name is `.name`) or a `pvc://claim/path` (the name is the claim)."""
+    """One place of the spec that names an object of the job's namespace its author must be allowed to get
+    (or, for a claim the job writes, to update): a SecretKeyRef (the name is `.name`) or a `pvc://claim/path`
+    (the name is the claim)."""
 
     path: tuple[str, ...]
     """Wire path under `spec`."""
     claim: bool
+    writes: bool = False
+    """The pods write into the claim (mounted read-write; the export replaces folders, pruning deletes): its
+    author must be allowed to `update` it, not only to `get` it as the `view` role allows on every claim."""
 
     @property
     def field(self) -> str:
         return "spec." + ".".join(self.path)
 
     @property
+    def verb(self) -> str:
+        return "update" if self.writes else "get"
+
+    @property
     def rule(self) -> str:
-        return "author-may-get-claims" if self.claim else "author-may-get-secrets"
+        return f"author-may-{self.verb}-claims" if self.claim else "author-may-get-secrets"
 
     @property
     def kind(self) -> str:
@@ -69,6 +79,8 @@ class AccessRule:
 
     @property
     def why(self) -> str:
+        if self.writes:
+            return "the pods of the job would mount it read-write and write into it (checkpoints, the export, pruning)"
         return "the pods of the job would mount it" if self.claim else "the pods of the job would receive its keys"
 
     def name_in(self, spec: Spec) -> str | None:
@@ -90,7 +102,7 @@ class AccessRule:
 
     def message(self, user: str, namespace: str, name: str) -> str:
         return (
-            f'{self.field}: refused by rule "{self.rule}": user "{user}" may not get {self.kind} "{name}" in '
+            f'{self.field}: refused by rule "{self.rule}": user "{user}" may not {self.verb} {self.kind} "{name}" in '
             f'namespace "{namespace}"; {self.why}'
         )
 
@@ -98,7 +110,7 @@ class AccessRule:
         """The policy's validation: CEL, its message (the same words as `message`) and reason."""
         allowed = (
             f"authorizer.group('').resource('{self.resource}').namespace(request.namespace)"
-            f".name({self._cel_name()}).check('get').allowed()"
+            f".name({self._cel_name()}).check('{self.verb}').allowed()"
         )
         # the message in CEL: `message`'s own words, its three values spliced in as CEL expressions
         text = literal(self.message("\0user", "\0namespace", "\0name"))
@@ -114,10 +126,10 @@ class AccessRule:
             "reason": "Forbidden",
         }
 
-    def refusal(self, spec: Spec, user: str, namespace: str, can_get: Callable[[str, str], bool]) -> str | None:
-        """The Python rule: the refusal message when `can_get(resource, name)` says no; None to admit."""
+    def refusal(self, spec: Spec, user: str, namespace: str, may: Callable[[str, str, str], bool]) -> str | None:
+        """The Python rule: the refusal message when `may(verb, resource, name)` says no; None to admit."""
         name = self.name_in(spec)
-        if name is None or can_get(self.resource, name):
+        if name is None or may(self.verb, self.resource, name):
             return None
         return self.message(user, namespace, name)
 
@@ -128,15 +140,16 @@ ACCESS_RULES: tuple[AccessRule, ...] = (
     AccessRule(("model", "source"), claim=True),
     AccessRule(("dataset", "train"), claim=True),
     AccessRule(("dataset", "validation"), claim=True),
-    AccessRule(("storage", "checkpoints"), claim=True),
-    AccessRule(("storage", "output"), claim=True),
+    AccessRule(("storage", "checkpoints"), claim=True, writes=True),
+    AccessRule(("storage", "output"), claim=True, writes=True),
     AccessRule(("evaluation", "referenceModel", "source"), claim=True),
 )
 
 
-def access_refusals(spec: Spec, user: str, namespace: str, can_get: Callable[[str, str], bool]) -> list[str]:
-    """Every refusal of the author-access policy for `user` creating a job with `spec` in `namespace`."""
-    found = (rule.refusal(spec, user, namespace, can_get) for rule in ACCESS_RULES)
+def access_refusals(spec: Spec, user: str, namespace: str, may: Callable[[str, str, str], bool]) -> list[str]:
+    """Every refusal of the author-access policy for `user` creating a job with `spec` in `namespace`;
+    `may(verb, resource, name)` answers as the cluster's authorizer would."""
+    found = (rule.refusal(spec, user, namespace, may) for rule in ACCESS_RULES)
     return [message for message in found if message is not None]
 
 

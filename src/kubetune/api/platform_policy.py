@@ -17,7 +17,11 @@ that is present is an allow-list (an empty one allows nothing):
 | `allowedTolerationKeys`   | comma-separated taint keys             | `spec.scheduling.tolerations[*].key` |
 | `allowedNodeSelectorKeys` | comma-separated label keys             | `spec.scheduling.nodeSelector` keys  |
 | `maxGangProcesses`        | a whole number                         | workers x processesPerWorker         |
-| `maxGPUsPerJob`           | a whole number                         | the same, for GPU jobs               |
+| `maxGPUsPerJob`           | a whole number                         | workers x the accelerators of a pod  |
+
+The accelerators of a pod (maxGPUsPerJob, every job) are `processesPerWorker` `nvidia.com/gpu` on a GPU
+job plus every accelerator resource of `spec.resources`, which the operator passes into the pods as it is
+(kubetune.api.platform_rules says which names count and how).
 
 An image entry is `*` (any image), a digest `sha256:<hex>` (an image pinned to it with `@sha256:...`),
 or a registry/repository prefix matched at a boundary: `ghcr.io/acme/trainer` admits `ghcr.io/acme/

@@ -7,6 +7,16 @@ parse the ConfigMap's comma-separated lists once per request. A limit that is no
 makes a rule fail to evaluate: the first validation, WELL_FORMED, refuses every job while the policy is
 malformed (failing closed, where a misspelt key would otherwise lift its limit silently).
 src/kubetune/api/test_admission.py runs both languages on one table of cases.
+
+maxGPUsPerJob counts every accelerator a worker pod gets, for every job: the operator passes
+`spec.resources` into each pod as it is (operator builders.py `_resources`), so a job with
+`accelerator: cpu` and `limits: {nvidia.com/gpu: 64}` gets 64 GPUs per pod. A pod's count is
+processesPerWorker `nvidia.com/gpu` on a GPU job (the builder sets that resource itself, over whatever
+spec.resources says), plus each accelerator resource of spec.resources (ACCELERATOR_PREFIXES, or a name
+holding `gpu`), the larger of its limit and request. A fraction (which Kubernetes refuses for an extended
+resource anyway) counts as the next whole number, and anything above COUNT_CAP as COUNT_CAP, which is above
+every limit a policy can hold, so that CEL's int64 never overflows (at most 256 workers x (16 + 128 x
+COUNT_CAP)). The API server may list the resources of a refusal in another order (CEL maps are unordered).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from typing import Any
 from kubetune.api import platform_policy as keys
 from kubetune.api.cel_text import Spec, has_chain, literal, value_at
 from kubetune.api.job import FineTuneJob
+from kubetune.api.kubernetes_syntax import quantity_value
 from kubetune.api.platform_policy import NUMBER_PATTERN, PlatformPolicy, image_allowed
 from kubetune.api.validation import Document, ManifestError, Problem, line_in, read_documents, validate_document
 
@@ -42,6 +53,58 @@ def _distributed(spec: Spec, field: str) -> int:
 
 def _gpu_job(spec: Spec) -> bool:
     return value_at(spec, ("distributed", "accelerator")) in (None, "nvidia-gpu")
+
+
+#: Extended resources that are accelerators: NVIDIA (`nvidia.com/gpu`, `nvidia.com/mig-*`, `nvidia.com/gpu.shared`),
+#: AMD, Intel Gaudi (`habana.ai/gaudi`) and Intel's device plugins, Google TPUs, AWS Trainium/Inferentia; and any
+#: name holding ACCELERATOR_WORD (`gpu.intel.com/i915`). Counting a non-accelerator of these domains only makes the
+#: limit stricter; an accelerator of another vendor needs its name added here.
+ACCELERATOR_PREFIXES = ("nvidia.com/", "amd.com/", "habana.ai/", "intel.com/", "google.com/tpu", "aws.amazon.com/")
+ACCELERATOR_WORD = "gpu"
+#: The resource the operator sets on a GPU job's pods itself: processesPerWorker of it, over spec.resources.
+BUILDER_GPU = "nvidia.com/gpu"
+#: A count above every limit a policy can hold (NUMBER_PATTERN: 9 digits); larger quantities count as it.
+COUNT_CAP = 10**9
+
+
+def is_accelerator(name: str) -> bool:
+    """Whether a resource of spec.resources counts toward maxGPUsPerJob (resource names are lower case)."""
+    return ACCELERATOR_WORD in name or name.startswith(ACCELERATOR_PREFIXES)
+
+
+def _whole(value: int | str) -> int:
+    """How many of a resource a quantity asks for: a fraction up to the next whole number, at most COUNT_CAP."""
+    number = quantity_value(value)
+    if number is None:  # the API refuses it before any policy runs
+        return COUNT_CAP
+    if number > COUNT_CAP:
+        return COUNT_CAP
+    if number == number.to_integral_value():
+        return int(number)
+    return int(float(number)) + 1
+
+
+def _accelerators(spec: Spec) -> list[tuple[str, int]]:
+    """(name, count per pod) of every accelerator resource of spec.resources that reaches the pods."""
+    limits = value_at(spec, ("resources", "limits")) or {}
+    requests = value_at(spec, ("resources", "requests")) or {}
+    gpu_job = _gpu_job(spec)
+
+    def counted(name: str) -> bool:
+        return is_accelerator(name) and not (gpu_job and name == BUILDER_GPU)
+
+    names = [n for n in limits if counted(n)] + [n for n in requests if counted(n) and n not in limits]
+    return [(n, max(_whole(limits[n]) if n in limits else 0, _whole(requests[n]) if n in requests else 0))
+            for n in names]  # fmt: skip
+
+
+def _gpus_per_worker(spec: Spec) -> tuple[int, list[str]]:
+    """The accelerators of one worker pod, and what they are (for the message)."""
+    parts = (
+        [(_distributed(spec, "processesPerWorker"), f"{BUILDER_GPU} (processesPerWorker)")] if _gpu_job(spec) else []
+    )
+    parts += [(count, f"{name} (spec.resources)") for name, count in _accelerators(spec)]
+    return sum(count for count, _ in parts), [f"{count} {what}" for count, what in parts]
 
 
 def _scheduling(spec: Spec, field: str) -> Any:
@@ -98,12 +161,12 @@ def _gang_refusal(spec: Spec, policy: PlatformPolicy) -> str | None:
 
 
 def _gpu_refusal(spec: Spec, policy: PlatformPolicy) -> str | None:
-    workers, per_worker = _distributed(spec, "workers"), _distributed(spec, "processesPerWorker")
-    if policy.max_gpus is None or not _gpu_job(spec) or workers * per_worker <= policy.max_gpus:
+    workers, (per_worker, parts) = _distributed(spec, "workers"), _gpus_per_worker(spec)
+    if policy.max_gpus is None or workers * per_worker <= policy.max_gpus:
         return None
     return (
         f"{workers} workers x {per_worker} GPUs per worker = {workers * per_worker} GPUs, above the "
-        f"maxGPUsPerJob of the platform policy ({policy.max_gpus})"
+        f"maxGPUsPerJob of the platform policy ({policy.max_gpus}); per worker: {', '.join(parts)}"
     )
 
 
@@ -146,8 +209,33 @@ _IMAGE_MATCH = (
 _BAD_TOLERATIONS = f"{_SCHEDULING}.tolerations.filter(t, !has(t.key) || !(t.key in variables.tolerationKeys))"
 _BAD_SELECTOR_KEYS = f"{_SCHEDULING}.nodeSelector.filter(k, !(k in variables.nodeSelectorKeys))"
 _GANG = (
-    "string(variables.workers) + ' workers x ' + string(variables.processesPerWorker) + ' {unit} per worker = ' + "
-    "string(variables.gangProcesses) + ' {unit}, above the {key} of the platform policy (' + variables.policy.{key} + ')'"
+    "string(variables.workers) + ' workers x ' + string(variables.{per}) + ' {unit} per worker = ' + "
+    "string(variables.{total}) + ' {unit}, above the {key} of the platform policy (' + variables.policy.{key} + ')'"
+)
+
+
+def _cel_whole(value: str) -> str:
+    """CEL for `_whole`: the count a quantity (int or string) asks for."""
+    cap, quantity = str(COUNT_CAP), f"quantity({value})"  # a string in its branch
+    return (
+        f"int(type({value}) == int ? ({value} > {cap} ? {cap} : {value}) : "
+        f"({quantity}.compareTo(quantity('{cap}')) > 0 ? {cap} : "
+        f"({quantity}.isInteger() ? {quantity}.asInteger() : int({quantity}.asApproximateFloat()) + 1)))"
+    )
+
+
+def _cel_count(name: str) -> str:
+    """CEL for one resource's count in `_accelerators`: the larger of its limit's and its request's."""
+    counts = (
+        f"({name} in variables.{side} ? {_cel_whole(f'variables.{side}[{name}]')} : 0)"
+        for side in ("limits", "requests")
+    )
+    return f"[{', '.join(counts)}].max()"
+
+
+_GPU_PARTS = (
+    f"(variables.gpuJob ? [string(variables.processesPerWorker) + ' {BUILDER_GPU} (processesPerWorker)'] : []) + "
+    f"variables.acceleratorNames.map(k, string({_cel_count('k')}) + ' ' + k + ' (spec.resources)')"
 )
 
 PLATFORM_RULES: tuple[PlatformRule, ...] = (
@@ -192,15 +280,15 @@ PLATFORM_RULES: tuple[PlatformRule, ...] = (
         "spec.distributed.workers",
         f"!({_number_ok(keys.MAX_GANG_PROCESSES)}) || "
         f"variables.gangProcesses <= int(variables.policy.{keys.MAX_GANG_PROCESSES})",
-        _GANG.format(unit="processes", key=keys.MAX_GANG_PROCESSES),
+        _GANG.format(unit="processes", key=keys.MAX_GANG_PROCESSES, per="processesPerWorker", total="gangProcesses"),
         _gang_refusal,
     ),
     PlatformRule(
         "max-gpus-per-job",
         "spec.distributed.workers",
-        f"!variables.gpuJob || !({_number_ok(keys.MAX_GPUS)}) || "
-        f"variables.gangProcesses <= int(variables.policy.{keys.MAX_GPUS})",
-        _GANG.format(unit="GPUs", key=keys.MAX_GPUS),
+        f"!({_number_ok(keys.MAX_GPUS)}) || variables.gpus <= int(variables.policy.{keys.MAX_GPUS})",
+        _GANG.format(unit="GPUs", key=keys.MAX_GPUS, per="gpusPerWorker", total="gpus")
+        + f" + '; per worker: ' + ({_GPU_PARTS}).join(', ')",
         _gpu_refusal,
     ),
 )
@@ -224,6 +312,12 @@ def _distributed_variable(name: str, field: str) -> dict[str, str]:
     return {"name": name, "expression": f"{has} ? object.spec.distributed.{field} : 1"}
 
 
+#: CEL for `is_accelerator(k)` and not the resource the operator sets itself on a GPU job (`_accelerators`).
+_CEL_COUNTED = (
+    f"(k.contains({literal(ACCELERATOR_WORD)}) || [{', '.join(literal(p) for p in ACCELERATOR_PREFIXES)}]"
+    f".exists(p, k.startsWith(p))) && !(variables.gpuJob && k == {literal(BUILDER_GPU)})"
+)
+
 #: The platform policy's CEL variables, in order (a variable may use the ones before it).
 PLATFORM_VARIABLES: tuple[dict[str, str], ...] = (
     {"name": "policy", "expression": "has(params.data) ? params.data : {}"},
@@ -239,6 +333,21 @@ PLATFORM_VARIABLES: tuple[dict[str, str], ...] = (
         "expression": f"!({has_chain(('distributed', 'accelerator'))}) || "
         "object.spec.distributed.accelerator == 'nvidia-gpu'",
     },
+    *(
+        {"name": side, "expression": f"{has_chain(('resources', side))} ? object.spec.resources.{side} : {{}}"}
+        for side in ("limits", "requests")
+    ),
+    {
+        "name": "acceleratorNames",
+        "expression": f"variables.limits.filter(k, {_CEL_COUNTED}) + "
+        f"variables.requests.filter(k, {_CEL_COUNTED} && !(k in variables.limits))",
+    },
+    {"name": "acceleratorCounts", "expression": f"variables.acceleratorNames.map(k, {_cel_count('k')})"},
+    {
+        "name": "gpusPerWorker",
+        "expression": "(variables.gpuJob ? variables.processesPerWorker : 0) + variables.acceleratorCounts.sum()",
+    },
+    {"name": "gpus", "expression": "variables.workers * variables.gpusPerWorker"},
 )
 
 #: The platform policy's first validation: a policy the API server cannot read exactly refuses every

@@ -1,90 +1,27 @@
 """The admission policies' CEL and their Python twins agree: one table of cases, both languages, verdicts
 and messages compared, with a real CEL interpreter (cel-python).
 
-cel-python has neither Kubernetes' `authorizer` nor the strings extension (`split`, `trim`, `join`): the
-stand-ins below, here and only here, implement them as Kubernetes documents them; the real API server
+Kubernetes' own CEL functions are stood in for as tests/support/kubernetes_cel.py says; the real API server
 runs the same policies in tests/e2e/test_admission.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, get_args
 
 import celpy
 import pytest
-from celpy import celtypes
 from pydantic import BaseModel
 
-from kubetune.api.admission import ACCESS_RULES, access_refusals, judged_cel, policy_specs
+from kubetune.api.admission import ACCESS_RULES, access_refusals, judged_cel
 from kubetune.api.job import FineTuneJob, FineTuneJobSpec
 from kubetune.api.platform_policy import PlatformPolicy, PolicyError, policy_problems
 from kubetune.api.platform_rules import platform_refusals
 from kubetune.api.training import SecretKeyRef
 from tests.support.builders import a_job
+from tests.support.kubernetes_cel import NAMESPACE, USER, Authorizer, activation, cel, cel_refusals
 
-USER, NAMESPACE = "system:serviceaccount:team-a:bob", "team-a"
 POLICY_NAME, POLICY_NAMESPACE = "kt-kubetune-platform-policy", "kubetune-system"
-
-
-@dataclass(frozen=True)
-class _Authorizer:
-    """Kubernetes' CEL `authorizer`, answering from a set of (resource, name) the user may get."""
-
-    grants: frozenset[tuple[str, str]]
-    asked: tuple[tuple[str, str], ...] = ()
-
-    def then(self, key: str, value: Any) -> _Authorizer:
-        return _Authorizer(self.grants, (*self.asked, (key, str(value))))
-
-    def allowed(self) -> celtypes.BoolType:
-        asked = dict(self.asked)
-        assert asked["group"] == "" and asked["verb"] == "get" and asked["namespace"] == NAMESPACE, asked
-        return celtypes.BoolType((asked["resource"], asked["name"]) in self.grants)
-
-
-def _step(key: str) -> Callable[[_Authorizer, Any], _Authorizer]:
-    return lambda authorizer, value: authorizer.then(key, value)
-
-
-STAND_INS: dict[str, Any] = {
-    "split": lambda text, separator: celtypes.ListType(celtypes.StringType(p) for p in str(text).split(str(separator))),
-    "trim": lambda text: celtypes.StringType(str(text).strip()),
-    "join": lambda items, separator: celtypes.StringType(str(separator).join(str(i) for i in items)),
-    "group": _step("group"),
-    "resource": _step("resource"),
-    "namespace": _step("namespace"),
-    "name": _step("name"),
-    "check": _step("verb"),
-    "allowed": _Authorizer.allowed,
-}
-ENVIRONMENT = celpy.Environment()
-
-
-def _cel(expression: str, activation: dict[str, Any]) -> Any:
-    return ENVIRONMENT.program(ENVIRONMENT.compile(expression), functions=STAND_INS).evaluate(activation)
-
-
-def _activation(spec: dict[str, Any], old_spec: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
-    to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
-    request = {"operation": "UPDATE" if old_spec else "CREATE", "namespace": NAMESPACE, "userInfo": {"username": USER}}
-    activation = {"object": to_cel({"spec": spec}), "request": to_cel(request)}
-    if old_spec is not None:
-        activation["oldObject"] = to_cel({"spec": old_spec})
-    return activation | more
-
-
-def _cel_refusals(policy: str, activation: dict[str, Any]) -> list[str]:
-    """The messages of every validation of `policy` (a key of policy_specs()) that refuses."""
-    spec = policy_specs()[policy]
-    variables: dict[Any, Any] = {}
-    for variable in spec.get("variables", []):
-        value = _cel(variable["expression"], activation | {"variables": celtypes.MapType(variables)})
-        variables[celtypes.StringType(variable["name"])] = value
-    activation = activation | {"variables": celtypes.MapType(variables)}
-    refused = [v for v in spec["validations"] if not _cel(v["expression"], activation)]
-    return [str(_cel(v["messageExpression"], activation)) for v in refused]
 
 
 # -- author access --------------------------------------------------------------------------------------------
@@ -102,24 +39,44 @@ REFERENCE = {
     }
 }
 CLAIMS = {"models", "data", "scratch", "results"}
+#: The claims ON_CLAIMS writes (checkpoints, output): their author must be allowed to update them.
+WRITTEN = {"scratch", "results"}
+PVC = "persistentvolumeclaims"
 
-#: (spec, what the user may get, the fields refused in rule order)
-ACCESS_CASES: list[tuple[dict[str, Any], set[tuple[str, str]], list[str]]] = [
-    ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, {("secrets", "hf-token")}, []),
+
+def _may(verb: str, resource: str, *names: str) -> set[tuple[str, str, str]]:
+    return {(verb, resource, name) for name in names}
+
+
+#: What the `view` role gives on every claim, and what `edit` gives on the written ones.
+VIEWER = _may("get", PVC, *CLAIMS)
+EDITOR = VIEWER | _may("update", PVC, *WRITTEN)
+
+#: (spec, what the user may do, the fields refused in rule order)
+ACCESS_CASES: list[tuple[dict[str, Any], set[tuple[str, str, str]], list[str]]] = [
+    ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, _may("get", "secrets", "hf-token"), []),
     ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, set(), ["spec.model.tokenSecretRef"]),
-    ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, {("secrets", "other")}, ["spec.model.tokenSecretRef"]),
+    ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, _may("get", "secrets", "other"),
+     ["spec.model.tokenSecretRef"]),
+    ({"model": MODEL, "dataset": {"train": "/data/t.jsonl"}}, _may("update", "secrets", "hf-token"),
+     ["spec.model.tokenSecretRef"]),
     ({"model": {"source": "hf://org/m"}, "dataset": {"train": "t.jsonl"}}, set(), []),
-    (ON_CLAIMS, {("persistentvolumeclaims", c) for c in CLAIMS}, []),
+    (ON_CLAIMS, EDITOR, []),
+    (ON_CLAIMS, VIEWER, ["spec.storage.checkpoints", "spec.storage.output"]),
+    (ON_CLAIMS, _may("get", PVC, "models", "data") | _may("update", PVC, *WRITTEN), []),
+    (ON_CLAIMS, EDITOR - {("update", PVC, "results")}, ["spec.storage.output"]),
+    (ON_CLAIMS, _may("update", PVC, *CLAIMS), ["spec.model.source", "spec.dataset.train", "spec.dataset.validation"]),
     (
         ON_CLAIMS,
-        {("persistentvolumeclaims", "data")},
+        _may("get", PVC, "data"),
         ["spec.model.source", "spec.storage.checkpoints", "spec.storage.output"],
     ),
-    (ON_CLAIMS, {("secrets", c) for c in CLAIMS}, ["spec.model.source", "spec.dataset.train",
-     "spec.dataset.validation", "spec.storage.checkpoints", "spec.storage.output"]),
+    (ON_CLAIMS, _may("get", "secrets", *CLAIMS) | _may("update", "secrets", *CLAIMS), ["spec.model.source",
+     "spec.dataset.train", "spec.dataset.validation", "spec.storage.checkpoints", "spec.storage.output"]),
     ({"model": {"source": "pvc://models"}, "dataset": {"train": "t.jsonl"}}, set(), ["spec.model.source"]),
-    ({**ON_CLAIMS, **REFERENCE}, {("persistentvolumeclaims", c) for c in CLAIMS},
-     ["spec.evaluation.referenceModel.tokenSecretRef"]),
+    ({"model": {"source": "hf://o/m"}, "dataset": {"train": "pvc://shared/t.jsonl"},
+      "storage": {"checkpoints": "pvc://shared/ckpt"}}, _may("get", PVC, "shared"), ["spec.storage.checkpoints"]),
+    ({**ON_CLAIMS, **REFERENCE}, EDITOR, ["spec.evaluation.referenceModel.tokenSecretRef"]),
     ({"model": {"source": "hf://o/m"}, "dataset": {"train": "t.jsonl"},
       "evaluation": {"baselines": {}, "referenceModel": {"source": "pvc://refs/big"}}}, set(),
      ["spec.evaluation.referenceModel.source"]),
@@ -134,11 +91,11 @@ def _wire_forms(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("spec", "grants", "refused"), ACCESS_CASES)
 def test_author_access_cel_and_python_agree(
-    spec: dict[str, Any], grants: set[tuple[str, str]], refused: list[str]
+    spec: dict[str, Any], grants: set[tuple[str, str, str]], refused: list[str]
 ) -> None:
     for form in _wire_forms(spec):
-        python = access_refusals(form, USER, NAMESPACE, lambda resource, name: (resource, name) in grants)
-        cel = _cel_refusals("authorAccess", _activation(form, authorizer=_Authorizer(frozenset(grants))))
+        python = access_refusals(form, USER, NAMESPACE, lambda verb, resource, name: (verb, resource, name) in grants)
+        cel = cel_refusals("authorAccess", activation(form, authorizer=Authorizer(frozenset(grants))))
         assert cel == python
         assert [message.split(":")[0] for message in python] == refused
 
@@ -150,8 +107,24 @@ def test_an_author_access_refusal_names_field_rule_user_and_object() -> None:
         f'"{USER}" may not get Secret "hf-token" in namespace "team-a"; the pods of the job would receive its keys'
     )
     (claim,) = access_refusals({"dataset": {"train": "pvc://data/t.jsonl"}}, USER, NAMESPACE, lambda *_: False)
-    assert 'spec.dataset.train: refused by rule "author-may-get-claims"' in claim
-    assert 'PersistentVolumeClaim "data"' in claim
+    assert claim == (
+        'spec.dataset.train: refused by rule "author-may-get-claims": user '
+        f'"{USER}" may not get PersistentVolumeClaim "data" in namespace "team-a"; the pods of the job would mount it'
+    )
+
+
+def test_a_claim_the_job_writes_needs_update_not_only_get() -> None:
+    """`view` grants get on every claim: a viewer must not have the job write into (and prune) one."""
+    spec = {"storage": {"checkpoints": "pvc://scratch/ckpt", "output": "pvc://results/out"}}
+    checkpoints, output = access_refusals(spec, USER, NAMESPACE, lambda verb, *_: verb == "get")
+    assert checkpoints == (
+        'spec.storage.checkpoints: refused by rule "author-may-update-claims": user '
+        f'"{USER}" may not update PersistentVolumeClaim "scratch" in namespace "team-a"; the pods of the job would '
+        "mount it read-write and write into it (checkpoints, the export, pruning)"
+    )
+    assert output.startswith('spec.storage.output: refused by rule "author-may-update-claims": ')
+    assert 'may not update PersistentVolumeClaim "results"' in output
+    assert access_refusals(spec, USER, NAMESPACE, lambda verb, *_: verb == "update") == []
 
 
 def _leaf_types(annotation: Any) -> list[Any]:
@@ -201,6 +174,11 @@ def _scheduling(**fields: Any) -> dict[str, Any]:
     return _spec(scheduling=fields)
 
 
+def _asking(distributed: dict[str, Any], **resources: dict[str, Any]) -> dict[str, Any]:
+    """A job with `spec.resources`, which the operator passes into every worker pod as it is."""
+    return _spec(distributed=distributed, resources=resources)
+
+
 #: (spec, the policy's data, the rules refused in order)
 PLATFORM_CASES: list[tuple[dict[str, Any], dict[str, str], list[str]]] = [
     (_spec(), POLICY, []),
@@ -237,6 +215,38 @@ PLATFORM_CASES: list[tuple[dict[str, Any], dict[str, str], list[str]]] = [
     (_spec(distributed={"workers": 5, "accelerator": "nvidia-gpu"}), POLICY, ["max-gpus-per-job"]),
     (_spec(distributed={"workers": 16, "processesPerWorker": 2}), POLICY, ["max-gang-processes", "max-gpus-per-job"]),
     (_spec(distributed={"workers": 256, "processesPerWorker": 16}), {}, []),
+    # accelerators asked for in spec.resources count too, whatever the accelerator (the pods get them)
+    (_asking(CPU, limits={"nvidia.com/gpu": 64}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"nvidia.com/gpu": 64}), {"maxGangProcesses": "8"}, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "4"}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "5"}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, requests={"nvidia.com/gpu": 5}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, requests={"nvidia.com/gpu": 1}, limits={"nvidia.com/gpu": 5}), POLICY, ["max-gpus-per-job"]),
+    (_asking({"workers": 3, **CPU}, limits={"amd.com/gpu": 2}), POLICY, ["max-gpus-per-job"]),
+    (_asking({"workers": 2, **CPU}, limits={"amd.com/gpu": 2}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/mig-1g.5gb": 7}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"habana.ai/gaudi": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"google.com/tpu": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"gpu.intel.com/i915": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"intel.com/gaudi": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"aws.amazon.com/neuroncore": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"example.com/gpu-shared": 8}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"example.com/fpga": 8, "cpu": 64, "memory": "512Gi"}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "2", "amd.com/gpu": "3"}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"nvidia.com/gpu": "2"}, requests={"amd.com/gpu": 2}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "1k"}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"nvidia.com/gpu": "4e0"}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "3500m"}), POLICY, []),
+    (_asking(CPU, limits={"nvidia.com/gpu": "4100m"}), POLICY, ["max-gpus-per-job"]),
+    (_asking(CPU, limits={"nvidia.com/gpu": "1e30"}), POLICY, ["max-gpus-per-job"]),
+    (_asking({"workers": 256, **CPU}, limits={"nvidia.com/gpu": "1e30"}, requests={"amd.com/gpu": "9Ei"}),
+     {"maxGPUsPerJob": "999999999"}, ["max-gpus-per-job"]),
+    # an nvidia-gpu job's pods get processesPerWorker nvidia.com/gpu whatever spec.resources says, and the rest
+    (_asking({"workers": 2, "processesPerWorker": 2}, limits={"nvidia.com/gpu": 64}), POLICY, []),
+    (_asking({"workers": 2, "processesPerWorker": 2}, limits={"nvidia.com/mig-1g.5gb": 1}), POLICY,
+     ["max-gpus-per-job"]),
+    (_asking({"workers": 1, "accelerator": "nvidia-gpu"}, requests={"amd.com/gpu": 4}), POLICY,
+     ["max-gpus-per-job"]),
     (_spec(image="x:1", scheduling={"priorityClassName": "p", "tolerations": [{"operator": "Exists"}],
            "nodeSelector": {"gpu": "a"}}, distributed={"workers": 9}), POLICY,
      ["allowed-images", "allowed-priority-classes", "allowed-toleration-keys", "allowed-node-selector-keys",
@@ -249,7 +259,7 @@ def test_platform_cel_and_python_agree(spec: dict[str, Any], data: dict[str, str
     params = celpy.json_to_cel({"metadata": {"name": POLICY_NAME, "namespace": POLICY_NAMESPACE}, "data": data})  # type: ignore[attr-defined]
     for form in _wire_forms(spec):
         python = platform_refusals(form, PlatformPolicy.from_data(data))
-        assert _cel_refusals("platform", _activation(form, params=params)) == python
+        assert cel_refusals("platform", activation(form, params=params)) == python
         assert [message.split('"')[1] for message in python] == refused
 
 
@@ -263,6 +273,21 @@ def test_platform_refusals_name_the_field_the_rule_and_the_limit() -> None:
     assert gang == (
         'spec.distributed.workers: refused by rule "max-gang-processes": 9 workers x 1 processes per worker = 9 '
         "processes, above the maxGangProcesses of the platform policy (8)"
+    )
+
+
+def test_a_gpu_refusal_names_what_each_worker_asks_for() -> None:
+    policy = PlatformPolicy.from_data(POLICY)
+    (cpu,) = platform_refusals(_asking({"workers": 2, **CPU}, limits={"nvidia.com/gpu": 64}), policy)
+    assert cpu == (
+        'spec.distributed.workers: refused by rule "max-gpus-per-job": 2 workers x 64 GPUs per worker = 128 GPUs, '
+        "above the maxGPUsPerJob of the platform policy (4); per worker: 64 nvidia.com/gpu (spec.resources)"
+    )
+    spec = _asking({"workers": 2, "processesPerWorker": 2}, limits={"nvidia.com/gpu": 9, "amd.com/gpu": "1"})
+    (gpu,) = platform_refusals(spec, policy)
+    assert gpu.endswith(
+        "2 workers x 3 GPUs per worker = 6 GPUs, above the maxGPUsPerJob of the platform policy (4); "
+        "per worker: 2 nvidia.com/gpu (processesPerWorker), 1 amd.com/gpu (spec.resources)"
     )
 
 
@@ -281,7 +306,7 @@ POLICIES: list[tuple[dict[str, str], bool]] = [
 @pytest.mark.parametrize(("data", "usable"), POLICIES)
 def test_a_malformed_policy_refuses_every_job_in_cel_and_python(data: dict[str, str], usable: bool) -> None:
     params = celpy.json_to_cel({"metadata": {"name": POLICY_NAME, "namespace": POLICY_NAMESPACE}, "data": data})  # type: ignore[attr-defined]
-    refusals = _cel_refusals("platform", _activation(_spec(distributed=CPU), params=params))
+    refusals = cel_refusals("platform", activation(_spec(distributed=CPU), params=params))
     assert (refusals == []) == usable == (policy_problems(data) == [])
     if not usable:
         assert refusals == [
@@ -312,4 +337,4 @@ def test_a_malformed_policy_refuses_every_job_in_cel_and_python(data: dict[str, 
 def test_updates_are_judged_when_the_spec_changes_beyond_suspend(
     old: dict[str, Any] | None, new: dict[str, Any], judged: bool
 ) -> None:
-    assert bool(_cel(judged_cel(), _activation(new, old))) == judged
+    assert bool(cel(judged_cel(), activation(new, old))) == judged

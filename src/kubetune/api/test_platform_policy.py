@@ -114,6 +114,20 @@ def test_validate_against_a_policy_names_file_line_field_and_rule(tmp_path: Path
     ]
 
 
+def test_validate_against_a_policy_counts_the_gpus_a_cpu_job_asks_for_in_its_resources(tmp_path: Path) -> None:
+    """The operator passes `spec.resources` into every pod: `accelerator: cpu` does not make them free."""
+    policy = PlatformPolicy(max_gpus=8)
+    cpu = {"workers": 1, "accelerator": "cpu"}
+    small = _job_file(tmp_path, "small", distributed=cpu, resources={"limits": {"nvidia.com/gpu": 8}})
+    large = _job_file(tmp_path, "large", distributed=cpu, resources={"limits": {"nvidia.com/gpu": 64}})
+    jobs, problems = validate_files_against([small, large], policy)
+    assert [job.name for job in jobs] == ["small"]
+    assert [str(problem).split(": spec.distributed.workers: ")[1] for problem in problems] == [
+        'refused by rule "max-gpus-per-job": 1 workers x 64 GPUs per worker = 64 GPUs, above the maxGPUsPerJob '
+        "of the platform policy (8); per worker: 64 nvidia.com/gpu (spec.resources)"
+    ]
+
+
 def test_kubetune_validate_with_a_policy_exits_2_on_a_refusal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
