@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--result-max-bytes",
         type=_positive(int),
-        default=1024 * 1024,
-        help="largest GET /result body read from rank 0; a larger one is refused (default 1048576)",
+        default=256 * 1024,
+        help="largest GET /result body read from rank 0; a larger one is refused (default 262144)",
     )
     operator.set_defaults(handler=_lazy("kubetune.operator.main"))
     return parser

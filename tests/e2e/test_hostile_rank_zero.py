@@ -11,7 +11,6 @@ the operator's plus the test's and the kubelet's, none of which grows by itself.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from tests.e2e.images import HOSTILE_IMAGE
 from tests.e2e.jobs import JOBS, Inputs, a_scenario, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import RealCluster
+from tests.support.memory import PeakMemory
 
 #: Growth of this process's resident memory that the scenario tolerates, in MiB: one unbounded read of the
 #: hostile body takes several hundred within a 2 s request (the issue measured 2.4 GiB within a minute).
@@ -31,38 +31,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Inputs
     return make_inputs(tmp_path_factory.mktemp("data"), tiny_model)
 
 
-def resident_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-class PeakMemory:
-    """Samples this process's resident memory every 0.1 s until stopped; keeps the highest."""
-
-    def __init__(self) -> None:
-        self.start = self.peak = resident_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, resident_mib())
-
-    def stop(self) -> float:
-        """The growth over the start, in MiB."""
-        self._stop.set()
-        self._thread.join()
-        return self.peak - self.start
-
-
 @pytest.mark.timeout(420)
 def test_a_hostile_rank_0_is_refused_and_another_teams_job_succeeds_beside_it(
     cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs
 ) -> None:
-    memory = PeakMemory()
+    memory = PeakMemory(interval=0.1)
     try:
         hostile = submit(
             cluster, kubelet, "hostile-a", a_scenario("hostile", inputs).workers(1).spec(image=HOSTILE_IMAGE)

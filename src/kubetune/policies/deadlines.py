@@ -19,7 +19,7 @@ Restarting condition of the relaunch names the disruption that ended the previou
 | ... ContainerCreating on a volume still attached elsewhere    | the longer of it and VOLUME_RELEASE_SECONDS (10 min) | VolumeStillAttached (waits as such) |
 | pending worker unschedulable                                  | retryPolicy.schedulingTimeoutSeconds | Unschedulable |
 | ... in a relaunch after NodeLost or Disrupted                 | the longer of it and CAPACITY_RETURN_SECONDS (30 min) | Unschedulable |
-| ... in a relaunch after Preempted                             | never (activeDeadlineSeconds still applies) | none: waits as Preempted |
+| ... in a relaunch after Preempted                             | the longer of it and PREEMPTION_WAIT_SECONDS (24 h) | Unschedulable; waits as Preempted |
 """
 
 from __future__ import annotations
@@ -61,8 +61,13 @@ VOLUME_RELEASE_SECONDS = KUBERNETES_FORCE_DETACH_SECONDS + 240.0
 #: with the node or was drained: a cluster autoscaler replaces a node in minutes (a GPU node in 5 to 15);
 #: 30 min covers that with margin. Longer, the capacity is likely not coming back.
 CAPACITY_RETURN_SECONDS = 1800.0
+#: Seconds a relaunch after a preemption may stay unschedulable (when longer than `schedulingTimeoutSeconds`):
+#: the higher-priority workload holds the capacity for as long as it runs (a day-long training job, say), so
+#: failing early would not bring it back sooner; but pending pods still count against a ResourceQuota's
+#: requests, so a job preempted for good must not hold its team's quota for ever.
+PREEMPTION_WAIT_SECONDS = 86400.0
 #: Seconds after its scheduling from which a ContainerCreating worker's volume attach is worth looking
-#: up (the operator reads the pod's Events then, see `looks_up_attach`): a healthy attach takes seconds,
+#: up (the operator reads the pod's Events then, see `attach_worth_looking_up`): a healthy attach takes seconds,
 #: and the attach-detach controller reports a Multi-Attach on its first try.
 ATTACH_LOOKUP_AFTER_SECONDS = 30.0
 
@@ -122,12 +127,9 @@ def limits(policy: RetryPolicySpec, cause: str | None = None) -> Limits:
     startup = float(policy.startup_timeout_seconds)
     scheduling = float(policy.scheduling_timeout_seconds)
     if cause in DISRUPTION_CAUSES:
-        scheduling = max(scheduling, CAPACITY_RETURN_SECONDS)
-    # After a preemption, a higher-priority workload holds the capacity for as long as it runs: failing the
-    # job would not bring it back sooner, and pending pods hold nothing meanwhile.
-    no_deadline = cause == Reason.PREEMPTED
+        scheduling = max(scheduling, PREEMPTION_WAIT_SECONDS if cause == Reason.PREEMPTED else CAPACITY_RETURN_SECONDS)
     volume = max(startup, VOLUME_RELEASE_SECONDS)
-    return Limits(startup=startup, volume=volume, scheduling=None if no_deadline else scheduling)
+    return Limits(startup=startup, volume=volume, scheduling=scheduling)
 
 
 def _stuck_for(since: datetime | None, now: datetime) -> float:
@@ -219,7 +221,7 @@ def check_in(job: FineTuneJob, current: Sequence[WorkerObservation], now: dateti
     return [startup_check_in(w, job.spec.retry_policy, now, cause) for w in current]
 
 
-def looks_up_attach(waiting_reason: str | None, waited: float) -> bool:
+def attach_worth_looking_up(waiting_reason: str | None, waited: float) -> bool:
     """Whether a supervisor should find out if a pending worker's volume is attached elsewhere: it has been
     ContainerCreating for `ATTACH_LOOKUP_AFTER_SECONDS` (a bounded number of reads: only stuck workers)."""
     return waiting_reason in CREATING_REASONS and waited >= ATTACH_LOOKUP_AFTER_SECONDS
@@ -249,8 +251,8 @@ def _named_waits(current: Sequence[WorkerObservation], cause: str | None, limit:
             (
                 Reason.PREEMPTED,
                 f"worker(s) {_names(unschedulable)} wait for the capacity a higher-priority workload took: "
-                f"{unschedulable[0].unschedulable_message} (no scheduling deadline after a preemption; "
-                "activeDeadlineSeconds still applies)",
+                f"{unschedulable[0].unschedulable_message} (after a preemption the relaunch waits up to "
+                f"{limit.scheduling:.0f}s)",
             )
         )
     elif unschedulable:

@@ -62,7 +62,7 @@ class WorkerObservation:
     volume_held_elsewhere: str | None = None
     """A pending worker waits for a volume still attached to another machine (Kubernetes: the attach-detach
     controller's Multi-Attach error); its words. None when not so, or not looked up (see
-    kubetune.policies.deadlines.looks_up_attach)."""
+    kubetune.policies.deadlines.attach_worth_looking_up)."""
     deleting: bool = False
     """Its removal has begun (a pod with a deletionTimestamp, a process sent SIGTERM)."""
     finished_at: datetime | None = None

@@ -125,6 +125,14 @@ def held_events(
     return (*others, Event("Warning", Reason.QUEUE_UNAVAILABLE, now.message))
 
 
+def grandfathered(job: FineTuneJob, workers: Sequence[WorkerObservation]) -> bool:
+    """A gang that was launched without a queue (by an operator without its Kueue integration, before this
+    rule; no Admitted condition was ever written) and still exists: stopping it on an operator upgrade would
+    throw away a running job's progress for a rule it never met. It runs on; every later launch is queued."""
+    prev = job.status or FineTuneJobStatus()
+    return prev.attempt >= 1 and not gang.all_gone(workers) and find_condition(prev, ConditionType.ADMITTED) is None
+
+
 def hold(
     job: FineTuneJob,
     workers: Sequence[WorkerObservation],
@@ -133,10 +141,13 @@ def hold(
 ) -> tuple[FineTuneJobStatus, GangPlan] | None:
     """The status and plan of a queued job whose gang may not run now; None when it may, or when the job
     is not queued or has no Workload (`observation` None: a supervisor without queues, `kubetune run`;
-    `QueueingUnavailable`: an operator that cannot queue, where the job waits). Before its first start the job is Pending; after one (an
-    eviction, an admission withdrawn) it is Suspended as `spec.suspend` leaves it, so that re-admission
-    resumes from the last checkpoint through the same path as unsuspending."""
+    `QueueingUnavailable`: an operator that cannot queue, where the job waits). Before its first start the
+    job is Pending; after one (an eviction, an admission withdrawn) it is Suspended as `spec.suspend` leaves
+    it, so that re-admission resumes from the last checkpoint through the same path as unsuspending.
+    A gang that runs although its job was never admitted (`grandfathered`) runs on; its next launch waits."""
     queue = queue_of(job)
+    if queue is not None and grandfathered(job, workers):
+        return None
     if queue is not None and isinstance(observation, QueueingUnavailable):
         return _unavailable(job, workers, queue, observation.why, now)
     if queue is None or not isinstance(observation, WorkloadObservation) or runnable(observation):

@@ -16,11 +16,12 @@ from kubetune.policies.deadlines import (
     ATTACH_LOOKUP_AFTER_SECONDS,
     CAPACITY_RETURN_SECONDS,
     KUBERNETES_FORCE_DETACH_SECONDS,
+    PREEMPTION_WAIT_SECONDS,
     VOLUME_RELEASE_SECONDS,
     Limits,
     active_deadline_left,
+    attach_worth_looking_up,
     limits,
-    looks_up_attach,
     relaunch_cause,
     startup_check_in,
     startup_verdict,
@@ -146,7 +147,7 @@ def test_the_relaunch_cause_is_the_disruption_on_a_restarting_condition_still_tr
         (Reason.WORKER_FAILED, 60, VOLUME_RELEASE_SECONDS, 120),
         (Reason.NODE_LOST, 60, VOLUME_RELEASE_SECONDS, CAPACITY_RETURN_SECONDS),
         (Reason.DISRUPTED, 60, VOLUME_RELEASE_SECONDS, CAPACITY_RETURN_SECONDS),
-        (Reason.PREEMPTED, 60, VOLUME_RELEASE_SECONDS, None),
+        (Reason.PREEMPTED, 60, VOLUME_RELEASE_SECONDS, PREEMPTION_WAIT_SECONDS),
     ],
 )
 def test_limits_by_cause(cause: str | None, startup: float, volume: float, scheduling: float | None) -> None:
@@ -181,9 +182,10 @@ def held(**kw: Any) -> WorkerObservation:
             60,
             Reason.CONTAINER_CREATING_TIMEOUT,
         ),
-        # a preempted gang's relaunch waits for the capacity without a scheduling deadline
+        # a preempted gang's relaunch waits for the capacity a day (its pods count against a quota meanwhile)
         (pending(unschedulable_since=T0), Reason.PREEMPTED, 120, None),
-        (pending(unschedulable_since=T0), Reason.PREEMPTED, 10**7, None),
+        (pending(unschedulable_since=T0), Reason.PREEMPTED, PREEMPTION_WAIT_SECONDS - 1, None),
+        (pending(unschedulable_since=T0), Reason.PREEMPTED, PREEMPTION_WAIT_SECONDS, Reason.UNSCHEDULABLE),
         # after a node loss or an eviction, the capacity that left may come back: longer, not for ever
         (pending(unschedulable_since=T0), Reason.NODE_LOST, 120, None),
         (pending(unschedulable_since=T0), Reason.NODE_LOST, CAPACITY_RETURN_SECONDS - 1, None),
@@ -225,7 +227,7 @@ def test_the_deadlines_of_a_relaunch_count_from_its_own_pods() -> None:
         (held(), None, 100, VOLUME_RELEASE_SECONDS - 100),
         (pending(waiting_reason="ContainerCreating", waiting_since=T0), None, 10, ATTACH_LOOKUP_AFTER_SECONDS - 10),
         (pending(waiting_reason="ContainerCreating", waiting_since=T0), None, 40, 20),  # the startup deadline
-        (pending(unschedulable_since=T0), Reason.PREEMPTED, 100, None),  # no deadline: nothing to look at
+        (pending(unschedulable_since=T0), Reason.PREEMPTED, 100, PREEMPTION_WAIT_SECONDS - 100),
         (pending(unschedulable_since=T0), Reason.NODE_LOST, 100, CAPACITY_RETURN_SECONDS - 100),
     ],
 )
@@ -245,7 +247,7 @@ def test_check_in_by_cause(worker: WorkerObservation, cause: str | None, elapsed
 def test_the_attach_is_looked_up_only_for_a_worker_stuck_creating(
     reason: str | None, waited: float, looks: bool
 ) -> None:
-    assert looks_up_attach(reason, waited) is looks
+    assert attach_worth_looking_up(reason, waited) is looks
 
 
 def test_a_preempted_relaunch_waits_as_preempted_then_runs() -> None:
@@ -265,10 +267,10 @@ def test_a_preempted_relaunch_waits_as_preempted_then_runs() -> None:
     assert (decision.status.phase, running_condition(decision.status)) == ("Pending", ("False", Reason.PREEMPTED))
     assert scheduler in (decision.status.message or "") and "higher-priority" in (decision.status.message or "")
     assert [e.reason for e in decision.events if e.type == "Warning"] == [Reason.PREEMPTED]
-    job, decision = step(job, gang, since + timedelta(days=3))
-    assert decision.status.phase == "Pending" and not decision.events, "no deadline, and said once"
-    assert decision.check_again_in is None
-    job, decision = step(job, [w(0, "running", 2), w(1, "running", 2)], since + timedelta(days=3, seconds=1))
+    job, decision = step(job, gang, since + timedelta(hours=23))
+    assert decision.status.phase == "Pending" and not decision.events, "far past schedulingTimeoutSeconds, said once"
+    assert decision.check_again_in == PREEMPTION_WAIT_SECONDS - 23 * 3600
+    job, decision = step(job, [w(0, "running", 2), w(1, "running", 2)], since + timedelta(hours=23, seconds=1))
     assert decision.status.phase == "Running"
     assert find_condition(decision.status, "Restarting").status == "False"  # type: ignore[union-attr]
 

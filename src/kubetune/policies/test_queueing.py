@@ -14,7 +14,7 @@ from kubetune.policies.gang import WorkerRef
 from kubetune.policies.observed import WorkerObservation
 from kubetune.policies.queueing import WorkloadObservation
 from kubetune.policies.reconcile import decide
-from kubetune.policies.status import find_condition
+from kubetune.policies.status import find_condition, set_condition
 from tests.support.builders import a_job
 
 pytestmark = pytest.mark.timeout(10)
@@ -45,6 +45,8 @@ def w(index: int, state: str = "running", attempt: int = 1) -> WorkerObservation
 
 
 RUNNING = FineTuneJobStatus(phase="Running", attempt=1, start_time=T0)
+#: Running after Kueue admitted it (the status an admitted job has).
+ADMITTED_RUNNING = set_condition(RUNNING, ConditionType.ADMITTED, "True", "WorkloadAdmitted", "admitted", T0)
 HELD_AFTER_EVICTION = FineTuneJobStatus(phase="Suspended", attempt=1, start_time=T0)
 
 
@@ -56,7 +58,7 @@ HELD_AFTER_EVICTION = FineTuneJobStatus(phase="Suspended", attempt=1, start_time
         # admitted: the gang launches and the job says Admitted
         (None, ADMITTED, [], "Pending", "True", "WorkloadAdmitted", (0, 1), ()),
         # evicted while running: the gang is removed, as a suspension removes it
-        (RUNNING, EVICTED, [w(0), w(1)], "Suspended", "False", "Evicted", (), (0, 1)),
+        (ADMITTED_RUNNING, EVICTED, [w(0), w(1)], "Suspended", "False", "Evicted", (), (0, 1)),
         # admission given back, waiting again: stays Suspended, no pod
         (HELD_AFTER_EVICTION, REQUEUED, [], "Suspended", "False", "Queued", (), ()),
         # re-admitted: the next attempt launches (from the last checkpoint)
@@ -105,7 +107,8 @@ UNAVAILABLE = queueing.QueueingUnavailable("the operator runs without its Kueue 
     ("status", "workers", "phase", "delete"),
     [
         (None, [], "Pending", ()),  # never launched: waits with no pod
-        (RUNNING, [w(0), w(1)], "Suspended", (0, 1)),  # the operator lost its integration: the gang stops
+        (RUNNING, [], "Suspended", ()),  # launched unqueued before, its gang gone (a restart): the next launch waits
+        (ADMITTED_RUNNING, [w(0), w(1)], "Suspended", (0, 1)),  # was queued, the operator lost its integration
     ],
 )
 def test_a_queued_job_never_runs_unqueued(
@@ -185,5 +188,15 @@ def test_finished_reason(phase: Any, observation: WorkloadObservation | None, ex
 
 
 def test_refs_are_of_the_current_attempt() -> None:
-    decision = decide(job(RUNNING), [w(0), w(1)], T0, queue=EVICTED)
+    decision = decide(job(ADMITTED_RUNNING), [w(0), w(1)], T0, queue=EVICTED)
     assert set(decision.plan.delete) == {WorkerRef(1, 0), WorkerRef(1, 1)}
+
+
+@pytest.mark.parametrize("observation", [UNAVAILABLE, WAITING], ids=["no-integration", "a-new-workload"])
+def test_a_gang_launched_unqueued_before_the_rule_runs_on(
+    observation: queueing.QueueingUnavailable | WorkloadObservation,
+) -> None:
+    """An operator upgrade (the integration detected, or found missing) does not stop a running gang that
+    was never admitted; it keeps its workers and phase."""
+    decision = decide(job(RUNNING), [w(0), w(1)], T0, queue=observation)
+    assert decision.plan.delete == () and decision.status.phase == "Running"

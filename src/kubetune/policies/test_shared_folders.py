@@ -43,6 +43,17 @@ def folders(job: dict[str, Any]) -> WrittenFolders:
         (a_job("b", LATE, "pvc://ckpt/run"), a_job("a", EARLY, "pvc://ckpt/run"), "storage.checkpoints"),
         # the other launched, though created after me: it keeps the folder (it is running in it)
         (a_job("a", EARLY, "pvc://ckpt/run"), a_job("b", LATE, "pvc://ckpt/run", attempt=2), "storage.checkpoints"),
+        # my export or checkpoints into a folder the other job reads (its dataset, its model)
+        (
+            a_job("b", LATE, "pvc://ckpt/b", "pvc://data/set"),
+            {**a_job("a", EARLY, "pvc://ckpt/a", attempt=1), "spec": {"dataset": {"train": "pvc://data/set/t.jsonl"}}},
+            "storage.output",
+        ),
+        (
+            a_job("b", LATE, "pvc://models"),
+            {**a_job("a", EARLY, "pvc://ckpt/a", attempt=1), "spec": {"model": {"source": "pvc://models/llama"}}},
+            "storage.checkpoints",
+        ),
         # nothing shared
         (a_job("b", LATE, "pvc://ckpt/b"), a_job("a", EARLY, "pvc://ckpt/a", attempt=1), None),
         (

@@ -8,7 +8,14 @@ import pytest
 
 from kubetune.api.outcome import FitReport, TrainerResult
 from kubetune.api.status import ConditionType, FineTuneJobStatus, Reason
-from kubetune.policies.status import apply_fit, apply_result, find_condition, set_condition, transition_events
+from kubetune.policies.status import (
+    MAX_CONDITION_MESSAGE,
+    apply_fit,
+    apply_result,
+    find_condition,
+    set_condition,
+    transition_events,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -89,3 +96,11 @@ def test_fit_reports_become_conditions(
     status = apply_fit(apply_fit(FineTuneJobStatus(), before, T0), reports, T0 + timedelta(seconds=5))
     condition = find_condition(status, "OverfittingSuspected")
     assert (None if condition is None else (condition.status, condition.reason)) == after
+
+
+def test_a_message_a_trainer_chose_is_cut_to_the_limit() -> None:
+    """A fit report's message comes from the trainer's image: a megabyte of it never reaches the status."""
+    report = FitReport(type="OverfittingSuspected", status="True", reason="EvalLossRising", message="x" * 1_000_000)
+    condition = find_condition(apply_fit(FineTuneJobStatus(), [report], T0), "OverfittingSuspected")
+    assert condition is not None and len(condition.message) == MAX_CONDITION_MESSAGE
+    assert condition.message.endswith("...")

@@ -4,6 +4,7 @@ patching pod statuses as a kubelet would. Each test is one story of a job's life
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -369,3 +370,30 @@ async def test_a_second_live_job_in_the_same_checkpoint_folder_is_refused_before
         assert "FineTuneJob first" in status["message"]
         assert cluster.pods("second") == [] and "startTime" not in status
         assert len(cluster.pods("first")) == 2  # the first one is untouched
+
+
+async def test_a_running_job_this_version_refuses_fails_and_its_gang_is_removed() -> None:
+    """A spec launched by an older operator under rules it did not have (here: output inside the checkpoints,
+    in the launched spec the ConfigMap keeps) fails as InvalidSpec, and its running gang is removed rather
+    than left holding its nodes behind a failed job."""
+    async with Cluster() as cluster:
+        pods = await launched(cluster)
+        configmap = cluster.get("v1/configmaps", "demo-config")
+        assert configmap is not None
+        spec = json.loads(configmap["data"]["launched-spec.json"])
+        spec["storage"]["output"] = spec["storage"]["checkpoints"] + "/final"
+        patch = {"data": {"launched-spec.json": json.dumps(spec)}}
+        await cluster.request("PATCH", cluster._path("v1/configmaps", "demo-config"), patch)
+        await cluster.patch_job("demo", {"metadata": {"labels": {"touched": "yes"}}})  # a change: reconcile now
+        status = await eventually_async(
+            lambda: cluster.status("demo").get("phase") == "Failed" and cluster.status("demo")
+        )
+        assert status["message"].startswith("invalid FineTuneJob: spec") and "storage.output" in status["message"], (
+            status
+        )
+        await eventually_async(
+            lambda: (
+                all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("demo")) or not cluster.pods("demo")
+            )
+        )
+        assert pods

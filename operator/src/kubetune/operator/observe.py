@@ -117,14 +117,14 @@ def _waiting_since(pod: Mapping[str, Any], unschedulable: bool) -> datetime | No
 
 def looks_up_attach(pod: Mapping[str, Any], now: datetime) -> bool:
     """Whether the pod's Events are worth reading for a Multi-Attach: it is ContainerCreating for long enough
-    (kubetune.policies.deadlines.looks_up_attach). One read per such pod and reconcile: none for a pod
+    (kubetune.policies.deadlines.attach_worth_looking_up). One read per such pod and reconcile: none for a pod
     that starts in time, so a healthy cluster costs no request."""
     if node_of(pod) is None:
         return False
     waiting: Mapping[str, Any] = _container_state(pod).get("waiting") or {}
     since = _waiting_since(pod, unschedulable=False)
     waited = (now - since).total_seconds() if since is not None else 0.0
-    return deadlines.looks_up_attach(waiting.get("reason"), waited)
+    return deadlines.attach_worth_looking_up(waiting.get("reason"), waited)
 
 
 def multi_attach_message(events: Sequence[Mapping[str, Any]]) -> str | None:

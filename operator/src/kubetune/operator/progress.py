@@ -19,13 +19,15 @@ refused unread, a stream is cut one byte past it), each request is bounded in to
 trickles bytes or holds the connection open cannot hold a reconcile worker), and an answer refused for
 either reason, or one that is not what the protocol says, is reported (`ProgressRead.refused`) so that
 the job's status names it (ProgressUnavailable, reason RankZeroAnswerRefused). Worst case in memory:
-`reconcile_workers` reads at once, each at most `progress_bytes` + `result_bytes`. Every request carries
+`reconcile_workers` progress reads of `progress_bytes` (64 x 64 KiB = 4 MiB of bytes, about ten times that
+parsed) and `results_at_once` result reads of `result_bytes` (4 x 256 KiB, about 10 MiB parsed). Every request carries
 the attempt's token (`Authorization: Bearer`, kubetune.api.invocation.RANK0_TOKEN_ENV), which rank 0
 requires: a peer that reaches the pod but cannot read the pod's spec cannot take the result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,9 +48,13 @@ class ReadLimits:
 
     progress_bytes: int = 64 * 1024
     """Largest `GET /progress` body read. A snapshot is about 1-2 KB (losses, ETA, a few fit reports)."""
-    result_bytes: int = 1024 * 1024
-    """Largest `GET /result` body read. A whole result is a few KB (evaluation table, fit reports); 1 MiB
-    leaves room for long messages, and 64 reads at once stay under 70 MiB of the operator's 512 Mi."""
+    result_bytes: int = 256 * 1024
+    """Largest `GET /result` body read. A whole result is a few KB (evaluation table, fit reports; the
+    largest the API allows, tests/support/results.py, about 21 kB)."""
+    results_at_once: int = 4
+    """`GET /result` reads in flight at once, across all jobs: a result is read once per run, so a few
+    suffice, and a parsed body takes about ten times its bytes in objects (a 256 KiB body of tiny fit
+    reports, about 2.5 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class HttpProgressSource:
         self.seconds = timeout
         self.limits = limits or ReadLimits()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._results = asyncio.Semaphore(self.limits.results_at_once)
 
     def url(self, pod: Mapping[str, Any], path: str) -> str | None:
         ip = pod.get("status", {}).get("podIP")
@@ -180,8 +187,9 @@ class HttpProgressSource:
         if url is None:
             return ResultRead()
         try:
-            code, body = await self._request("GET", url, pod, self.limits.result_bytes)
-            return ResultRead(TrainerResult.model_validate_json(body) if code == 200 else None)
+            async with self._results:
+                code, body = await self._request("GET", url, pod, self.limits.result_bytes)
+                return ResultRead(TrainerResult.model_validate_json(body) if code == 200 else None)
         except BodyTooLarge as error:
             logger.info("refused the whole result of %s: %s", url, error)
             return ResultRead(refused=f"GET /result {error}")

@@ -33,6 +33,8 @@ from kubetune.policies.progress_reach import ProgressReach
 #: Seconds after which a failing pod that was never read again, or a confirmed one, is forgotten (it has
 #: long ended).
 FORGET_AFTER_SECONDS = 3600.0
+#: Longest pause between two reads of a pod whose reads keep being refused or timing out, in seconds.
+QUIET_MAX_SECONDS = 30.0
 
 
 def _uid(pod: Mapping[str, Any]) -> str:
@@ -67,6 +69,10 @@ class RankZeroWatch:
         self._owed: dict[str, TrainerResult] = {}
         """Results used in a written status whose confirmation rank 0 did not acknowledge, by pod uid: told
         again at the next look without reading them again (rank 0 may be unreachable for a moment)."""
+        self._quiet: dict[str, tuple[float, int]] = {}
+        """Pods whose last read was refused or timed out, by uid: (monotonic time before which they are not
+        read again, such reads in a row). A rank 0 that answers badly costs a reconcile worker up to a whole
+        request timeout per read; backing off per pod keeps many such pods from holding the workers."""
 
     async def look(
         self, status: FineTuneJobStatus, pods: Sequence[Mapping[str, Any]], workers: Sequence[WorkerObservation]
@@ -89,7 +95,10 @@ class RankZeroWatch:
         owed = self._owed.get(_uid(pod))
         if owed is not None and not running:  # used already: only the confirmation is still to be told
             return RankZeroView(result=owed, pod=pod)
+        if _uid(pod) in self._quiet and self._quiet[_uid(pod)][0] > self.clock():
+            return RankZeroView(pod=pod)  # not asked: what the status says about it stays as it is
         read = await self.source.read(pod)
+        self._back_off(pod, bad=read.refused is not None or (read.error or "").startswith("timed out"))
         reach = self._reach(pod, read) if running else None
         if not result_waiting(read.snapshot, status.attempt):
             return RankZeroView(read.snapshot, reach, None, pod)
@@ -112,6 +121,17 @@ class RankZeroWatch:
         self._confirmed = {k: v for k, v in self._confirmed.items() if now - v[1] < FORGET_AFTER_SECONDS}
         self._confirmed[_uid(view.pod)] = (view.result, now)
         return False
+
+    def _back_off(self, pod: Mapping[str, Any], bad: bool) -> None:
+        """After a bad read, the pod is not read again for 2, 4, ... up to QUIET_MAX_SECONDS seconds."""
+        uid = _uid(pod)
+        if not bad:
+            self._quiet.pop(uid, None)
+            return
+        now = self.clock()
+        self._quiet = {k: v for k, v in self._quiet.items() if now - v[0] < FORGET_AFTER_SECONDS}
+        strikes = self._quiet.get(uid, (0.0, 0))[1] + 1
+        self._quiet[uid] = (now + min(QUIET_MAX_SECONDS, 2.0**strikes), strikes)
 
     def _reach(self, pod: Mapping[str, Any], read: ProgressRead) -> ProgressReach | None:
         if not read.address:

@@ -29,18 +29,18 @@ from kubetune.api.status import FINISHED_PHASES, FineTuneJobStatus, Reason
 from kubetune.operator import builders, metrics
 from kubetune.operator.caches import Caches
 from kubetune.operator.creation import GangCreator
-from kubetune.operator.kube import ApiError, Kube, StaleObjectError, owner_uids
+from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, ApiError, Kube, StaleObjectError, owner_uids
 from kubetune.operator.nodes import OutageView
 from kubetune.operator.observe import looks_up_attach, node_of, observe_pod, owned_by, suspects_node_loss
 from kubetune.operator.progress import ProgressSource
 from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.workloads import WorkloadSync
-from kubetune.policies import queueing, shared_folders, storage
+from kubetune.policies import namespaces, queueing, shared_folders, storage
 from kubetune.policies.mass_node_loss import decide_with_outage
 from kubetune.policies.observed import WorkerObservation
 from kubetune.policies.progress_reach import with_reach
-from kubetune.policies.reconcile import Decision, decide, refuse_launch, refused
+from kubetune.policies.reconcile import Decision, refuse_launch, refused
 from kubetune.policies.spec_changes import effective_spec, refused_fields
 from kubetune.policies.status import Event
 
@@ -54,7 +54,10 @@ STALE_RECHECK_SECONDS = 1.0
 CONFIRM_RETRY_SECONDS = 1.0
 
 #: Why a queued job waits when the operator runs without its Kueue integration.
-NO_KUEUE = "the operator runs without its Kueue integration (Kueue's Workload API not served, or --kueue off)"
+NO_KUEUE = (
+    f"the operator runs without its Kueue integration ({KUEUE_GROUP}/{KUEUE_VERSION} Workloads were not served "
+    f"when it started, or --kueue off)"
+)
 
 #: Posts one Kubernetes event about the job: (job body, event).
 EventPoster = Callable[[Mapping[str, Any], Event], None]
@@ -127,11 +130,12 @@ class Reconciler:
         pods = self._pods(namespace, name, uid)
         workers = await self._observe(pods)
         previous = job.status or FineTuneJobStatus()
+        now = self.clock()
+        if (protected := namespaces.refused(job, workers, self.settings.protected_namespaces, now)) is not None:
+            protected = await self._apply(body, job, pods, workers, protected)  # nothing asked of its pods
+            return Outcome(exists=not protected.delete_job, check_again_in=protected.check_again_in, finished=True)
         rank_zero = await self.rank_zero.look(previous, pods, workers)
         workers = rank_zero.workers(workers, previous.attempt)  # worker 0 ended, once its whole result is in
-        now = self.clock()
-        if job.namespace in self.settings.protected_namespaces:
-            return await self._refuse_protected(body, job, workers, now)
         queued, workload = await self.workloads.look(job) if self.workloads else (None, None)
         if queueing.unsuspend_on_admission(job, queued):  # Kueue's convention: admission unsuspends
             body = await self.kube.unsuspend_job(namespace, name)  # (its new resourceVersion for the status write)
@@ -151,22 +155,6 @@ class Reconciler:
             check_again_in = min(check_again_in if check_again_in is not None else inf, CONFIRM_RETRY_SECONDS)
         finished = decision.status.phase in FINISHED_PHASES
         return Outcome(exists=not decision.delete_job, check_again_in=check_again_in, finished=finished)
-
-    async def _refuse_protected(
-        self, body: dict[str, Any], job: FineTuneJob, workers: list[WorkerObservation], now: datetime
-    ) -> Outcome:
-        """A job in a protected namespace fails once, naming why; nothing is ever created there (a failed
-        job's decision creates nothing, and its TTL still applies)."""
-        decision = decide(job, workers, now)
-        if decision.status.phase not in FINISHED_PHASES:
-            namespaces = ", ".join(self.settings.protected_namespaces)
-            message = (
-                f"namespace {job.namespace} is protected: the operator runs no job in {namespaces}; "
-                f"create the job in a team's namespace"
-            )
-            decision = refuse_launch(job, workers, Reason.PROTECTED_NAMESPACE, message, now)
-        decision = await self._apply(body, job, [], workers, decision)
-        return Outcome(exists=not decision.delete_job, check_again_in=decision.check_again_in, finished=True)
 
     def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
         """The job's worker pods, from the cache."""
@@ -264,9 +252,14 @@ class Reconciler:
         return job
 
     async def _reject(self, body: dict[str, Any], error: ValidationError) -> None:
-        """An object the CRD schema would have refused (only possible without the CRD's validation)."""
+        """An object the CRD schema would have refused (stored without the CRD's validation, or before a rule
+        of this version existed): it fails, and a gang an older operator started for it is removed, never
+        left running behind a failed job."""
         meta = body.get("metadata", {})
         status = body.get("status") or {}
+        for pod in self._pods(meta.get("namespace", "default"), meta.get("name", ""), meta.get("uid")):
+            if not pod.get("metadata", {}).get("deletionTimestamp"):
+                self.caches.record(await self.kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"]))
         if status.get("phase") == "Failed":
             return
         first = error.errors()[0]
