@@ -28,6 +28,7 @@ this package (CLI, operator, trainer, local runner); it imports neither side. Mo
                  nodeSelector keys, gang and GPU limits), as `kubetune validate --policy` reads it
 - platform_rules.py   its limits as CEL (the platform policy) and Python (`kubetune validate --policy`)
 - cel_text.py    writing CEL from Python: literals, `has()` chains, reading the spec by wire path
+- fingerprint.py what a resume depends on (model, data, method, optimisation): the fields and a digest
 """
 
 from kubetune.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec

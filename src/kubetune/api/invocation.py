@@ -22,6 +22,9 @@ from kubetune.api.outcome import ExitReason
 
 #: The gang attempt a rank belongs to (1, 2, ...); the trainer stamps it on its result and metrics.
 ATTEMPT_ENV: Final = "KUBETUNE_ATTEMPT"
+#: The job's uid (the FineTuneJob's metadata.uid; `kubetune run`: one per workdir). With the attempt it is
+#: the epoch the rank fences the checkpoint folder with (kubetune.trainer.fencing).
+JOB_UID_ENV: Final = "KUBETUNE_JOB_UID"
 #: DeepSpeed's accelerator selection, read when DeepSpeed is imported: `cpu` for CPU-only ranks.
 ACCELERATOR_ENV: Final = "DS_ACCELERATOR"
 #: Where `pvc://claim/path` URIs are mounted inside a pod (one folder per claim).
@@ -57,6 +60,11 @@ def attempt_from_environment() -> int | None:
     """The attempt a supervisor started this rank for (KUBETUNE_ATTEMPT); None when run by hand."""
     value = os.environ.get(ATTEMPT_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+def job_uid_from_environment() -> str | None:
+    """The uid of the job a supervisor started this rank for (KUBETUNE_JOB_UID); None when run by hand."""
+    return os.environ.get(JOB_UID_ENV, "").strip() or None
 
 
 def accelerator_environment(accelerator: str) -> dict[str, str]:
@@ -121,6 +129,9 @@ class TrainerInvocation:
     """File for the one-line final result Kubernetes shows; written only when its folder exists."""
     attempt: int | None = None
     """The gang attempt (1, 2, ...), passed as KUBETUNE_ATTEMPT; None = not supervised."""
+    job_uid: str | None = None
+    """The job's uid, passed as KUBETUNE_JOB_UID; with `attempt`, the epoch that fences the checkpoint
+    folder (kubetune.trainer.fencing). None = not supervised: no fencing."""
     accelerator: str | None = None
     """`cpu` or `nvidia-gpu` (spec.distributed.accelerator); None = let the trainer decide."""
     shutdown_timeout_seconds: int | None = None
@@ -141,6 +152,8 @@ class TrainerInvocation:
         env = accelerator_environment(self.accelerator) if self.accelerator else {}
         if self.attempt is not None:
             env[ATTEMPT_ENV] = str(self.attempt)
+        if self.job_uid:
+            env[JOB_UID_ENV] = self.job_uid
         if self.shutdown_timeout_seconds is not None:
             env[SHUTDOWN_TIMEOUT_ENV] = str(self.shutdown_timeout_seconds)
         return env
@@ -160,6 +173,9 @@ class TrainerInvocation:
             parser.add_argument(flag.flag, **options)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, attempt: int | None = None) -> TrainerInvocation:
-        """The invocation a parsed `train` command line describes (the environment supplies `attempt`)."""
-        return cls(**{name: getattr(args, name) for name in _FLAGS}, attempt=attempt)
+    def from_args(
+        cls, args: argparse.Namespace, attempt: int | None = None, job_uid: str | None = None
+    ) -> TrainerInvocation:
+        """The invocation a parsed `train` command line describes (the environment supplies `attempt` and
+        `job_uid`)."""
+        return cls(**{name: getattr(args, name) for name in _FLAGS}, attempt=attempt, job_uid=job_uid)

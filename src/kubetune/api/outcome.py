@@ -24,6 +24,8 @@ loses a field: either it has the whole result, or it says where the whole result
 | 7    | PeerLost            | yes       | a collective timed out or a peer process vanished              |
 | 8    | Interrupted         | yes       | SIGTERM: checkpointed and stopped (pod deletion, Ctrl-C)       |
 | 9    | CheckpointUnreadable| yes       | reading a checkpoint failed (I/O), which proves no damage      |
+| 10   | Superseded          | no        | a newer attempt (or job) holds the checkpoint folder: stopped  |
+|      |                     |           | without writing more (kubetune.trainer.fencing)                |
 | 1    | (uncaught error)    | yes       | an unexpected exception; the traceback is in the log           |
 | 128+N| (signal N)          | yes       | killed by a signal (137: SIGKILL, often the OOM killer)        |
 """
@@ -57,6 +59,8 @@ class ExitReason(Enum):
     PEER_LOST = (7, True, "PeerLost")
     INTERRUPTED = (8, True, "Interrupted")
     CHECKPOINT_UNREADABLE = (9, True, "CheckpointUnreadable")
+    SUPERSEDED = (10, False, "Superseded")
+    """Not retryable: the newer attempt that fenced this one out is the one that runs."""
 
     @property
     def exit_code(self) -> int:
@@ -92,6 +96,16 @@ class FitReport(ApiModel):
     since_step: int | None = doc("sinceStep: optimizer step where the sign began.", default=None)
 
 
+class EarlierJob(ApiModel):
+    """The job whose checkpoints a run continues: the same manifest applied again, with a new uid
+    (kubetune.policies.folder_owner)."""
+
+    name: str = doc("name of the earlier FineTuneJob.")
+    namespace: str | None = doc("namespace of the earlier FineTuneJob.", default=None)
+    uid: str | None = doc("uid: metadata.uid of the earlier FineTuneJob.", default=None)
+    checkpoints: str = doc("checkpoints: the folder it left them in, as the trainer sees it.")
+
+
 class TrainerResult(ApiModel):
     """What a finished trainer reports (rank 0's `result.json`; the termination message is its JSON)."""
 
@@ -114,6 +128,10 @@ class TrainerResult(ApiModel):
     result_file: str | None = doc(
         "resultFile: set only on a shortened result (a termination message too small for the whole one): "
         "where the whole result.json is. None: this is the whole result.",
+        default=None,
+    )
+    resumed_from_job: EarlierJob | None = doc(
+        "resumedFromJob: the earlier job whose checkpoints this run continued, when it was not this job.",
         default=None,
     )
 
@@ -181,4 +199,8 @@ class ProgressSnapshot(ApiModel):
         "resultReady: the run has ended and its whole TrainerResult waits at GET /result until the supervisor "
         "confirms it has it (DELETE /result) or the handover time runs out.",
         default=False,
+    )
+    resumed_from_job: EarlierJob | None = doc(
+        "resumedFromJob: the earlier job whose checkpoints this run continues, when it is not this job.",
+        default=None,
     )

@@ -41,6 +41,9 @@ class ConditionType:
     NODE_OUTAGE = "NodeOutage"
     """True while a mass node outage holds the job (kubetune.policies.mass_node_loss): its workers' nodes
     stopped reporting together with most of the cluster's, so none is declared lost or force-deleted."""
+    CHECKPOINTS_ADOPTED = "CheckpointsAdopted"
+    """True once the job resumed checkpoints an earlier job left in its folder (the same manifest applied
+    again after a delete): its message names that job (kubetune.policies.folder_owner)."""
 
 
 class Reason:
@@ -64,6 +67,9 @@ class Reason:
     CHECKPOINT_UNREADABLE = "CheckpointUnreadable"
     """Restarting: reading a checkpoint on resume failed with an error that proves no damage (an I/O error);
     the next attempt reads the same checkpoint again instead of falling back to an older one."""
+    SUPERSEDED = "Superseded"
+    """Failed: a newer attempt or another job claimed the checkpoint folder (kubetune.trainer.fencing); the
+    worker stopped without writing more."""
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
     UNSCHEDULABLE = "Unschedulable"
@@ -99,6 +105,9 @@ class Reason:
     QUEUE_UNAVAILABLE = "QueueUnavailable"
     """Admitted=False, phase Pending (Suspended once it had run): the job names a queue but the operator
     cannot queue it (its Kueue integration off or Kueue not installed); no pod exists, it never runs unqueued."""
+    RESUMED_FROM_EARLIER_JOB = "ResumedFromEarlierJob"
+    """CheckpointsAdopted True + Normal Event: the job continues the checkpoints of an earlier job with the
+    same fingerprint (kubetune.api.fingerprint) and another uid, named in the message."""
     FOLDER_IN_USE = "FolderInUse"
     """Failed before the first launch: another live job of the namespace writes a folder that overlaps
     this job's `storage.checkpoints` or `storage.output` (kubetune.policies.shared_folders)."""

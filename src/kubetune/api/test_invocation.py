@@ -8,10 +8,12 @@ from kubetune.api.invocation import (
     ACCELERATOR_ENV,
     ATTEMPT_ENV,
     EXIT_BAD_INPUT,
+    JOB_UID_ENV,
     SHUTDOWN_TIMEOUT_ENV,
     TrainerInvocation,
     accelerator_environment,
     attempt_from_environment,
+    job_uid_from_environment,
 )
 from kubetune.api.outcome import ExitReason
 from kubetune.cli import build_parser
@@ -55,6 +57,8 @@ def test_every_train_flag_comes_from_the_contract() -> None:
     [
         (TrainerInvocation(config="c"), {}),
         (TrainerInvocation(config="c", attempt=3), {ATTEMPT_ENV: "3"}),
+        (TrainerInvocation(config="c", attempt=3, job_uid="u-1"), {ATTEMPT_ENV: "3", JOB_UID_ENV: "u-1"}),
+        (TrainerInvocation(config="c", attempt=3, job_uid=""), {ATTEMPT_ENV: "3"}),
         (
             TrainerInvocation(config="c", attempt=1, accelerator="cpu"),
             {ATTEMPT_ENV: "1", ACCELERATOR_ENV: "cpu", "CUDA_VISIBLE_DEVICES": ""},
@@ -74,6 +78,12 @@ def test_environment(invocation: TrainerInvocation, expected: dict[str, str]) ->
 def test_attempt_from_environment(monkeypatch: pytest.MonkeyPatch, value: str, attempt: int | None) -> None:
     monkeypatch.setenv(ATTEMPT_ENV, value)
     assert attempt_from_environment() == attempt
+
+
+@pytest.mark.parametrize(("value", "uid"), [("0f3e-77", "0f3e-77"), (" u ", "u"), ("", None), ("  ", None)])
+def test_job_uid_from_environment(monkeypatch: pytest.MonkeyPatch, value: str, uid: str | None) -> None:
+    monkeypatch.setenv(JOB_UID_ENV, value)
+    assert job_uid_from_environment() == uid
 
 
 def test_the_shutdown_timeout_is_what_the_installed_torchrun_reads() -> None:

@@ -123,6 +123,7 @@ def _run_one_attempt(supervisor: Supervisor, attempt: int, processes: int, confi
         metrics_port=supervisor.metrics_port,
         termination_message_path=str(workdir.attempt_logs(attempt) / "termination-message"),
         attempt=attempt,
+        job_uid=workdir.job_uid,
         accelerator=supervisor.job.spec.distributed.accelerator,
     )
     trainer_args = invocation.argv()

@@ -63,6 +63,14 @@ def test_a_workdir_belongs_to_one_job(tmp_path: Path) -> None:
         claim(workdir, _job(train="other.jsonl"))
 
 
+def test_a_workdir_has_one_job_uid_for_every_run_in_it(tmp_path: Path) -> None:
+    """The trainer's fencing epoch is (uid, attempt); the attempts count on across runs in one workdir
+    (status.json), so every run there must present the same uid."""
+    first, again, other = Workdir(tmp_path / "run"), Workdir(tmp_path / "run"), Workdir(tmp_path / "other")
+    assert first.job_uid == again.job_uid != other.job_uid
+    assert first.job_uid.startswith("local-")
+
+
 def test_a_foreign_non_empty_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(WorkdirError, match="holds no kubetune job"):

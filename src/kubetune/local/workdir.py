@@ -9,6 +9,7 @@ runs from any current directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class Workdir:
 
     def attempt_logs(self, attempt: int) -> Path:
         return self.root / "logs" / f"attempt-{attempt}"
+
+    @property
+    def job_uid(self) -> str:
+        """The local job's uid, for the trainer's fencing epoch (kubetune.trainer.fencing): one per workdir,
+        as the attempts are one sequence per workdir (status.json carries the attempt across runs)."""
+        return f"local-{hashlib.sha256(str(self.root).encode()).hexdigest()[:16]}"
 
 
 def _is_local(path: str) -> bool:

@@ -60,4 +60,6 @@ Modules:
               curves (conditions and 0/1 gauges)
 - preflight:  choose_local_accelerator, rank_accelerator, device_problems, checkpoint_bytes_floor /
               disk_problem: what this machine cannot run, found before the gang starts (never retried)
+- folder_owner: decide(recorded owner, this job, has checkpoints) -> Verdict: resume, adopt the same
+              run's checkpoints (named), or refuse a different run's (the fields old -> new)
 """

@@ -16,6 +16,7 @@ policy does for the DisruptionTarget condition.
 | OOMKilled, exit 6                          | retryable  | OutOfMemory (message suggests memory) |
 | exit 7 (peer lost)                         | retryable  | PeerLost                            |
 | exit 9 (checkpoint unreadable: I/O)        | retryable  | CheckpointUnreadable                |
+| exit 10 (superseded: a newer attempt or job holds the checkpoint folder) | permanent | Superseded |
 | exit 8, 1, signal (>= 128), unknown        | retryable  | WorkerFailed                        |
 """
 
@@ -43,6 +44,7 @@ REASON_OF_EXIT: dict[ExitReason, str] = {
     ExitReason.PEER_LOST: Reason.PEER_LOST,
     ExitReason.INTERRUPTED: Reason.WORKER_FAILED,
     ExitReason.CHECKPOINT_UNREADABLE: Reason.CHECKPOINT_UNREADABLE,
+    ExitReason.SUPERSEDED: Reason.SUPERSEDED,
 }
 
 #: Reasons that are usually consequences of another worker's failure; a root cause is preferred.

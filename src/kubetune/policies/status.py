@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, FitReport, ProgressSnapshot, TrainerResult
+from kubetune.api.outcome import (
+    TERMINATION_MESSAGE_LIMIT,
+    EarlierJob,
+    FitReport,
+    ProgressSnapshot,
+    TrainerResult,
+)
 from kubetune.api.status import (
     Condition,
     ConditionType,
@@ -55,10 +61,17 @@ def find_condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_), None)
 
 
+#: Longest condition or phase message kept, in characters: messages may carry what a trainer said (a fit report, a
+#: result), which an author's image chooses; a status is stored whole in etcd and in every watcher's cache.
+MAX_CONDITION_MESSAGE = 4096
+
+
 def set_condition(
     status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
 ) -> FineTuneJobStatus:
-    """The status with one condition set; `lastTransitionTime` moves only when `value` changes."""
+    """The status with one condition set; `lastTransitionTime` moves only when `value` changes. A message
+    longer than MAX_CONDITION_MESSAGE is cut, marked with "..." (as the phase's, `with_phase`)."""
+    message = _cut(message)
     old = find_condition(status, type_)
     moved = old is None or old.status != value or old.last_transition_time is None
     when = now if moved or old is None else old.last_transition_time
@@ -83,8 +96,12 @@ def with_fields(status: FineTuneJobStatus, **fields: Any) -> FineTuneJobStatus:
     return FineTuneJobStatus.model_validate({**dict(status), **fields})
 
 
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_CONDITION_MESSAGE else message[: MAX_CONDITION_MESSAGE - 3] + "..."
+
+
 def with_phase(status: FineTuneJobStatus, phase: Phase, message: str) -> FineTuneJobStatus:
-    return with_fields(status, phase=phase, message=message)
+    return with_fields(status, phase=phase, message=_cut(message))
 
 
 def apply_fit(status: FineTuneJobStatus, reports: Sequence[FitReport], now: datetime) -> FineTuneJobStatus:
@@ -106,7 +123,23 @@ def apply_progress(
     if snapshot is None or (snapshot.attempt is not None and snapshot.attempt != attempt):
         return status
     status = with_fields(status, progress=snapshot.progress, metrics=snapshot.metrics)
-    return apply_fit(status, snapshot.fit, now)
+    return apply_adoption(apply_fit(status, snapshot.fit, now), snapshot.resumed_from_job, now)
+
+
+def apply_adoption(status: FineTuneJobStatus, earlier: EarlierJob | None, now: datetime) -> FineTuneJobStatus:
+    """CheckpointsAdopted, naming the earlier job whose checkpoints the trainer continues (the same manifest
+    applied again: kubetune.policies.folder_owner). Its turning True is the Normal Event; it stays True for
+    the job's life (later attempts resume the job's own checkpoints and report no earlier job)."""
+    if earlier is None:
+        return status
+    where = f"{earlier.namespace}/" if earlier.namespace else ""
+    message = (
+        f"resumed the checkpoints that FineTuneJob {where}{earlier.name} (uid {earlier.uid or 'unknown'}) left in "
+        f"{earlier.checkpoints}: the same model, data, method and hyperparameters, so this job continues that run"
+    )
+    return set_condition(
+        status, ConditionType.CHECKPOINTS_ADOPTED, "True", Reason.RESUMED_FROM_EARLIER_JOB, message, now
+    )
 
 
 def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: datetime) -> FineTuneJobStatus:
@@ -127,7 +160,7 @@ def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: d
         fields["output"] = OutputStatus(path=result.output_path)
     if result.evaluation is not None:
         fields["evaluation"] = result.evaluation
-    status = with_fields(status, **fields)
+    status = apply_adoption(with_fields(status, **fields), result.resumed_from_job, now)
     return _note_shortened(apply_fit(status, result.fit, now), result, now)
 
 

@@ -44,6 +44,8 @@ def result(reason: str, retryable: bool) -> TrainerResult:
         (failed(exit_code=8), R, Reason.WORKER_FAILED),
         (failed(exit_code=9), R, Reason.CHECKPOINT_UNREADABLE),
         (failed(exit_code=9, result=result("CheckpointUnreadable", True)), R, Reason.CHECKPOINT_UNREADABLE),
+        (failed(exit_code=10), P, Reason.SUPERSEDED),
+        (failed(exit_code=10, result=result("Superseded", False)), P, Reason.SUPERSEDED),
         (failed(exit_code=2), P, Reason.INVALID_SPEC),
         (failed(exit_code=3), P, Reason.DATA_ERROR),
         (failed(exit_code=4), P, Reason.MODEL_ERROR),

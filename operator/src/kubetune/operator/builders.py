@@ -229,6 +229,7 @@ def trainer_invocation(
         termination_message_path=TERMINATION_MESSAGE_PATH,
         result_handover_seconds=result_handover_seconds,
         attempt=attempt,
+        job_uid=job.metadata.uid or None,
         accelerator=job.spec.distributed.cluster_accelerator,
         shutdown_timeout_seconds=job.spec.checkpointing.grace_period_seconds - TORCHRUN_EXIT_MARGIN_SECONDS,
     )

@@ -83,6 +83,7 @@ def test_worker_pod_identity_labels_owner_and_rendezvous() -> None:
     assert command[-2:] == ["--termination-message-path", "/dev/termination-log"]
     env = {e["name"]: e for e in container(pod)["env"]}
     assert env["KUBETUNE_ATTEMPT"]["value"] == "3" and env["KUBETUNE_WORKER_INDEX"]["value"] == "1"
+    assert env["KUBETUNE_JOB_UID"]["value"] == "1234"  # with the attempt: the fencing epoch
     assert {"name": "metrics", "containerPort": 9400} in container(pod)["ports"]
 
 

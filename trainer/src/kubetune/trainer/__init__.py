@@ -6,6 +6,8 @@ Modules, in the order a run uses them:
     config.py       the manifest and where files live (pvc:// mounts, paths relative to the manifest)
     distributed.py  rank/world from the launcher's environment; gloo on CPU, NCCL on GPUs; all-reduces
     preflight.py    before anything slow: device, precision, model and data readable, disk for checkpoints
+    ownership.py    the checkpoint folder's owner.json: a different run's folder refused, the same YAML adopted
+    fencing.py      the attempt's epoch.json in the checkpoint folder: a superseded attempt's ranks write nothing
     errors.py       exception classes per exit reason and `classify`, the one place exceptions map to codes
     data.py         reading (datasets) and checking records; tokenizing text / prompt-completion / chat
                     with the loss mask (-100 outside completions and assistant turns)

@@ -16,6 +16,10 @@ A save writes everything into `.partial-step-N` on all ranks; rank 0 writes trai
 hashes its share of the files; rank 0 writes the manifest (atomically), renames the folder to `step-N`
 and replaces `latest` (rename is atomic on POSIX file systems).
 
+Every write, removal and rename here happens only while the folder's epoch (`epoch.json`) is this
+attempt's: checked before and after, and all ranks stop Superseded together when a newer attempt holds the
+folder (kubetune.trainer.fencing).
+
 On start, kubetune.trainer.resume picks the checkpoint to continue from: the newest whose manifest
 verifies and that loads on every rank; damaged ones are skipped and named, and an error that proves no
 damage (I/O, memory, a lost peer) fails the attempt as retryable rather than fall back.
@@ -40,6 +44,7 @@ from typing import Any
 
 from kubetune.trainer import distributed
 from kubetune.trainer.errors import ConfigError, proves_nothing
+from kubetune.trainer.fencing import Fence
 from kubetune.trainer.integrity import (
     MANIFEST_FILE,
     MANIFEST_KEY,
@@ -118,6 +123,17 @@ class Checkpointer:
     """The step this attempt resumed from: kept for the whole attempt."""
     passed_over: set[int] = field(default_factory=set)
     """Steps skipped on resume and not saved again since: they never count toward `keep`."""
+    fence: Fence | None = None
+    """The attempt's hold on `directory` (kubetune.trainer.fencing); None: not fenced (a rank run by hand)."""
+
+    def __post_init__(self) -> None:
+        if self.fence is None:
+            self.fence = Fence(self.directory, None, self.rank)
+
+    @property
+    def _fence(self) -> Fence:
+        assert self.fence is not None  # set in __post_init__
+        return self.fence
 
     def clean_partials(self) -> None:
         """Remove half-written checkpoints of an earlier, killed attempt, then wait for every rank.
@@ -127,9 +143,11 @@ class Checkpointer:
         shared volume the nodes remove the same folders; removal tolerates a folder already gone."""
         if self.rank.local_rank == 0 and self.directory.is_dir():
             for stale in self.directory.glob(".partial-step-*"):
+                if not self._fence.allows(f"removing {stale.name}"):
+                    break
                 log.warning("removing an incomplete checkpoint from an earlier attempt: %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)
-        distributed.barrier()
+        self._fence.agree("cleaning incomplete checkpoints")
 
     def save(self, engine: Any, step: int, sidecar: dict[str, Any], best_step: int | None) -> Path:
         """Write and publish the checkpoint of `step`; returns its folder."""
@@ -137,31 +155,50 @@ class Checkpointer:
 
         partial = self.directory / f".partial-{step_name(step)}"
         final = self.directory / step_name(step)
-        if self.rank.is_main:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        distributed.barrier()
-        engine.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, save_latest=False)
-        torch.save(rng_state(), partial / f"rng-rank{self.rank.rank}.pt")
-        distributed.barrier()
-        if self.rank.is_main:
-            state = {**sidecar, "step": step, "world": self.rank.world, "files": file_sizes(partial)}
-            write_text_atomically(
-                partial / STATE_FILE, json.dumps({**state, MANIFEST_KEY: MANIFEST_FILE}, indent=2) + "\n"
-            )
-        records = self._describe(partial)
-        if self.rank.is_main:
-            write(partial, records)
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
-            write_text_atomically(self.directory / "latest", final.name + "\n")
-            if best_step is not None and best_step == step:
-                write_text_atomically(self.directory / "best", final.name + "\n")
-            self._prune(best_step, saved=step)
-        self.passed_over.discard(step)  # replaced by the checkpoint just saved
-        distributed.barrier()
+        fence = self._fence
+        fence.agree(f"saving {final.name}")
+        with fence.translating(f"saving {final.name}"):
+            if self.rank.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+            distributed.barrier()
+            engine.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, save_latest=False)
+            torch.save(rng_state(), partial / f"rng-rank{self.rank.rank}.pt")
+            fence.agree(f"writing {partial.name}")  # each rank checks after its own writes
+            if self.rank.is_main and fence.allows(f"writing {STATE_FILE} of {final.name}"):
+                state = {**sidecar, "step": step, "world": self.rank.world, "files": file_sizes(partial)}
+                write_text_atomically(
+                    partial / STATE_FILE, json.dumps({**state, MANIFEST_KEY: MANIFEST_FILE}, indent=2) + "\n"
+                )
+            records = self._describe(partial)
+            if self.rank.is_main:
+                self._publish(partial, final, records, best_step, step)
+            self.passed_over.discard(step)  # replaced by the checkpoint just saved
+            fence.agree(f"publishing {final.name}")  # rank 0 stopped at its first failed check, if any
         return final
+
+    def _publish(
+        self, partial: Path, final: Path, records: dict[str, FileRecord], best_step: int | None, step: int
+    ) -> None:
+        """Rank 0: the manifest, the rename into place, the pointers and pruning, each only while the folder
+        is still this attempt's (the first failed check ends it; `save` then stops every rank)."""
+        fence = self._fence
+        if not fence.allows(f"writing the manifest of {final.name}"):
+            return
+        write(partial, records)
+        if final.exists():
+            if not fence.allows(f"replacing {final.name}"):
+                return
+            shutil.rmtree(final)
+        if not fence.allows(f"renaming {partial.name} into place"):
+            return
+        partial.rename(final)
+        if not fence.allows(f"updating latest after {final.name}"):
+            return
+        write_text_atomically(self.directory / "latest", final.name + "\n")
+        if best_step is not None and best_step == step:
+            write_text_atomically(self.directory / "best", final.name + "\n")
+        self._prune(best_step, saved=step)
 
     def _describe(self, partial: Path) -> dict[str, FileRecord]:
         """Every file's size and SHA-256, each rank hashing its share; whole on rank 0 only. Rank 0 lists the
@@ -183,6 +220,8 @@ class Checkpointer:
         keep = retained(steps, self.keep, best_step, self.resumed_from, passed_over)
         for step, folder in published(self.directory):
             if step not in keep:
+                if not self._fence.allows(f"pruning {folder.name}"):
+                    return
                 shutil.rmtree(folder, ignore_errors=True)
 
     def resume(self, engine: Any) -> Resumed | None:

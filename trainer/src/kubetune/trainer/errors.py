@@ -65,6 +65,13 @@ class CheckpointUnreadable(TrainerError):
     reason = ExitReason.CHECKPOINT_UNREADABLE
 
 
+class Superseded(TrainerError):
+    """A newer attempt of the job (or another job) claimed the checkpoint folder: this rank stopped without
+    writing more (kubetune.trainer.fencing). Not retryable: the attempt that fenced this one out runs."""
+
+    reason = ExitReason.SUPERSEDED
+
+
 class PeerFailedToResume(TrainerError):
     """Another rank hit a retryable error while resuming; this rank stops with it. PeerLost: its own cause
     is the other rank's, which the supervisors prefer (an echo, not a root cause)."""

@@ -33,6 +33,7 @@ from kubetune.trainer.dataset import PreparedData
 from kubetune.trainer.diagnostics import suspected
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
 from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+from kubetune.trainer.fencing import Fence
 from kubetune.trainer.loss import backward_scale, chunked_head, token_loss_sum, trained_tokens
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
@@ -61,13 +62,16 @@ class Trainer:
         stop: StopRequest,
         metrics: TrainerMetrics,
         recorder: Recorder,
+        fence: Fence | None = None,
     ) -> None:
         self.spec = job.spec
         self.paths, self.rank, self.engine, self.tokenizer = paths, rank, engine, tokenizer
         self.data, self.plan, self.stop = data, plan, stop
         self.metrics, self.recorder = metrics, recorder
         self.total_steps = plan.total_steps(self.spec.hyperparameters.epochs, self.spec.hyperparameters.max_steps)
-        self.checkpointer = Checkpointer(paths.checkpoints, self.spec.checkpointing.keep, rank)
+        self.fence = fence or Fence(paths.checkpoints, None, rank)
+        """The attempt's hold on the checkpoint folder: checked at each checkpoint and around the export."""
+        self.checkpointer = Checkpointer(paths.checkpoints, self.spec.checkpointing.keep, rank, fence=self.fence)
         self.state = RunState()
         self.started = time.time()
         self.start_step = 0
@@ -333,6 +337,7 @@ class Trainer:
         self.recorder.publish(phase="Exporting")
         lora = self.spec.method.lora
         merge = lora.merge if lora else True
+        self.fence.agree("exporting the model")
         export(
             self.engine.module,
             self.tokenizer,
@@ -340,8 +345,9 @@ class Trainer:
             merge,
             self.spec.distributed.zero_stage,
             self.rank.is_main,
+            may_replace=lambda: self.fence.allows(f"replacing {self.paths.output}"),
         )
-        distributed.barrier()
+        self.fence.agree("finishing the export")  # after: rank 0 left the output alone if its check failed
         self.recorder.publish(phase="Finished")
         evaluation = baselines.summary(
             EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None,

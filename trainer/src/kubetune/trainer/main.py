@@ -19,10 +19,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kubetune.api.invocation import TrainerInvocation, attempt_from_environment
+from kubetune.api.invocation import TrainerInvocation, attempt_from_environment, job_uid_from_environment
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, TrainerResult
-from kubetune.trainer import distributed, preflight
+from kubetune.trainer import distributed, fencing, ownership, preflight
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
 from kubetune.trainer.handover import ResultHandover
@@ -111,6 +111,12 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         guard = Guard(refused=metrics.unauthenticated)
         shell.server = serve(args.metrics_port, metrics.registry, recorder.progress_json, shell.handover, guard)
     recorder.publish(phase="Starting")
+    # Before anything slow: the attempt holds the checkpoint folder, and an older gang still writing there
+    # is fenced out from its next check (kubetune.trainer.fencing).
+    fence = fencing.Fence(paths.checkpoints, fencing.epoch_of(args.job_uid, args.attempt), rank)
+    fence.claim()
+    # The folder's owner record; the earlier job whose checkpoints this one continues, for the Event.
+    recorder.publish(resumed_from_job=ownership.claim(job, paths.checkpoints, rank.is_main, args.job_uid))
     set_seed(spec.hyperparameters.seed)
     base = paths.manifest.parent
     tokenizer = load_tokenizer(spec.model, base)
@@ -130,7 +136,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         log.info("ZeRO-3: %d of %d parameter tensors loaded already partitioned (zero.Init)", sharded,
                  sum(1 for _ in model.parameters()))  # fmt: skip
     engine = engines.create(spec, model, rank.world, plan.total_steps(hp.epochs, hp.max_steps))
-    trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder)
+    trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder, fence)
     trainer.resume()
     trainer.evaluate_base_model()
     trainer.evaluate_baselines()
@@ -157,7 +163,7 @@ def _failure(reason: ExitReason | None, message: str, retryable: bool) -> Traine
 
 def main(parsed: argparse.Namespace) -> int:
     """Run one rank; the process exit code (see kubetune.api.outcome)."""
-    args = TrainerInvocation.from_args(parsed, attempt=attempt_from_environment())
+    args = TrainerInvocation.from_args(parsed, attempt=attempt_from_environment(), job_uid=job_uid_from_environment())
     stop = StopRequest()
     _install_signal_handlers(stop)
     shell = _Shell()
@@ -181,7 +187,8 @@ def main(parsed: argparse.Namespace) -> int:
     progress = recorder.snapshot.progress
     if code != 0:
         result = result.model_copy(update={"step": progress.step, "total_steps": progress.total_steps})
-    result = result.model_copy(update={"metrics": recorder.snapshot.metrics})
+    snapshot = recorder.snapshot
+    result = result.model_copy(update={"metrics": snapshot.metrics, "resumed_from_job": snapshot.resumed_from_job})
     # The handover needs the endpoint, and is pointless once SIGTERM asked the process to go.
     handing_over = shell.server is not None and args.result_handover_seconds > 0 and not stop.requested
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,19 @@ def add_lora(model: Any, spec: LoraSpec) -> Any:
         raise ModelError(f"method.lora.targetModules: {error}") from error
 
 
-def export(module: Any, tokenizer: Any, output: Path, merge_lora: bool, zero_stage: int, is_main: bool) -> None:
+def export(
+    module: Any,
+    tokenizer: Any,
+    output: Path,
+    merge_lora: bool,
+    zero_stage: int,
+    is_main: bool,
+    may_replace: Callable[[], bool] = lambda: True,
+) -> None:
     """Write the model (safetensors) and tokenizer to `output`, atomically. Call on every rank: under ZeRO-3
-    the parameters are gathered one at a time to rank 0's CPU (kubetune.trainer.zero3)."""
+    the parameters are gathered one at a time to rank 0's CPU (kubetune.trainer.zero3). `may_replace` is
+    asked right before the written model replaces `output` (the attempt's fence, kubetune.trainer.fencing):
+    when it says no, the written copy is removed and `output` is left as it is."""
     lora = hasattr(module, "merge_and_unload")
     adapter_only = lora and not merge_lora
     state = gathered_state_dict(module, is_main, trainable_only=adapter_only) if zero_stage == 3 else None
@@ -143,6 +154,9 @@ def export(module: Any, tokenizer: Any, output: Path, merge_lora: bool, zero_sta
         module.config.use_cache = True
         module.save_pretrained(partial, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(partial)
+    if not may_replace():
+        shutil.rmtree(partial, ignore_errors=True)
+        return
     replace_folder(partial, output)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.invocation import attempt_from_environment
-from kubetune.api.outcome import FitReport, ProgressSnapshot, TrainerResult
+from kubetune.api.outcome import EarlierJob, FitReport, ProgressSnapshot, TrainerResult
 from kubetune.api.status import Metrics, Progress
 from kubetune.trainer import local_results
 from kubetune.trainer.handover import ResultHandover, claim_uri, result_copy
@@ -59,9 +59,12 @@ class Recorder:
         phase: str | None = None,
         fit: list[FitReport] | None = None,
         result_ready: bool | None = None,
+        resumed_from_job: EarlierJob | None = None,
     ) -> None:
         """Update the snapshot (only the given parts) and rewrite progress.json."""
         update: dict[str, Any] = {"updated_at": time.time()}
+        if resumed_from_job is not None:
+            update["resumed_from_job"] = resumed_from_job
         if result_ready is not None:
             update["result_ready"] = result_ready
         if fit is not None:

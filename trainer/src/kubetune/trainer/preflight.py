@@ -27,6 +27,7 @@ from kubetune.policies.preflight import (
     disk_problem,
     rank_accelerator,
 )
+from kubetune.trainer import ownership
 from kubetune.trainer.config import RunPaths, resolve_path
 from kubetune.trainer.errors import ConfigError, DataError, ModelError, TrainerError
 
@@ -79,6 +80,8 @@ def check(job: FineTuneJob, paths: RunPaths, devices: Devices | None = None) -> 
     problems += input_problems(spec, base)
     if not problems:
         problems += storage_problems(spec, paths, base)
+    if not problems:  # a folder holding checkpoints of a different run (kubetune.trainer.ownership)
+        problems += ownership.problems(job, paths.checkpoints)
     if problems:
         raise _ERRORS[problems[0].reason]("; ".join(str(problem) for problem in problems), retryable=False)
     distributed = spec.distributed.model_copy(update={"accelerator": accelerator})
