@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.jobs import JOBS, Inputs, a_scenario, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import RealCluster, operator_settings
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,11 @@ def test_a_queued_job_waits_with_no_pod_while_the_operator_cannot_queue_it(
     free = submit(cluster, kubelet, namespace, a_scenario("free", inputs))
     admitted = queued.wait_condition("Admitted", "QueueUnavailable")
     assert "LocalQueue team-a" in str(admitted["message"]) and "never runs unqueued" in str(admitted["message"])
-    assert [e for e in queued.events() if e.get("reason") == "QueueUnavailable" and e.get("type") == "Warning"]
+    eventually(  # posted after the status is written
+        lambda: [e for e in queued.events() if e.get("reason") == "QueueUnavailable" and e.get("type") == "Warning"],
+        timeout=30,
+        message="the QueueUnavailable Warning Event",
+    )
     free.wait_running(attempt=1, timeout=120)  # the operator is at work: the unqueued job beside it started
     status = queued.status()
     assert status["phase"] == "Pending" and "startTime" not in status, status

@@ -11,6 +11,7 @@ import pytest
 from tests.e2e.jobs import CLAIM, JOBS, Inputs, a_scenario, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import RealCluster
+from tests.support.waiting import eventually
 
 #: A run that only stops when asked.
 UNTIL_STOPPED = {"hyperparameters": {"maxSteps": 100000, "epochs": 1000}}
@@ -37,7 +38,11 @@ def test_a_second_job_on_a_live_jobs_checkpoint_folder_is_refused(
     assert failed is not None and failed["reason"] == "FolderInUse", status
     assert "FineTuneJob first" in failed["message"] and "spec.storage.checkpoints" in failed["message"], failed
     assert second.pods() == [] and "startTime" not in status
-    assert [e for e in second.events() if e.get("reason") == "FolderInUse" and e.get("type") == "Warning"]
+    eventually(  # posted after the status is written
+        lambda: [e for e in second.events() if e.get("reason") == "FolderInUse" and e.get("type") == "Warning"],
+        timeout=30,
+        message="the FolderInUse Warning Event",
+    )
     assert first.phase() == "Running" and len(first.pods(attempt=1)) == 2
     cluster.delete(JOBS, namespace, "first")
     first.wait_gone()

@@ -49,13 +49,31 @@ async def post_event(cluster: Cluster, event: dict[str, Any]) -> None:
     await cluster.request("POST", cluster._path("v1/events"), event)
 
 
+def _as_a_shell_starts_it() -> None:
+    """The child's signals as a terminal's shell leaves them: none blocked, Ctrl-C's default action. A mask
+    or an ignored SIGINT is inherited across exec, and something earlier in a long test process may have
+    left either behind (a full `make test` saw Ctrl-C go unanswered here twice; the test alone never did)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def start(tmp_path: Path, cluster: Cluster, *args: str) -> asyncio.subprocess.Process:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "COLUMNS": "200"}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kubetune.cli", "status", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_as_a_shell_starts_it,
     )  # fmt: skip
+
+
+def _signal_state(pid: int) -> str:
+    """The blocked, ignored and caught signal masks of a process (for a failure message)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as error:
+        return str(error)
+    return ", ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt", "State")))
 
 
 async def kubetune_status(tmp_path: Path, cluster: Cluster, *args: str) -> tuple[int, str, str]:
@@ -122,7 +140,13 @@ async def test_ctrl_c_while_watching_exits_130_cleanly(tmp_path: Path, cluster: 
     first = await asyncio.wait_for(process.stdout.readuntil(b"following until the job finishes"), 30)
     assert b"FineTuneJob default/watched: Running" in first
     process.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(process.communicate(), 90)  # generous: a loaded CI machine, not a speed goal
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 90)  # generous: a loaded machine, not a speed goal
+    except TimeoutError:
+        state = _signal_state(process.pid)
+        process.kill()  # never left running: its pipes would fail a later test as unraisable warnings
+        await process.communicate()
+        raise AssertionError(f"kubetune status did not end 90 s after SIGINT ({state})") from None
     assert process.returncode == 130, err.decode()
     assert b"Traceback" not in err and b"stopped following FineTuneJob watched" in err
 
