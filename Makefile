@@ -15,7 +15,7 @@ MODEL_DIR := .cache/models/smollm2
 MODEL_FILE := $(MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns
+.PHONY: venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns netpol
 
 venv: $(VENV)/.installed
 
@@ -39,7 +39,7 @@ run: venv $(MODEL_FILE)
 	@echo "workdir: $(abspath $(RUN_DIR))"
 
 # The tiers (docs/testing.md): unit (beside the code), integration, e2e, slow, cluster (opt-in).
-test: venv lint controlplane kueue images coredns
+test: venv lint controlplane kueue images coredns netpol
 	$(BIN)/pytest -q
 
 # The inner loop: lint + unit + integration, under two minutes on two cores (once .venv and the control
@@ -118,6 +118,21 @@ $(COREDNS_DIR)/.built-$(COREDNS_VERSION):
 	@command -v go >/dev/null || { echo "CoreDNS is built from its Go module and needs Go (https://go.dev/dl/)" >&2; exit 1; }
 	rm -rf $(COREDNS_DIR) && mkdir -p $(COREDNS_DIR)
 	GOBIN=$(CURDIR)/$(COREDNS_DIR) go install -ldflags "-s -w" github.com/coredns/coredns@$(COREDNS_VERSION)
+	touch $@
+
+# The real node's NetworkPolicy agent (tests/support/netpolicy_agent.py): kube-network-policies from its Go
+# module (no `replace`; its main package is cmd/, installed as `cmd` and renamed). Cold: about 2 minutes on
+# the 2-core development machine; one stamp per version.
+NETPOL_VERSION := v0.8.0
+NETPOL_DIR := .cache/netpol
+
+netpol: $(NETPOL_DIR)/.built-$(NETPOL_VERSION)
+
+$(NETPOL_DIR)/.built-$(NETPOL_VERSION):
+	@command -v go >/dev/null || { echo "kube-network-policies is built from its Go module and needs Go (https://go.dev/dl/)" >&2; exit 1; }
+	rm -rf $(NETPOL_DIR) && mkdir -p $(NETPOL_DIR)
+	GOBIN=$(CURDIR)/$(NETPOL_DIR) go install -ldflags "-s -w" sigs.k8s.io/kube-network-policies/cmd@$(NETPOL_VERSION)
+	mv $(NETPOL_DIR)/cmd $(NETPOL_DIR)/kube-network-policies
 	touch $@
 
 lint: venv

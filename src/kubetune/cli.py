@@ -210,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='default worker-pod resources for jobs that set no spec.resources, e.g. \'{"requests": {"cpu": "4"}}\'',
     )
     operator.add_argument(
+        "--gang-network-policy",
+        default=None,
+        metavar="JSON",
+        help="one NetworkPolicy per gang attempt admitting only that attempt's pods and, on 9400, the operator: "
+        '{"operatorLabels": {...the operator pods\' labels}, "metricsFrom": [NetworkPolicyPeer, ...]} (the chart '
+        "sets it; needs POD_NAMESPACE). Unset: no policy is made",
+    )
+    operator.add_argument(
         "--result-handover-seconds",
         type=float,
         default=120.0,

@@ -26,13 +26,15 @@ from typing import Any
 import kubernetes.client as k8s
 import yaml
 
+from kubetune.operator.network_policy import GangNetwork, parse_gang_network
 from kubetune.operator.settings import OperatorSettings
 from tests.support.apiserver import JOBS, PODS, OperatorThread, fast_settings
 from tests.support.chart import NAMESPACE as OPERATOR_NAMESPACE
-from tests.support.chart import render
+from tests.support.chart import of_kind, render
 from tests.support.controlplane import ADMIN_TOKEN, ControlPlane, kubeconfig
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.kubeapi import KubeApi, api_path
+from tests.support.ports import free_port
 
 __all__ = ["JOBS", "PODS", "Fault", "RealCluster"]
 
@@ -66,8 +68,22 @@ def operator_settings() -> OperatorSettings:
     """The in-process operator's settings: the tests' short timers, and a bound on unreachable progress
     (30 s) and a handover of rank 0's whole result (40 s) short enough for a scenario to see both, yet
     longer than a trainer here takes to start serving (8-10 s alone, measured up to 23 s while other
-    tests load the two cores)."""
-    return fast_settings(progress_unreachable_after=30.0, result_handover_seconds=40.0)
+    tests load the two cores). Each attempt gets its NetworkPolicy as the chart's flag asks (created under
+    the chart's RBAC; the process kubelet enforces none: tests/e2e/realnode/test_network_policy.py does)."""
+    return fast_settings(
+        progress_unreachable_after=30.0,
+        result_handover_seconds=40.0,
+        gang_network=chart_gang_network(),
+        health_port=free_port(),  # kopf's /healthz, which the chart's probes ask (test_hostile_rank_zero.py)
+    )
+
+
+def chart_gang_network() -> GangNetwork:
+    """The chart's `--gang-network-policy` flag as settings, the operator in the chart's namespace."""
+    (deployment,) = of_kind(render(), "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    flag = next(arg for arg in args if arg.startswith("--gang-network-policy="))
+    return parse_gang_network(flag.partition("=")[2], OPERATOR_NAMESPACE)
 
 
 class RealCluster:
@@ -79,6 +95,7 @@ class RealCluster:
         self.admin: KubeApi | None = None
         self.server: FaultProxy | None = None
         self.operator: OperatorThread | None = None
+        self.settings = operator_settings()
         self.operator_token = ""
         self._namespaces: set[str] = set()
 
@@ -138,8 +155,15 @@ class RealCluster:
 
     def start_operator(self, settings: OperatorSettings | None = None) -> None:
         """The in-process operator, with `operator_settings()` unless told (tests/e2e/test_kueue.py: `kueue`)."""
-        self.operator = OperatorThread(settings or operator_settings(), self.operator_configuration(), None)
+        self.settings = settings or operator_settings()
+        self.operator = OperatorThread(self.settings, self.operator_configuration(), None)
         asyncio.run(self.operator.start(timeout=60))
+
+    @property
+    def health_url(self) -> str:
+        """The running operator's liveness endpoint (kopf's), as the chart's probes ask it."""
+        assert self.settings.health_port, "the operator serves no health endpoint"
+        return f"http://127.0.0.1:{self.settings.health_port}/healthz"
 
     def stop_operator(self) -> None:
         if self.operator is not None:

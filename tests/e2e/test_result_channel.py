@@ -11,7 +11,8 @@ cluster (tests/integration/operator/test_result_channel.py).
 Item 8: worker 0's progress port is made unreachable as a default-deny NetworkPolicy makes it (the
 process kubelet drops connections to the pod's port 9400, tests/e2e/netfilter.py): the job says
 ProgressUnavailable with the fix, and still finishes, its status taken from the termination message. The
-chart's NetworkPolicy, rendered for the scenario's namespace, is accepted by the real API server.
+operator made the attempt's NetworkPolicy (the chart's flag) under the chart's RBAC, selecting the
+attempt's pods (the real node enforces it: tests/e2e/realnode/test_network_policy.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from tests.e2e.netfilter import INGRESS
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.podexec import pod_ip
 from tests.e2e.realcluster import RealCluster
-from tests.support.chart import of_kind, render
 from tests.support.waiting import eventually
 
 PROGRESS_PORT = 9400
@@ -132,11 +132,9 @@ def test_unreachable_progress_is_a_condition_with_the_fix_and_the_job_still_fini
     assert status["progress"]["step"] == whole.step and status["output"]["path"] == whole.output_path
     assert EvaluationSummary.model_validate(status["evaluation"]) == whole.evaluation  # it fits: whole
 
-    # the chart's fix, rendered for this namespace, is accepted by the real API server
-    values = {"networkPolicy": {"enabled": True, "namespaces": [namespace]}}
-    (policy,) = of_kind(render(values), "NetworkPolicy")
-    created = cluster.create(NETWORK_POLICIES, namespace, policy)
-    assert created["spec"]["podSelector"] == policy["spec"]["podSelector"]
+    # the operator made the attempt's policy (before its pods), selecting them
+    created = cluster.api.get(NETWORK_POLICIES, namespace, "tiny-a1")
+    assert created is not None, "the operator made no NetworkPolicy for attempt 1"
     worker = next(p for p in job.pods(1) if p["metadata"]["name"].endswith("-w0"))["metadata"]["labels"]
     selector = created["spec"]["podSelector"]
     assert all(worker.get(k) == v for k, v in selector["matchLabels"].items()), json.dumps([worker, selector])

@@ -110,6 +110,8 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--api-write-burst=400",
         "--reconcile-workers=64",
         "--kueue=auto",
+        '--gang-network-policy={"metricsFrom":[],"operatorLabels":{"app.kubernetes.io/component":"operator",'
+        '"app.kubernetes.io/instance":"kt","app.kubernetes.io/name":"kubetune"}}',
     ]
     assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
     assert container["resources"]["limits"]["memory"]

@@ -135,9 +135,10 @@ def test_operator_entry_point_takes_the_charts_arguments() -> None:
     ]
 
 
-def test_default_trainer_resources_reach_the_operator_and_its_pod_builder() -> None:
+def test_default_trainer_resources_reach_the_operator_and_its_pod_builder(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetune.operator.main import settings_from_args
 
+    monkeypatch.setenv("POD_NAMESPACE", "kubetune-system")  # as the chart's Deployment sets it
     values = {"trainer": {"resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}}}
     container = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     settings = settings_from_args(build_parser().parse_args(container["args"])).build_settings()

@@ -52,8 +52,8 @@ def unreachable_message(reach: ProgressReach) -> str:
         f"the operator cannot reach rank 0's progress at {reach.address} ({reach.error}): no progress, metrics "
         f"or whole result can be read (a result larger than the termination message is cut). Usually a "
         f"NetworkPolicy blocks it: allow ingress from the operator's pods to the trainer pods "
-        f"(app.kubernetes.io/component: trainer) on TCP {PROGRESS_PORT}, e.g. install the chart with "
-        f"--set {CHART_TOGGLE}"
+        f"(app.kubernetes.io/component: trainer) on TCP {PROGRESS_PORT}; the chart does it for each attempt "
+        f"with {CHART_TOGGLE} (its default), unless the operator runs outside the cluster"
     )
 
 

@@ -19,124 +19,19 @@ checkpoints on another, which the trainer's user (uid 1000) owns.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubetune.operator.builders import TRAINER_UID
-from tests.e2e.jobs import MAX_STEPS, RESUMED, SCENARIO_SPEC
-from tests.e2e.realnode.cluster import JOBS, claim, restricted_namespace, wait_operator
-from tests.support import tiny
-from tests.support.builders import JobBuilder
-from tests.support.kubeapi import KubeApi
+from tests.e2e.jobs import MAX_STEPS, RESUMED
+from tests.e2e.realnode.cluster import JOBS
+from tests.e2e.realnode.jobs import TRAINER_IMAGE, UNTIL_STOPPED, Inputs, a_real_job
 from tests.support.realnode import RealNode
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(420)
-
-TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
-#: Requests that let two workers and the operator fit the node's two cores.
-WORKER_RESOURCES = {"requests": {"cpu": "400m", "memory": "1Gi"}}
-#: A run that only stops when asked: no periodic checkpoint, so any checkpoint is the SIGTERM one.
-UNTIL_STOPPED = {"hyperparameters": {"maxSteps": 100000, "epochs": 1000}, "checkpointing": {"everySteps": 100000}}
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The tiny model and the dataset, in one folder every scenario's `data` claim is bound to."""
-
-    folder: Path
-    model: str
-    train: str
-    validation: str
-
-
-@pytest.fixture(scope="module")
-def inputs(real_node: RealNode) -> Inputs:
-    folder = real_node.folder / "volumes" / "inputs"
-    tiny.build_tiny_model(folder / "model")
-    train, validation = tiny.write_dataset(folder, "prompt-completion", train=96, validation=16)
-    assert validation is not None
-    # a second copy whose weights only their owner (root) may read, as a claim written by another user
-    shutil.copytree(folder / "model", folder / "private-model")
-    # the process kubelet ran its trainers as root; here they run as uid 1000 and must be able to read
-    # (safetensors writes its files readable by their owner only)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (folder / "private-model" / "model.safetensors").chmod(0o600)
-    return Inputs(folder, "pvc://data/model", f"pvc://data/{train.name}", f"pvc://data/{validation.name}")
-
-
-@dataclass
-class RealJob:
-    """One FineTuneJob on the real node, and the folder of its checkpoint claim."""
-
-    admin: KubeApi
-    node: RealNode
-    namespace: str
-    name: str
-    checkpoints: Path
-
-    def status(self) -> dict[str, Any]:
-        return (self.admin.get(JOBS, self.namespace, self.name) or {}).get("status") or {}
-
-    def wait_phase(self, *phases: str, timeout: float = 300) -> dict[str, Any]:
-        try:
-            eventually(lambda: self.status().get("phase") in phases, timeout, message=f"{self.name} to reach {phases}")
-        except AssertionError as error:
-            raise AssertionError(f"{error}\nstatus: {self.status()}\n{self.logs()}") from None
-        return self.status()
-
-    def pods(self) -> list[dict[str, Any]]:
-        return self.admin.list("v1/pods", self.namespace)
-
-    def running(self, attempt: int) -> list[dict[str, Any]] | None:
-        pods = [p for p in self.pods() if p["metadata"]["name"].startswith(f"{self.name}-a{attempt}-")]
-        statuses = [(p.get("status") or {}).get("containerStatuses") or [{}] for p in pods]
-        return pods if len(pods) == 2 and all("running" in s[0].get("state", {}) for s in statuses) else None
-
-    def log(self, pod: str) -> str:
-        return self.node.control_plane.kubectl("logs", "-n", self.namespace, pod).stdout
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p['metadata']['name']} ---\n{self.log(p['metadata']['name'])[-3000:]}" for p in self.pods()
-        )
-
-    def steps_saved(self) -> list[str]:
-        return sorted(p.name for p in (self.checkpoints / self.name).glob("step-*") if p.is_dir())
-
-
-@pytest.fixture
-def submit(real_node: RealNode, admin: KubeApi, installed: list[dict[str, Any]], inputs: Inputs) -> Iterator[Any]:
-    """Submit a job in a new restricted namespace with its `data` and `ckpt` claims; the job is deleted after."""
-    wait_operator(admin, installed)
-    made: list[RealJob] = []
-
-    def submit(namespace: str, job: JobBuilder) -> RealJob:
-        restricted_namespace(admin, namespace)
-        claim(admin, real_node, namespace, "data", inputs.folder)
-        checkpoints = claim(admin, real_node, namespace, "ckpt")
-        os.chown(checkpoints, TRAINER_UID, TRAINER_UID)  # a hostPath volume is not re-owned by fsGroup
-        code, body = admin.create(JOBS, namespace, job.build(validate=True))
-        assert code < 300, body
-        made.append(RealJob(admin, real_node, namespace, job.name, checkpoints))
-        return made[-1]
-
-    yield submit
-    for job in made:
-        admin.delete(JOBS, job.namespace, job.name)
-
-
-def a_real_job(name: str, inputs: Inputs) -> JobBuilder:
-    """The process kubelet's scenario job (tests/e2e/jobs.py), its inputs and checkpoints on claims."""
-    job = tiny.a_tiny_job(inputs.model, inputs.train, inputs.validation, name=name).spec(SCENARIO_SPEC)
-    return job.storage(f"pvc://ckpt/{name}").resources(WORKER_RESOURCES)
 
 
 def rank_processes(node: RealNode, namespace: str, pod: str) -> list[int]:

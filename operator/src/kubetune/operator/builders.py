@@ -30,6 +30,8 @@ import yaml
 from kubetune.api.invocation import PVC_ROOT_ENV, RANK0_TOKEN_ENV, TrainerInvocation
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import ResourcesSpec
+from kubetune.operator import network_policy
+from kubetune.operator.network_policy import GangNetwork
 from kubetune.policies.storage import claims_of
 from kubetune.policies.suspension import QUEUE_LABEL
 
@@ -85,6 +87,9 @@ class BuildSettings:
     next reconcile (within `reconcile_interval`); the bound covers an operator restart or rollout, and keeps
     a job from hanging when the operator is down or cut off: then rank 0's pod (its accelerators) is held
     this long in vain, and the status gets what fits the termination message."""
+    gang_network: GangNetwork | None = None
+    """Who may reach each attempt's pods (kubetune.operator.network_policy); None: the operator makes no
+    NetworkPolicy (`--gang-network-policy` unset)."""
 
 
 def service_name(job: FineTuneJob) -> str:
@@ -180,6 +185,16 @@ def build_configmap(job: FineTuneJob, launched_spec: Mapping[str, Any]) -> dict[
             LAUNCHED_SPEC_KEY: json.dumps(dict(launched_spec), sort_keys=True),
         },
     }
+
+
+def build_network_policy(job: FineTuneJob, attempt: int, settings: BuildSettings) -> dict[str, Any] | None:
+    """The NetworkPolicy of `attempt`'s gang (kubetune.operator.network_policy); None when none is made."""
+    if settings.gang_network is None:
+        return None
+    gang = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
+    return network_policy.build_network_policy(
+        job, attempt, settings.gang_network, gang, METRICS_PORT, owner_reference(job)
+    )
 
 
 def build_service(job: FineTuneJob) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The reconciler asks for workers to be created; this module does it the way a rea
 
 1. the whole gang is checked against the namespace's ResourceQuotas first (quota.py), so a gang that
    cannot fit is not created in part;
-2. the job's Service and ConfigMap (unless the cache holds them already), then its pods, are created
+2. the job's Service, the attempt's NetworkPolicy (network_policy.py, when the operator makes them) and the
+   job's ConfigMap (unless the cache holds them already), then its pods, are created
    as children of this very job (its uid), and each answer goes into the cache:
    an object of the same name left by a deleted job of the same name is deleted and the create retried
    on a later reconcile (kube.StaleObjectError), never adopted;
@@ -50,6 +51,9 @@ class GangCreator:
         try:
             if not self._exists(self.caches.services, builders.build_service(job), uid):
                 self.caches.record(await self.kube.create_service(builders.build_service(job), uid))
+            policy = builders.build_network_policy(job, attempt, self.build)
+            if policy is not None:  # before the pods: no packet reaches them unfiltered
+                await self.kube.create_network_policy(policy, uid)
             configmap = builders.build_configmap(job, body.get("spec") or {})
             if not self._exists(self.caches.configmaps, configmap, uid):
                 self.caches.record(await self.kube.create_configmap(configmap, uid))

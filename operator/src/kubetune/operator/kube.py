@@ -119,6 +119,7 @@ class Kube:
         self._client = k8s.ApiClient(configuration)
         self.core = self._core = k8s.CoreV1Api(self._client)
         self.custom = self._custom = k8s.CustomObjectsApi(self._client)
+        self._networking = k8s.NetworkingV1Api(self._client)
         self._writes = TokenBucket(writes or WriteLimit())
 
     def close(self) -> None:
@@ -218,6 +219,11 @@ class Kube:
             self._core.read_namespaced_config_map,
         )
 
+    async def create_network_policy(self, policy: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        networking = self._networking
+        create, read = networking.create_namespaced_network_policy, networking.read_namespaced_network_policy
+        return await self._create_owned(policy, owner_uid, "networkpolicy", create, read)
+
     async def _create_owned(
         self, manifest: dict[str, Any], owner_uid: str, kind: str, create: Callable[..., Any], read: Callable[..., Any]
     ) -> dict[str, Any]:
@@ -251,6 +257,7 @@ class Kube:
             "pod": self._core.delete_namespaced_pod,
             "service": self._core.delete_namespaced_service,
             "configmap": self._core.delete_namespaced_config_map,
+            "networkpolicy": self._networking.delete_namespaced_network_policy,
         }
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid), propagation_policy="Background")
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import threading
 from dataclasses import replace
@@ -23,9 +24,15 @@ from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
 from kubetune.operator.caches import Caches
 from kubetune.operator.kube import Kube, load_configuration
+from kubetune.operator.network_policy import GangNetwork, parse_gang_network
 from kubetune.operator.progress import HttpProgressSource, ProgressSource, ReadLimits
 from kubetune.operator.reconciler import Reconciler
-from kubetune.operator.settings import DEFAULT_TRAINER_IMAGE, TRAINER_IMAGE_ENV, OperatorSettings
+from kubetune.operator.settings import (
+    DEFAULT_TRAINER_IMAGE,
+    OPERATOR_NAMESPACE_ENV,
+    TRAINER_IMAGE_ENV,
+    OperatorSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +112,18 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         api_writes_per_second=getattr(args, "api_writes_per_second", 200.0),
         api_write_burst=int(getattr(args, "api_write_burst", 400)),
         reconcile_workers=int(getattr(args, "reconcile_workers", 64)),
+        gang_network=gang_network(getattr(args, "gang_network_policy", None)),
     )
+
+
+def gang_network(flag: str | None) -> GangNetwork | None:
+    """`--gang-network-policy` as settings; ValueError naming what is wrong."""
+    if not flag:
+        return None
+    try:
+        return parse_gang_network(flag, os.environ.get(OPERATOR_NAMESPACE_ENV, ""))
+    except ValueError as error:
+        raise ValueError(f"--gang-network-policy: {error}") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -115,6 +133,9 @@ def main(args: argparse.Namespace) -> int:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         print(f"error: --trainer-resources: {problems}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
     logger.info(

@@ -54,6 +54,13 @@ NAMESPACED_RULES: tuple[PolicyRule, ...] = (
     ),
     PolicyRule(("",), ("services",), ("get", "list", "watch", "create", "delete"), "the gang's headless Service"),
     PolicyRule(
+        ("networking.k8s.io",),
+        ("networkpolicies",),
+        ("get", "create", "delete"),
+        "each attempt's NetworkPolicy (--gang-network-policy): only the attempt's own pods and the operator reach "
+        "its ports; get/delete: one left by a deleted job of the same name",
+    ),
+    PolicyRule(
         ("",), ("configmaps",), ("get", "list", "watch", "create", "delete"), "the rendered trainer configuration"
     ),
     PolicyRule(

@@ -20,6 +20,7 @@ from kubetune.api.operations import ResourcesSpec
 from kubetune.operator.builders import METRICS_PORT, BuildSettings
 from kubetune.operator.informer import WatchTimeouts
 from kubetune.operator.kube import RetrySettings
+from kubetune.operator.network_policy import GangNetwork
 from kubetune.operator.progress import ReadLimits
 from kubetune.operator.ratelimit import WriteLimit
 from kubetune.policies.mass_node_loss import Thresholds
@@ -110,6 +111,9 @@ class OperatorSettings:
 
     trainer_resources: ResourcesSpec | None = None
     """Worker-pod resources for jobs that set no `spec.resources`; None: none requested."""
+    gang_network: GangNetwork | None = None
+    """Who may reach each attempt's pods: one NetworkPolicy per attempt (kubetune.operator.network_policy);
+    None: none is made (`--gang-network-policy` unset; the chart sets it unless `networkPolicy.enabled` is false)."""
 
     node_outage: Thresholds = field(default_factory=Thresholds)
     """When silent nodes are a mass outage that holds the jobs instead of costing their gangs
@@ -132,6 +136,7 @@ class OperatorSettings:
             trainer_image=self.trainer_image,
             default_resources=self.trainer_resources,
             result_handover_seconds=self.result_handover_seconds,
+            gang_network=self.gang_network,
         )
 
     def kopf_settings(self) -> kopf.OperatorSettings:
