@@ -58,7 +58,7 @@ class ProcessKubelet:
         self.base_env = dict(base_env)
         self.node_name = node_name
         self.pods: dict[tuple[str, str], PodRuntime] = {}
-        self.gang_ports: dict[tuple[str, str], dict[int, int]] = {}
+        self.gang_ports: dict[tuple[str, str, str], dict[int, int]] = {}
         self.history: list[tuple[str, str, str]] = []
         """(namespace, pod name, event) for each process start and end, in order: for assertions."""
         self._loop = asyncio.new_event_loop()

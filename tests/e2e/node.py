@@ -150,6 +150,8 @@ class ScheduledKubelet(ProcessKubelet):
         self.dead_nodes: set[str] = set()
         self.silent_nodes: set[str] = set()
         """Nodes cut off from the API server with their processes running (`silence_node`)."""
+        self.held_events: list[tuple[str, dict[str, Any]]] = []
+        """Pod watch events for silent nodes, in order: a cut-off kubelet sees none until it reports again."""
 
     def start(self) -> ScheduledKubelet:
         for agent in self.nodes.values():
@@ -191,14 +193,29 @@ class ScheduledKubelet(ProcessKubelet):
     def silence_node(self, node_name: str) -> None:
         """The node's kubelet loses the API server; the machine and its pods' processes run on. No Lease
         renewal, no status: each status write (or deletion confirmed) of its pods waits until it reports
-        again, as a kubelet's retries do."""
+        again, as a kubelet's retries do; and it hears nothing of its pods either (a pod deleted meanwhile,
+        force-deleted included, keeps running until the node is back)."""
         self.silent_nodes.add(node_name)
         self.stop_heartbeat(node_name)
 
     def resume_node(self, node_name: str) -> None:
-        """A silenced node reaches the API server again: its heartbeat, then the writes held meanwhile."""
+        """A silenced node reaches the API server again: its heartbeat, the pod events it missed (in order:
+        a pod deleted meanwhile is stopped now), then the writes held meanwhile."""
         self.nodes[node_name] = NodeAgent(self.api, node_name).start()
+        self._call(self._hear_again(node_name))
+
+    async def _hear_again(self, node_name: str) -> None:
         self.silent_nodes.discard(node_name)
+        missed = [(kind, pod) for kind, pod in self.held_events if self._node_of(pod) == node_name]
+        self.held_events = [(kind, pod) for kind, pod in self.held_events if self._node_of(pod) != node_name]
+        for kind, pod in missed:
+            self._on_event(kind, pod)
+
+    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if self._node_of(pod) in self.silent_nodes:
+            self.held_events.append((kind, pod))
+            return
+        super()._on_event(kind, pod)
 
     async def _while_silent(self, runtime: PodRuntime) -> None:
         while self._node_of(runtime.pod) in self.silent_nodes:

@@ -19,7 +19,7 @@ process, the pod looks as Kubernetes would run it:
   Service gives pods (`<hostname>.<subdomain>[.<namespace>.svc[.cluster.local]]`) are rewritten to that
   address; and, because processes bind ports on every address, each declared containerPort is remapped
   to a free host port shared by every pod of the same subdomain (one port block per gang), in env values
-  and arguments, so that two jobs' rendezvous ports never collide.
+  and arguments, so that two jobs' (or two attempts', which may overlap) rendezvous ports never collide.
 Test images: tests/e2e/images.py. Nothing here talks to the API or starts anything; `kubelet.py` does.
 """
 
@@ -39,6 +39,8 @@ from typing import Any
 from tests.e2e.images import image_environment
 from tests.support.ports import free_port
 
+#: The label that tells a gang's attempts apart (kubetune's builders): each attempt gets its own ports.
+ATTEMPT = "kubetune.io/attempt"
 #: Kubernetes' default terminationMessagePath.
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 #: Kubernetes keeps at most this many bytes of a termination message.
@@ -100,13 +102,13 @@ class Network:
         return str(mapped) if mapped is not None else text
 
 
-def network_of(pod: Mapping[str, Any], gang_ports: dict[tuple[str, str], dict[int, int]]) -> Network:
-    """The pod's loopback IP and its gang's port map (each containerPort -> a free host port, shared by
-    the pods of one headless Service, so that each gang member listens on its own host port)."""
+def network_of(pod: Mapping[str, Any], gang_ports: dict[tuple[str, str, str], dict[int, int]]) -> Network:
+    """The pod's loopback IP and its gang's port map (each containerPort -> a free host port, shared by the
+    pods of one headless Service and attempt label: an earlier attempt still running keeps its own ports)."""
     metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
-    namespace = metadata.get("namespace") or "default"
+    namespace, attempt = metadata.get("namespace") or "default", (metadata.get("labels") or {}).get(ATTEMPT, "")
     hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
-    gang = gang_ports.setdefault((namespace, subdomain or metadata.get("name", "")), {})
+    gang = gang_ports.setdefault((namespace, subdomain or metadata.get("name", ""), attempt), {})
     for container in spec.get("containers") or []:
         for port in container.get("ports") or []:
             if port["containerPort"] not in gang:
@@ -122,12 +124,9 @@ class ProcessPlan:
     argv: list[str]
     env: dict[str, str]
     cwd: Path
-    termination_message: Path
-    """Host file of the container's terminationMessagePath."""
-    termination_policy: str
-    """File or FallbackToLogsOnError."""
-    mounts: dict[str, Path]
-    """Container mountPath -> host folder or file."""
+    termination_message: Path  # host file of the container's terminationMessagePath
+    termination_policy: str  # File or FallbackToLogsOnError
+    mounts: dict[str, Path]  # container mountPath -> host folder or file
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
