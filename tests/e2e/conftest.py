@@ -58,3 +58,14 @@ def kubelet(cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> I
         yield nodes
     finally:
         nodes.stop()
+
+
+@pytest.fixture
+def silenced(kubelet: ScheduledKubelet) -> Iterator[list[str]]:
+    """The nodes a test silences (`kubelet.silence_node`, appended by the test); they report again
+    afterwards, whatever happened."""
+    silent: list[str] = []
+    yield silent
+    for node in silent:
+        if node in kubelet.silent_nodes:
+            kubelet.resume_node(node)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +48,6 @@ STOPPED_BEFORE = re.compile(
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Inputs:
     return make_inputs(tmp_path_factory.mktemp("data"), tiny_model)
-
-
-@pytest.fixture
-def silenced(kubelet: ScheduledKubelet) -> Iterator[list[str]]:
-    """The nodes a test silences; they report again afterwards, whatever happened."""
-    silent: list[str] = []
-    yield silent
-    for node in silent:
-        if node in kubelet.silent_nodes:
-            kubelet.resume_node(node)
 
 
 def contents(folder: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ hold it and say so, and the gang trains on, uncounted, once the nodes report aga
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,6 @@ MAX_STEPS = 1200
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Inputs:
     return make_inputs(tmp_path_factory.mktemp("data"), tiny_model)
-
-
-@pytest.fixture
-def silenced(kubelet: ScheduledKubelet) -> Iterator[list[str]]:
-    """The nodes a test silences (appended by the test); they report again afterwards, whatever happened."""
-    silent: list[str] = []
-    yield silent
-    for node in silent:
-        if node in kubelet.silent_nodes:
-            kubelet.resume_node(node)
 
 
 def reasons(job: Job) -> list[tuple[str, str]]:
