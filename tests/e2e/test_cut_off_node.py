@@ -40,9 +40,9 @@ EVERY_STEPS = 4
 #: Exit code of a rank that meets a newer attempt's epoch (kubetune.api.outcome.ExitReason.SUPERSEDED).
 SUPERSEDED_EXIT = 10
 #: A rank's words when it finds the folder held by a newer attempt at a checkpoint (trainer fencing.py).
-STOPPED_BEFORE = re.compile(
-    r"ERROR kubetune\.trainer\.fencing: stopped before saving step-(\d+): .* a newer attempt runs"
-)
+STOPPED_BEFORE = re.compile(r"ERROR kubetune\.trainer\.fencing: stopped before ([^:]*): .* a newer attempt runs")
+#: The step a rank was about to save when it stopped ("saving step-00000012"; other writes name none).
+SAVING = re.compile(r"saving step-(\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -92,31 +92,36 @@ def test_a_cut_off_gang_that_wakes_after_the_next_attempt_stops_at_its_checkpoin
     old_name, node = old["metadata"]["name"], old["spec"]["nodeName"]
     job.wait_checkpoint(step=EVERY_STEPS * 2)
 
-    kubelet.kill(namespace, old_name, signal.SIGSTOP)  # the runtime hangs: the ranks stop where they stand
-    saved_before = newest_step(job.storage)
-    silenced.append(node)
-    kubelet.silence_node(node)
+    try:
+        kubelet.kill(namespace, old_name, signal.SIGSTOP)  # the runtime hangs: the ranks stop where they stand
+        saved_before = newest_step(job.storage)
+        silenced.append(node)
+        kubelet.silence_node(node)
 
-    status = job.wait_phase("Succeeded", "Failed", timeout=300)
-    assert (status["phase"], status["attempt"]) == ("Succeeded", 2), status
-    (new,) = job.pods(2)
-    assert new["spec"]["nodeName"] == next(n for n in NODES if n != node), "attempt 2 ran on the other node"
-    assert (namespace, old_name) in kubelet.running(), "the cut-off gang's processes are still there"
-    epoch = json.loads((job.storage / "epoch.json").read_text())
-    assert epoch.get("attempt") == 2, epoch
-    before = contents(job.storage)
-    assert any(name.startswith("output/") for name in before), sorted(before)
+        status = job.wait_phase("Succeeded", "Failed", timeout=300)
+        assert (status["phase"], status["attempt"]) == ("Succeeded", 2), status
+        (new,) = job.pods(2)
+        assert new["spec"]["nodeName"] == next(n for n in NODES if n != node), "attempt 2 ran on the other node"
+        assert (namespace, old_name) in kubelet.running(), "the cut-off gang's processes are still there"
+        epoch = json.loads((job.storage / "epoch.json").read_text())
+        assert epoch.get("attempt") == 2, epoch
+        before = contents(job.storage)
+        assert any(name.startswith("output/") for name in before), sorted(before)
 
-    kubelet.kill(namespace, old_name, signal.SIGCONT)  # the old gang wakes, still cut off
-    eventually(lambda: (namespace, old_name) not in kubelet.running(), 120, message="the old gang to stop")
-    log = kubelet.log(namespace, old_name)
-    # both ranks stopped at their next checkpoint, Superseded (torchrun's own exit code is its, not theirs)
-    exits = re.findall(r"exitcode\s*:\s*(\d+)", log)  # torchrun's words for each rank that ended in error
-    assert len(exits) >= 2 and set(exits) == {str(SUPERSEDED_EXIT)}, (exits, log[-3000:])
-    stops = [int(step) for step in STOPPED_BEFORE.findall(log)]
-    assert len(stops) >= 2 and max(stops) <= saved_before + EVERY_STEPS, (saved_before, stops, log[-3000:])
-    message = json.loads(termination_message(kubelet, namespace, old_name))
-    assert (message["outcome"], message["reason"]) == ("Failed", "Superseded"), message
+        kubelet.kill(namespace, old_name, signal.SIGCONT)  # the old gang wakes, still cut off
+        eventually(lambda: (namespace, old_name) not in kubelet.running(), 120, message="the old gang to stop")
+        log = kubelet.log(namespace, old_name)
+        # both ranks stopped at their next checkpoint, Superseded (torchrun's own exit code is its, not theirs)
+        exits = re.findall(r"exitcode\s*:\s*(\d+)", log)  # torchrun's words for each rank that ended in error
+        assert len(exits) >= 2 and set(exits) == {str(SUPERSEDED_EXIT)}, (exits, log[-3000:])
+        stops = STOPPED_BEFORE.findall(log)  # each rank at its first write after waking: within one interval
+        steps = [int(match.group(1)) for what in stops if (match := SAVING.search(what))]
+        assert len(stops) >= 2 and all(step <= saved_before + EVERY_STEPS for step in steps), (saved_before, stops)
+        message = json.loads(termination_message(kubelet, namespace, old_name))
+        assert (message["outcome"], message["reason"]) == ("Failed", "Superseded"), message
+    finally:  # a failure above leaves no stopped gang behind (SIGKILL works on stopped processes)
+        if (namespace, old_name) in kubelet.running():
+            kubelet.kill(namespace, old_name, signal.SIGKILL)
     after = contents(job.storage)
     assert after == before, {
         "changed": sorted(k for k in before if after.get(k) not in (None, before[k])),

@@ -28,6 +28,7 @@ class LivenessProbe:
         self.timeout = timeout
         self.record = ProbeRecord()
         self._period = period
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy for loopback
         self._streak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liveness-probe", daemon=True)
@@ -35,12 +36,12 @@ class LivenessProbe:
 
     def _probe(self) -> str | None:
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
+            with self._opener.open(self.url, timeout=self.timeout) as answer:
                 return None if 200 <= answer.status < 400 else f"HTTP {answer.status}"
         except urllib.error.HTTPError as error:
             return f"HTTP {error.code}"
-        except OSError as error:
-            return str(error)
+        except Exception as error:  # any failure is a failed probe (a broken answer too), never a dead thread
+            return f"{type(error).__name__}: {error}"
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):

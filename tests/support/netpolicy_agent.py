@@ -104,6 +104,15 @@ def preflight() -> list[str]:
         )
     if queue_bound():
         missing.append(f"nfqueue {QUEUE} is in use by another process (another kube-network-policies?)")
+    if run_tool("iptables", "-S", HOOK_CHAIN).returncode == 0:
+        missing.append(
+            f"iptables chain {HOOK_CHAIN} exists already: a killed test run left it (remove it and its FORWARD jump)"
+        )
+    bridged = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not bridged.exists() or bridged.read_text().strip() != "1":
+        missing.append(
+            "bridged packets skip iptables (net.bridge.bridge-nf-call-iptables is not 1: modprobe br_netfilter)"
+        )
     return missing
 
 

@@ -202,6 +202,13 @@ def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
         ({"monitoring": {"podMonitor": {"enabled": "yes"}}}, "/monitoring/podMonitor/enabled"),
         ({"monitoring": {"podMonitor": {"enabled": True, "interval": "often"}}}, "/monitoring/podMonitor/interval"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        # a misspelt selector would leave an empty one, which selects every namespace
+        (
+            {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabel": {"a": "b"}}}]}},
+            "/networkPolicy/metricsFrom/0/namespaceSelector",
+        ),
+        ({"networkPolicy": {"metricsFrom": [{}]}}, "/networkPolicy/metricsFrom/0"),
+        ({"networkPolicy": {"namespaces": ["ml"]}}, "additional properties 'namespaces'"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], complaint: str) -> None:

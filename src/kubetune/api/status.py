@@ -97,6 +97,9 @@ class Reason:
     """Created=False, phase Pending: the API server refused the operator itself (RBAC); retried."""
     POD_REJECTED = "PodRejected"
     """Failed: the API server or an admission plugin refused the worker pod the spec produced."""
+    NAME_TAKEN = "NameTaken"
+    """Failed: an object one of the job's children would be named as (its Service or ConfigMap, an attempt's
+    pod or NetworkPolicy) exists and no FineTuneJob controls it; the operator never deletes it."""
     STALE_CHILDREN = "WaitingForStaleObjects"
     """Event: a deleted job of the same name still has children; they are removed before this job starts."""
     QUEUED = "Queued"

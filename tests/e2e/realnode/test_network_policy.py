@@ -1,6 +1,7 @@
 """Each attempt's NetworkPolicy, enforced on the real node (issue 26, item 4): while a gang trains, a pod
 of another namespace cannot open a connection to its rendezvous store (29500, no authentication) or to
-rank 0's endpoints (9400), while the gang's own traffic and the in-cluster operator's reads of rank 0
+rank 0's endpoints (9400), nor can a pod of the job's own namespace labelled as another job's trainer or
+as another attempt of the job, while the gang's own traffic and the in-cluster operator's reads of rank 0
 pass. kube-network-policies enforces it (tests/support/netpolicy_agent.py, started with the node; its log
 is kept with the node's when a test fails).
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.operator.builders import ATTEMPT_LABEL, JOB_LABEL
 from tests.e2e.realnode.cluster import operator_pod, restricted_namespace
 from tests.e2e.realnode.jobs import UNTIL_STOPPED, Inputs, a_real_job
 from tests.support.kubeapi import KubeApi
@@ -47,7 +49,9 @@ print(json.dumps(outcomes))
 """
 
 
-def probe_pod(targets: list[tuple[str, int]]) -> dict[str, Any]:
+def probe_pod(
+    targets: list[tuple[str, int]], name: str = "probe", labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A pod that tries to connect to each target once, and prints what happened (restricted-compliant)."""
     container = {
         "name": "probe",
@@ -58,20 +62,29 @@ def probe_pod(targets: list[tuple[str, int]]) -> dict[str, Any]:
     }
     security = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
     spec = {"restartPolicy": "Never", "securityContext": security, "containers": [container]}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}, "spec": spec}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
 
 
-def probe_from(admin: KubeApi, node: RealNode, namespace: str, targets: list[tuple[str, int]]) -> dict[str, str]:
-    restricted_namespace(admin, namespace)
-    code, body = admin.create("v1/pods", namespace, probe_pod(targets))
+def probe_from(
+    admin: KubeApi,
+    node: RealNode,
+    namespace: str,
+    targets: list[tuple[str, int]],
+    name: str = "probe",
+    labels: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Run a probe pod `name` with `labels` in `namespace` (made, restricted, unless it exists); its outcomes."""
+    if admin.get("v1/namespaces", None, namespace) is None:
+        restricted_namespace(admin, namespace)
+    code, body = admin.create("v1/pods", namespace, probe_pod(targets, name, labels))
     assert code < 300, body
 
     def ended() -> dict[str, Any] | None:
-        pod = admin.get("v1/pods", namespace, "probe") or {}
+        pod = admin.get("v1/pods", namespace, name) or {}
         return pod if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
 
-    pod = eventually(ended, 120, message="the probe pod to finish")
-    log = node.control_plane.kubectl("logs", "-n", namespace, "probe").stdout
+    pod = eventually(ended, 120, message=f"the probe pod {name} to finish")
+    log = node.control_plane.kubectl("logs", "-n", namespace, name).stdout
     assert pod["status"]["phase"] == "Succeeded", f"{pod['status']}\n{log}"
     outcomes: dict[str, str] = json.loads(log.strip().splitlines()[-1])
     return outcomes
@@ -95,6 +108,15 @@ def test_a_pod_of_another_namespace_cannot_reach_a_training_gang(
         f"{worker0}:9400": "timed out",
         f"{operator}:8081": "open",  # the probe itself works: a pod no policy selects answers
     }, outcomes
+    # in the job's own namespace, a pod labelled as another job's trainer, or as another attempt of this
+    # job (a fenced gang on a cut-off node), reaches neither port either
+    trainer = {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/component": "trainer"}
+    for name, labels in (
+        ("other-job", {**trainer, JOB_LABEL: "other", ATTEMPT_LABEL: "1"}),
+        ("other-attempt", {**trainer, JOB_LABEL: "tiny", ATTEMPT_LABEL: "2"}),
+    ):
+        outcomes = probe_from(admin, real_node, namespace, [(worker0, 29500), (worker0, 9400)], name, labels)
+        assert set(outcomes.values()) == {"timed out"}, (name, outcomes)
     # and the gang trains on, its progress still read by the operator through the policy
     eventually(lambda: (job.status().get("progress") or {}).get("step", 0) > step, 120, message="more steps")
     assert job.status()["attempt"] == 1 and job.status().get("restarts", 0) == 0, job.status()

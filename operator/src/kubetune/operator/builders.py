@@ -38,6 +38,9 @@ from kubetune.policies.suspension import QUEUE_LABEL
 JOB_LABEL = "kubetune.io/job-name"
 INDEX_LABEL = "kubetune.io/worker-index"
 ATTEMPT_LABEL = "kubetune.io/attempt"
+#: The job's uid on its pods: what tells its pods from a deleted namesake's still terminating (the
+#: attempt's NetworkPolicy selects by it).
+JOB_UID_LABEL = "kubetune.io/job-uid"
 CONTAINER = "trainer"
 CONFIG_KEY = "job.yaml"
 #: ConfigMap key that keeps the spec the job launched with (wire form, JSON; see kubetune.policies.spec_changes).
@@ -187,11 +190,15 @@ def build_configmap(job: FineTuneJob, launched_spec: Mapping[str, Any]) -> dict[
     }
 
 
+def _uid_label(job: FineTuneJob) -> dict[str, str]:
+    return {JOB_UID_LABEL: job.metadata.uid} if job.metadata.uid else {}
+
+
 def build_network_policy(job: FineTuneJob, attempt: int, settings: BuildSettings) -> dict[str, Any] | None:
     """The NetworkPolicy of `attempt`'s gang (kubetune.operator.network_policy); None when none is made."""
     if settings.gang_network is None:
         return None
-    gang = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
+    gang = {**job_labels(job), ATTEMPT_LABEL: str(attempt), **_uid_label(job)}
     return network_policy.build_network_policy(
         job, attempt, settings.gang_network, gang, METRICS_PORT, owner_reference(job)
     )
@@ -316,7 +323,7 @@ def build_worker_pod(
     """Worker `index` of gang attempt `attempt`; `rank0_token`: the attempt's token for rank 0's endpoints
     (kubetune.api.invocation.RANK0_TOKEN_ENV; empty: none, as in a Workload's pod template)."""
     volumes, mounts = _volumes(job, settings)
-    labels = {INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)}
+    labels = {INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), **_uid_label(job)}
     queue = job.spec.scheduling.queue_name if job.spec.scheduling else None
     if queue:
         labels[QUEUE_LABEL] = queue

@@ -8,7 +8,8 @@ The reconciler asks for workers to be created; this module does it the way a rea
    job's ConfigMap (unless the cache holds them already), then its pods, are created
    as children of this very job (its uid), and each answer goes into the cache:
    an object of the same name left by a deleted job of the same name is deleted and the create retried
-   on a later reconcile (kube.StaleObjectError), never adopted;
+   on a later reconcile (kube.StaleObjectError), never adopted; one no FineTuneJob controls is never
+   deleted: the job fails, naming it (NameTaken, kubetune.operator.owners);
 3. a create the server refuses is classified (refusals.py) and returned, for the policies to decide
    (`kubetune.policies.reconcile.refused`); the job's status says "created" only once every worker
    exists.
@@ -23,7 +24,8 @@ from kubetune.api.job import FineTuneJob
 from kubetune.api.status import Reason
 from kubetune.operator import builders, quota, refusals
 from kubetune.operator.caches import Caches
-from kubetune.operator.kube import ApiError, Kube, owner_uids
+from kubetune.operator.kube import ApiError, Kube
+from kubetune.operator.owners import ForeignObjectError, owner_uids
 from kubetune.operator.progress import pod_token
 from kubetune.operator.store import Store
 from kubetune.policies.reconcile import CreateRefusal
@@ -59,6 +61,8 @@ class GangCreator:
                 self.caches.record(await self.kube.create_configmap(configmap, uid))
             for pod in pods:
                 self.caches.record(await self.kube.create_pod(pod, uid))
+        except ForeignObjectError as taken:  # someone's own object has the child's name: never deleted
+            return CreateRefusal(False, Reason.NAME_TAKEN, str(taken))
         except ApiError as error:
             refusal = refusals.classify(error.status, error.details, str(error))
             if refusal is None:

@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator import metrics
+from kubetune.operator.owners import ForeignObjectError, StaleObjectError, controlled_by_a_job, owner_uids
 from kubetune.operator.ratelimit import TokenBucket, WriteLimit
 
 T = TypeVar("T")
@@ -71,27 +72,12 @@ class ApiError(Exception):
         return str(self.details.get("message") or self)
 
 
-class StaleObjectError(Exception):
-    """A child's name is taken by an object that belongs to another owner: typically a deleted job of the
-    same name whose children the garbage collector has not removed yet."""
-
-    def __init__(self, kind: str, name: str) -> None:
-        super().__init__(f"{kind} {name} belongs to another (deleted) job of the same name; waiting for its removal")
-        self.kind = kind
-        self.name = name
-
-
 def _status_body(error: ApiException) -> dict[str, Any] | None:
     try:
         body = json.loads(error.body) if error.body else None
     except (TypeError, ValueError):
         return None
     return body if isinstance(body, dict) else None
-
-
-def owner_uids(obj: dict[str, Any]) -> set[str]:
-    """The uids of an object's owners."""
-    return {ref.get("uid", "") for ref in obj.get("metadata", {}).get("ownerReferences") or []}
 
 
 def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
@@ -228,8 +214,9 @@ class Kube:
         self, manifest: dict[str, Any], owner_uid: str, kind: str, create: Callable[..., Any], read: Callable[..., Any]
     ) -> dict[str, Any]:
         """Create a child of the job `owner_uid`; the object as stored. "Already exists" is success only when the
-        existing object is this job's; one of another owner (a deleted job of the same name, not yet collected)
-        is deleted, with its uid as precondition, and StaleObjectError raised: the caller looks again later."""
+        existing object is this job's; one another FineTuneJob controls (a deleted job of the same name, not yet
+        collected) is deleted, with its uid as precondition, and StaleObjectError raised: the caller looks again
+        later; anything else raises ForeignObjectError and is left alone (kubetune.operator.owners)."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
             created: dict[str, Any] = await self._call(
@@ -247,6 +234,8 @@ class Kube:
             raise
         if owner_uid in owner_uids(existing):
             return existing
+        if not controlled_by_a_job(existing):  # someone's own object: never deleted (owners.py)
+            raise ForeignObjectError(kind, namespace, name)
         stale_uid = existing.get("metadata", {}).get("uid")
         logger.info("%s %s/%s belongs to another owner; deleting it (uid %s)", kind, namespace, name, stale_uid)
         await self._delete_child(kind, namespace, name, stale_uid)

@@ -88,6 +88,28 @@ def build_network_policy(
     }
 
 
+#: What a NetworkPolicyPeer and a LabelSelector may hold. The API server drops unknown fields of a create
+#: without strict validation: a misspelt `matchLabel` would leave `namespaceSelector: {}`, every namespace.
+PEER_KEYS = {"podSelector", "namespaceSelector", "ipBlock"}
+SELECTOR_KEYS = {"matchLabels", "matchExpressions"}
+
+
+def peer_problem(peer: object) -> str | None:
+    """What is wrong with one NetworkPolicyPeer of `metricsFrom` (None: nothing)."""
+    if not isinstance(peer, dict) or not peer:
+        return "must be a non-empty NetworkPolicyPeer object (podSelector, namespaceSelector or ipBlock)"
+    if unknown := sorted(set(peer) - PEER_KEYS):
+        return f"unknown key(s) {', '.join(unknown)}: a peer has podSelector, namespaceSelector or ipBlock"
+    for key in ("podSelector", "namespaceSelector"):
+        selector = peer.get(key)
+        if selector is not None and (not isinstance(selector, dict) or set(selector) - SELECTOR_KEYS):
+            return f"{key} may hold only matchLabels and matchExpressions"
+    block = peer.get("ipBlock")
+    if block is not None and (not isinstance(block, dict) or "cidr" not in block or set(block) - {"cidr", "except"}):
+        return "ipBlock needs cidr (and may hold except)"
+    return None
+
+
 def parse_gang_network(text: str, operator_namespace: str) -> GangNetwork:
     """`--gang-network-policy`'s JSON, `{"operatorLabels": {...}, "metricsFrom": [...]}`, as settings.
     ValueError naming what is wrong (the flag comes from the chart; a hand-written one may be wrong)."""
@@ -105,8 +127,11 @@ def parse_gang_network(text: str, operator_namespace: str) -> GangNetwork:
         raise ValueError("operatorLabels must be a non-empty object of label name -> value (the operator pods' labels)")
     peers = value.get("metricsFrom")
     peers = [] if peers is None else peers
-    if not isinstance(peers, list) or not all(isinstance(p, dict) and p for p in peers):
+    if not isinstance(peers, list):
         raise ValueError("metricsFrom must be a list of NetworkPolicyPeer objects")
+    for index, peer in enumerate(peers):
+        if (problem := peer_problem(peer)) is not None:
+            raise ValueError(f"metricsFrom[{index}]: {problem}")
     if not operator_namespace:
         raise ValueError("the operator's namespace is unknown: set POD_NAMESPACE (the chart does)")
     return GangNetwork(operator_namespace, dict(labels), tuple(peers))

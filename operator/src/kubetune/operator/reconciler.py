@@ -29,9 +29,10 @@ from kubetune.api.status import FINISHED_PHASES, FineTuneJobStatus, Reason
 from kubetune.operator import builders, metrics
 from kubetune.operator.caches import Caches
 from kubetune.operator.creation import GangCreator
-from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, ApiError, Kube, StaleObjectError, owner_uids
+from kubetune.operator.kube import KUEUE_GROUP, KUEUE_VERSION, ApiError, Kube
 from kubetune.operator.nodes import OutageView
 from kubetune.operator.observe import looks_up_attach, node_of, observe_pod, owned_by, suspects_node_loss
+from kubetune.operator.owners import StaleObjectError, owner_uids
 from kubetune.operator.progress import ProgressSource
 from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.operator.settings import OperatorSettings

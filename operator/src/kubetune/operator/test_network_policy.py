@@ -103,7 +103,22 @@ def test_the_flag_parses_into_settings() -> None:
         ('{"operatorLabels": {}}', "ops", "operatorLabels"),
         ('{"operatorLabels": {"a": 1}}', "ops", "operatorLabels"),
         ('{"operatorLabels": {"a": "b"}, "metricsFrom": {}}', "ops", "metricsFrom"),
-        ('{"operatorLabels": {"a": "b"}, "metricsFrom": [{}]}', "ops", "metricsFrom"),
+        ('{"operatorLabels": {"a": "b"}, "metricsFrom": [{}]}', "ops", "metricsFrom[0]: must be a non-empty"),
+        (
+            '{"operatorLabels": {"a": "b"}, "metricsFrom": [{"podSelector": {}}, {"nsSelector": {}}]}',
+            "ops",
+            "metricsFrom[1]: unknown key(s) nsSelector",
+        ),
+        (
+            '{"operatorLabels": {"a": "b"}, "metricsFrom": [{"namespaceSelector": {"matchLabel": {}}}]}',
+            "ops",
+            "namespaceSelector may hold only",
+        ),
+        (
+            '{"operatorLabels": {"a": "b"}, "metricsFrom": [{"ipBlock": {"cidrs": "10.0.0.0/8"}}]}',
+            "ops",
+            "ipBlock needs cidr",
+        ),
         ('{"operatorLabels": {"a": "b"}, "peers": []}', "ops", "unknown key(s) peers"),
         ('{"operatorLabels": {"a": "b"}}', "", "POD_NAMESPACE"),
     ],
@@ -122,3 +137,15 @@ def test_the_operator_command_refuses_a_wrong_flag(
     monkeypatch.setenv("POD_NAMESPACE", "ops")
     assert main(["operator", "--gang-network-policy", '{"operatorLabels": []}']) == 2
     assert "--gang-network-policy: operatorLabels" in capsys.readouterr().err
+
+
+def test_a_deleted_namesakes_pods_are_not_the_gang() -> None:
+    """The same YAML applied again: the earlier job's attempt-1 pods (still terminating) carry the same
+    name and attempt, but not the new job's uid."""
+    new, old = a_cpu_gang("demo").metadata(uid="uid-new").to_job(), a_cpu_gang("demo").metadata(uid="uid-old").to_job()
+    built = builders.build_network_policy(new, 1, SETTINGS)
+    assert built is not None
+    for job, selected in ((new, True), (old, False)):
+        labels = builders.build_worker_pod(job, 1, 0, SETTINGS)["metadata"]["labels"]
+        assert selects(built["spec"]["podSelector"], labels) is selected
+        assert selects(built["spec"]["ingress"][0]["from"][0]["podSelector"], labels) is selected
