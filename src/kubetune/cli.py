@@ -121,6 +121,19 @@ def _status(args: argparse.Namespace) -> int:
     return code
 
 
+def _share_or_off(text: str) -> float | None:
+    """An argparse type: a share in (0, 1], or `off` (None)."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share: give a number above 0 and at most 1, or 'off'")
+    return value
+
+
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     """An argparse type: a number above zero (argparse names the flag in its message)."""
 
@@ -208,6 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help='default worker-pod resources for jobs that set no spec.resources, e.g. \'{"requests": {"cpu": "4"}}\'',
+    )
+    operator.add_argument(
+        "--node-outage-share",
+        type=_share_or_off,
+        default=0.55,
+        metavar="SHARE",
+        help="share (0-1] of silent nodes, among the trainers' and all nodes, from which no worker of a silent node "
+        "is force-deleted and jobs wait (MassNodeLoss); 'off': no brake (default 0.55, Kubernetes' unhealthy zone)",
+    )
+    operator.add_argument(
+        "--protected-namespace",
+        type=_namespace,
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="run no job in this namespace (repeatable), besides kube-system, kube-public, kube-node-lease and the "
+        "operator's own",
     )
     operator.add_argument(
         "--gang-network-policy",

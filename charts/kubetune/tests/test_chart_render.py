@@ -109,6 +109,7 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--api-writes-per-second=200",
         "--api-write-burst=400",
         "--reconcile-workers=64",
+        "--node-outage-share=0.55",
         "--kueue=auto",
         '--gang-network-policy={"metricsFrom":[],"operatorLabels":{"app.kubernetes.io/component":"operator",'
         '"app.kubernetes.io/instance":"kt","app.kubernetes.io/name":"kubetune"}}',

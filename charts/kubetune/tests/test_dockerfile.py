@@ -8,6 +8,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -146,6 +147,39 @@ def test_default_trainer_resources_reach_the_operator_and_its_pod_builder(monkey
     assert settings.default_resources.to_wire() == values["trainer"]["resources"]
     default = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not any(a.startswith("--trainer-resources") for a in default)  # none unless configured
+
+
+@pytest.mark.parametrize(
+    ("operator", "share", "protected"),
+    [
+        ({}, 0.55, ()),
+        ({"nodeOutageShare": 0.8, "protectedNamespaces": ["ml-prod", "billing"]}, 0.8, ("ml-prod", "billing")),
+        ({"nodeOutageShare": None}, None, ()),
+    ],
+)
+def test_the_brake_and_protected_namespaces_reach_the_operator(
+    monkeypatch: pytest.MonkeyPatch, operator: dict[str, Any], share: float | None, protected: tuple[str, ...]
+) -> None:
+    from kubetune.operator.main import settings_from_args
+
+    monkeypatch.setenv("POD_NAMESPACE", "kubetune-system")  # as the chart's Deployment sets it
+    container = one(render({"operator": operator}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    settings = settings_from_args(build_parser().parse_args(container["args"]))
+    assert settings.node_outage.unhealthy_share == share
+    assert settings.protected_namespaces == (
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "kubetune-system",
+        *protected,
+    )
+
+
+@pytest.mark.parametrize("flag", ["--node-outage-share=0", "--node-outage-share=1.5", "--node-outage-share=most"])
+def test_a_wrong_share_is_refused_naming_the_flag(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["operator", flag])
+    assert exited.value.code == 2 and "--node-outage-share" in capsys.readouterr().err
 
 
 def test_trainer_image_has_what_the_operators_pods_run() -> None:

@@ -32,7 +32,9 @@ from kubetune.operator.settings import (
     OPERATOR_NAMESPACE_ENV,
     TRAINER_IMAGE_ENV,
     OperatorSettings,
+    protected_namespaces,
 )
+from kubetune.policies.mass_node_loss import UNHEALTHY_SHARE, Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,10 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         api_write_burst=int(getattr(args, "api_write_burst", 400)),
         reconcile_workers=int(getattr(args, "reconcile_workers", 64)),
         gang_network=gang_network(getattr(args, "gang_network_policy", None)),
+        node_outage=Thresholds(unhealthy_share=getattr(args, "node_outage_share", UNHEALTHY_SHARE)),
+        protected_namespaces=tuple(
+            dict.fromkeys(protected_namespaces() + tuple(getattr(args, "protected_namespace", [])))
+        ),
     )
 
 
