@@ -150,6 +150,38 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _leader_election_arguments(operator: argparse.ArgumentParser) -> None:
+    election = operator.add_argument_group("leader election (several replicas: one leads, the others stand by)")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="lead only while holding a coordination.k8s.io Lease (the chart's)"
+    )
+    election.add_argument(
+        "--leader-election-lease", default="kubetune-operator", metavar="NAME", help="the Lease's name"
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        type=_namespace,
+        default=None,
+        metavar="NAMESPACE",
+        help="the Lease's namespace (default: POD_NAMESPACE, the operator's own)",
+    )
+    election.add_argument(
+        "--leader-election-identity",
+        default="",
+        metavar="NAME",
+        help="this replica's name in the Lease and its requests' User-Agent (default: POD_NAME, else the host "
+        "name), followed by a random suffix",
+    )
+    for flag, default, what in (
+        ("--lease-duration", 10.0, "a Lease not renewed for this long may be taken by a standby"),
+        ("--renew-deadline", 7.0, "the leader stops writing and exits this long after its last renewal started"),
+        ("--retry-period", 2.0, "between renewals, and between a standby's tries"),
+    ):
+        election.add_argument(
+            flag, type=_seconds, default=default, metavar="SECONDS", help=f"{what} (default {default:g})"
+        )
+
+
 def _lazy(module: str, function: str = "main") -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result: int = getattr(importlib.import_module(module), function)(args)
@@ -298,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 * 1024,
         help="largest GET /result body read from rank 0; a larger one is refused (default 262144)",
     )
+    _leader_election_arguments(operator)
     operator.set_defaults(handler=_lazy("kubetune.operator.main"))
     return parser
 

@@ -56,6 +56,7 @@ def test_defaults_render_the_operator_and_nothing_optional() -> None:
     assert kinds == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
         + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2  # author access and platform
+        + ["Role", "RoleBinding", "PodDisruptionBudget"]  # leader election (test_chart_leader_election.py)
     )
 
 
@@ -90,16 +91,16 @@ def test_crd_toggles() -> None:
     assert "annotations" not in crd["metadata"]
 
 
-def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> None:
+def test_deployment_runs_two_replicas_with_liveness_and_readiness_probes() -> None:
     deployment = one(render(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = spec["template"]["spec"]["containers"][0]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["args"] == [
         "operator",
         "--all-namespaces",
@@ -111,6 +112,11 @@ def test_deployment_runs_one_operator_with_probes_on_kopfs_health_endpoint() -> 
         "--reconcile-workers=64",
         "--node-outage-share=0.55",
         "--kueue=auto",
+        "--leader-elect",
+        "--leader-election-lease=kt-kubetune",
+        "--lease-duration=10",
+        "--renew-deadline=7",
+        "--retry-period=2",
         '--gang-network-policy={"metricsFrom":[],"operatorLabels":{"app.kubernetes.io/component":"operator",'
         '"app.kubernetes.io/instance":"kt","app.kubernetes.io/name":"kubetune"}}',
     ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.operator.rbac import CLUSTER_RULES, cluster_role_rules, role_rules
+from kubetune.operator.rbac import CLUSTER_RULES, LEADER_ELECTION_RULES, cluster_role_rules, role_rules
 from tests.support.chart import MONITORING_APIS, SCENARIOS, of_kind, one, render
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +37,11 @@ def test_pod_meets_the_restricted_pod_security_standard() -> None:
 def test_all_namespaces_mode_grants_exactly_the_operators_rules() -> None:
     objects = render()
     assert one(objects, "ClusterRole")["rules"] == cluster_role_rules()
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    # the only Role is leader election's, in the operator's namespace, on Leases alone
+    lease_role = one(objects, "Role")
+    assert lease_role["metadata"]["namespace"] == "kubetune-system"
+    assert lease_role["rules"] == [rule.to_manifest() for rule in LEADER_ELECTION_RULES]
+    assert one(objects, "RoleBinding")["roleRef"]["name"] == lease_role["metadata"]["name"]
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
     assert binding["subjects"] == [
@@ -51,13 +55,14 @@ def test_all_namespaces_mode_grants_exactly_the_operators_rules() -> None:
 
 def test_namespaced_mode_grants_roles_only_in_the_listed_namespaces() -> None:
     objects = render(NAMESPACED)
-    roles = of_kind(objects, "Role")
+    roles = [role for role in of_kind(objects, "Role") if role["metadata"]["namespace"] != "kubetune-system"]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert all(role["rules"] == role_rules() for role in roles)
     # Cluster-scoped resources (CRD discovery, namespaces) still need a ClusterRole, and only those.
     assert one(objects, "ClusterRole")["rules"] == [rule.to_manifest() for rule in CLUSTER_RULES]
     bindings = of_kind(objects, "RoleBinding")
     assert sorted((b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings) == [
+        ("kubetune-system", "Role"),  # leader election's Lease
         ("team-a", "Role"),
         ("team-b", "Role"),
     ]
@@ -88,6 +93,6 @@ def test_no_wildcards_no_secrets_no_escalation(scenario: str) -> None:
 
 def test_no_rule_is_granted_that_rbac_py_does_not_list() -> None:
     """Whatever the toggles, the rendered rules are drawn from rbac.py alone."""
-    known = [rule.to_manifest() for rule in (*CLUSTER_RULES,)] + role_rules()
+    known = [rule.to_manifest() for rule in (*CLUSTER_RULES, *LEADER_ELECTION_RULES)] + role_rules()
     for values, apis in [({}, ()), (NAMESPACED, ()), (SCENARIOS["all-monitoring-namespaced"][0], MONITORING_APIS)]:
         assert all(rule in known for rule in _all_rules(values, apis))

@@ -33,11 +33,15 @@ def crd_copy() -> str:
 
 
 def rbac_rules() -> str:
-    """The operator's rules as the chart's files/rbac.yaml: two lists, each rule under its reason."""
-    from kubetune.operator.rbac import CLUSTER_RULES, NAMESPACED_RULES
+    """The operator's rules as the chart's files/rbac.yaml: three lists, each rule under its reason."""
+    from kubetune.operator.rbac import CLUSTER_RULES, LEADER_ELECTION_RULES, NAMESPACED_RULES
 
     lines = ["# Generated from operator/src/kubetune/operator/rbac.py by `make generate`; do not edit by hand."]
-    for key, rules in (("namespaced", NAMESPACED_RULES), ("cluster", CLUSTER_RULES)):
+    for key, rules in (
+        ("namespaced", NAMESPACED_RULES),
+        ("cluster", CLUSTER_RULES),
+        ("leaderElection", LEADER_ELECTION_RULES),
+    ):
         lines.append(f"{key}:")
         for rule in rules:
             lines.append(f"  # {rule.why}")

@@ -124,6 +124,13 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
         "Failed Kubernetes API calls (code 0: no response).",
         ("verb", "code"),
     ),
+    Metric(
+        "kubetune_operator_leader",
+        "gauge",
+        "operator",
+        "1 while this operator replica leads (holds the Lease and reconciles), 0 while it stands by.",
+        (),
+    ),
 )
 
 ALL_METRICS: tuple[Metric, ...] = TRAINER_METRICS + OPERATOR_METRICS

@@ -12,7 +12,8 @@
 - `stop_reconciling` (kopf's cleanup): stops the workers and the informers.
 - `operator_login`: kopf authenticates with the same configuration as the `kubernetes` client
   (kube.load_configuration), so both sides use one set of credentials.
-- `operator_probe`: the liveness endpoint reports how many jobs are cached and queued.
+- the probes (kubetune.operator.health) report how many jobs are cached and queued, and readiness once
+  the caches have listed.
 
 Why no `kopf.daemon` per job: kopf puts a finalizer on every object that has a daemon, so a FineTuneJob
 deleted while the operator is not running (uninstalled, crashed, scaled to zero) would hang in
@@ -36,17 +37,12 @@ import kopf
 from kubernetes import client as k8s
 
 from kubetune.api.job import GROUP, PLURAL, VERSION
+from kubetune.operator.health import OperatorState
 from kubetune.operator.reconciler import Outcome, Reconciler
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.workqueue import WorkQueue
-from kubetune.policies.status import Event
 
 logger = logging.getLogger(__name__)
-
-
-def post_kopf_event(body: Mapping[str, Any], event: Event) -> None:
-    """Post a Kubernetes event through kopf's queue (it batches and never fails the caller)."""
-    kopf.event(cast(Any, dict(body)), type=event.type, reason=event.reason, message=event.message)
 
 
 def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
@@ -81,7 +77,7 @@ def next_reconcile_in(outcome: Outcome, settings: OperatorSettings) -> float | N
 
 
 def build_registry(
-    reconciler: Reconciler, settings: OperatorSettings, configuration: k8s.Configuration
+    reconciler: Reconciler, settings: OperatorSettings, configuration: k8s.Configuration, state: OperatorState
 ) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers, bound to this reconciler."""
     registry = kopf.OperatorRegistry()
@@ -112,10 +108,9 @@ def build_registry(
                 "RBAC (the chart's ClusterRole) and its connection to the API server; the log says why"
             )
         synced.set()
+        state.synced = True
 
-    @kopf.on.probe(id="jobs", registry=registry)
-    def operator_probe(**_: Any) -> dict[str, int]:
-        return {"cached": len(caches.jobs), "queued": queue.depth()}
+    state.details = lambda: {"cached": len(caches.jobs), "queued": queue.depth()}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def finetunejob_event(event: Mapping[str, Any], namespace: str | None, name: str | None, **_: Any) -> None:
@@ -128,8 +123,6 @@ def build_registry(
             caches.jobs.upsert(body)
         queue.add((namespace or "default", name))
         if not queue.started:
-            # Started here, not at startup: kopf.event() posts through context variables that kopf sets
-            # only for its handlers, and the workers' tasks inherit this handler's context.
             await synced.wait()
             queue.start()
 

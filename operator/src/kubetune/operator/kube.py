@@ -19,20 +19,20 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.job import GROUP, PLURAL, VERSION
 from kubetune.operator import metrics
+from kubetune.operator.api_client import ApiError, RetrySettings, load_configuration, status_body, user_agent
 from kubetune.operator.owners import ForeignObjectError, StaleObjectError, controlled_by_a_job, owner_uids
 from kubetune.operator.ratelimit import TokenBucket, WriteLimit
 
 T = TypeVar("T")
+__all__ = ["ApiError", "Kube", "RetrySettings", "load_configuration"]
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -43,70 +43,32 @@ MERGE_PATCH = "application/merge-patch+json"
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 
 
-@dataclass(frozen=True)
-class RetrySettings:
-    """How transient API errors are retried."""
-
-    attempts: int = 5
-    """Tries per call, the first included."""
-    first_delay: float = 0.2
-    """Seconds before the second try; doubles on each further one."""
-    max_delay: float = 5.0
-    """Longest wait between two tries, in seconds."""
-    request_timeout: float = 30.0
-    """Seconds a single request may take."""
-
-
-class ApiError(Exception):
-    """An API call that failed for good: `status` is the HTTP code (0: no response), `details` the
-    server's Status object when it sent one (reason, message, details.causes)."""
-
-    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"HTTP {status}: {message}" if status else message)
-        self.status = status
-        self.details = details or {}
-
-    @property
-    def server_message(self) -> str:
-        """The server's own sentence (Status.message), else this error's text."""
-        return str(self.details.get("message") or self)
-
-
-def _status_body(error: ApiException) -> dict[str, Any] | None:
-    try:
-        body = json.loads(error.body) if error.body else None
-    except (TypeError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
-    """Standard authentication: the in-cluster service account when running in a pod, else KUBECONFIG
-    (or `kubeconfig`)."""
-    configuration = k8s.Configuration()
-    if kubeconfig is None:
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return configuration
-        except k8s_config.ConfigException:
-            pass
-    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return configuration
-
-
 class Kube:
     """Typed-by-purpose calls for FineTuneJobs and their children."""
 
     def __init__(
-        self, configuration: k8s.Configuration, retry: RetrySettings | None = None, writes: WriteLimit | None = None
+        self,
+        configuration: k8s.Configuration,
+        retry: RetrySettings | None = None,
+        writes: WriteLimit | None = None,
+        identity: str = "",
     ) -> None:
         self.configuration = configuration
         self.retry = retry or RetrySettings()
         self._client = k8s.ApiClient(configuration)
+        self._client.user_agent = user_agent(identity)
+        self.fence: Callable[[], None] = lambda: None
+        """Asked before every write is sent, in the request's thread; raises to refuse it (leader election:
+        kubetune.operator.lease.Elector.check)."""
         self.core = self._core = k8s.CoreV1Api(self._client)
         self.custom = self._custom = k8s.CustomObjectsApi(self._client)
         self._networking = k8s.NetworkingV1Api(self._client)
         self._writes = TokenBucket(writes or WriteLimit())
+
+    @property
+    def api_client(self) -> k8s.ApiClient:
+        """The client (connection pool, credentials) this door uses: the Lease shares it."""
+        return self._client
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -118,7 +80,7 @@ class Kube:
             if not verb.startswith(("get_", "list_")):
                 await self._writes.acquire()  # writes are rate-limited (ratelimit.WriteLimit); reads are not
             try:
-                response = await asyncio.to_thread(call)
+                response = await asyncio.to_thread(call if verb.startswith(("get_", "list_")) else self._fenced(call))
                 body = response.data
                 return json.loads(body) if body else {}
             except ApiException as error:
@@ -126,7 +88,7 @@ class Kube:
                 if status not in EXPECTED_STATUS:  # 404 / 409 answer "is it there?": not errors
                     metrics.record_api_error(verb, status)
                 if status not in RETRYABLE_STATUS or attempt == self.retry.attempts:
-                    raise ApiError(status, str(error.reason or error.body), _status_body(error)) from error
+                    raise ApiError(status, str(error.reason or error.body), status_body(error)) from error
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 metrics.record_api_error(verb, 0)
                 if attempt == self.retry.attempts:
@@ -135,6 +97,9 @@ class Kube:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fenced(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: (self.fence(), call())[1]
 
     def _options(self) -> dict[str, Any]:
         return {"_preload_content": False, "_request_timeout": self.retry.request_timeout}
@@ -254,6 +219,13 @@ class Kube:
         except ApiError as error:
             if error.status not in (404, 409):  # gone, or already replaced (uid precondition failed)
                 raise
+
+    async def create_event(self, event: dict[str, Any]) -> None:
+        """Post a v1 Event (kubetune.operator.events builds it)."""
+        namespace = event["metadata"]["namespace"]
+        await self._call(
+            "create_event", lambda: self._core.create_namespaced_event(namespace, cast(Any, event), **self._options())
+        )
 
     async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A PersistentVolumeClaim (read-only: the operator never creates or changes claims); None when it

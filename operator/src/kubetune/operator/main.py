@@ -1,5 +1,11 @@
 """`kubetune operator`: run the FineTuneJob operator (kopf) until SIGINT/SIGTERM.
 
+With `--leader-elect` (the chart's default, two replicas) each replica stands by, serving its probes and
+metrics, until it holds the Lease (kubetune.operator.lease); the leader then runs kopf, the caches and the
+reconcile workers. A leader that cannot renew the Lease in time stops writing and exits with status 1
+(the kubelet restarts it as a standby); one stopped by SIGTERM (an upgrade, a drain) releases the Lease
+first, so that the standby leads at its next try instead of after the lease duration.
+
 Authentication is the standard one (kube.load_configuration): the in-cluster service account in a
 pod, else KUBECONFIG. `run_operator` is also what the tests start in-process against an emulated API
 server, with their own settings, credentials and progress source.
@@ -11,8 +17,11 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
+import socket
 import sys
 import threading
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +32,11 @@ from pydantic import ValidationError
 from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
 from kubetune.operator.caches import Caches
+from kubetune.operator.events import EventRecorder
+from kubetune.operator.health import HealthServer, OperatorState
 from kubetune.operator.kube import Kube, load_configuration
+from kubetune.operator.leader_election import LeaseTimings
+from kubetune.operator.lease import Elector, LeaderElection
 from kubetune.operator.network_policy import GangNetwork, parse_gang_network
 from kubetune.operator.progress import HttpProgressSource, ProgressSource, ReadLimits
 from kubetune.operator.reconciler import Reconciler
@@ -39,6 +52,10 @@ from kubetune.policies.mass_node_loss import UNHEALTHY_SHARE, Thresholds
 logger = logging.getLogger(__name__)
 
 
+class LeadershipLost(Exception):
+    """This replica could not renew its Lease in time: it stopped writing, and the process exits (1)."""
+
+
 async def run_operator(
     settings: OperatorSettings,
     configuration: k8s.Configuration | None = None,
@@ -46,17 +63,66 @@ async def run_operator(
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Run the operator until `stop_flag` is set (or a signal arrives, in the main thread)."""
+    """Run the operator until `stop_flag` is set (or a signal arrives, in the main thread). With leader
+    election, stand by until this replica holds the Lease, then lead; LeadershipLost when it loses it."""
     configuration = configuration or load_configuration()
-    kube = Kube(configuration, settings.api_retry, settings.write_limit())
+    election = settings.leader_election
+    kube = Kube(configuration, settings.api_retry, settings.write_limit(), election.identity if election else "")
+    state = OperatorState()
+    stop = await _as_asyncio_event(stop_flag)
+    metrics_server: Any = None
+    health: HealthServer | None = None
+    elector = Elector(kube.api_client, election) if election else None
+    try:
+        if settings.metrics_port is not None:
+            metrics_server = metrics.serve(settings.metrics_port, settings.listen_address)
+        if settings.health_port is not None:
+            health = await HealthServer(state, settings.listen_address, settings.health_port).start()
+        if elector is not None:
+            state.role = "standby"
+            metrics.record_leader(False)
+            if not await elector.acquire(stop):
+                return
+            kube.fence = elector.check
+        state.role = "leader"
+        metrics.record_leader(True)
+        if not await lead(settings, configuration, kube, state, progress, stop, elector, ready_flag):
+            assert elector is not None
+            raise LeadershipLost(f"{elector.identity} could not renew the Lease {election.lease if election else ''}")
+    finally:
+        state.role = "stopping"
+        if elector is not None:
+            await elector.release()
+        metrics.record_leader(False)
+        if health is not None:
+            await health.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        kube.close()
+
+
+async def lead(
+    settings: OperatorSettings,
+    configuration: k8s.Configuration,
+    kube: Kube,
+    state: OperatorState,
+    progress: ProgressSource | None,
+    stop: asyncio.Event,
+    elector: Elector | None,
+    ready_flag: asyncio.Event | threading.Event | None,
+) -> bool:
+    """Reconcile (kopf, the caches, the workers) until `stop`, or until the Lease is lost (False)."""
     settings = await with_kueue_detected(settings, kube)
     source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout, settings.read_limits)
-    reconciler = Reconciler(kube, Caches(bool(settings.kueue)), settings, source, handlers.post_kopf_event)
-    registry = handlers.build_registry(reconciler, settings, configuration)
-    metrics_server: Any = None
-    if settings.metrics_port is not None:
-        metrics_server = metrics.serve(settings.metrics_port, settings.listen_address)
-    liveness = f"http://{settings.listen_address}:{settings.health_port}/healthz" if settings.health_port else None
+    events = EventRecorder(kube, elector.identity if elector else "")
+    reconciler = Reconciler(kube, Caches(bool(settings.kueue)), settings, source, events.post)
+    registry = handlers.build_registry(reconciler, settings, configuration, state)
+    kopf_stop = asyncio.Event()
+    keeper = asyncio.create_task(elector.keep_leading(stop) if elector else stop.wait())
+    keeper.add_done_callback(lambda _: kopf_stop.set())
+    stopper = asyncio.create_task(stop.wait())
+    stopper.add_done_callback(lambda _: kopf_stop.set())
     try:
         await kopf.operator(
             registry=registry,
@@ -64,15 +130,39 @@ async def run_operator(
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
-            liveness_endpoint=liveness,
-            stop_flag=stop_flag,
+            stop_flag=kopf_stop,
             ready_flag=ready_flag,
         )
+        await events.flush()
     finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
-        kube.close()
+        stopper.cancel()
+        if not keeper.done():  # kopf stopped on its own (a signal): still leading, released by the caller
+            keeper.cancel()
+        outcome = (await asyncio.gather(keeper, return_exceptions=True))[0]
+    if isinstance(outcome, Exception):
+        logger.error("renewing the Lease failed unexpectedly: %r", outcome)
+        return False
+    return outcome is not False
+
+
+async def _as_asyncio_event(flag: asyncio.Event | threading.Event | None) -> asyncio.Event:
+    """`flag` as an event of this loop (a thread's flag is polled every 0.1 s)."""
+    if isinstance(flag, asyncio.Event):
+        return flag
+    event = asyncio.Event()
+    if flag is not None:
+
+        async def follow(threaded: threading.Event) -> None:
+            while not threaded.is_set():
+                await asyncio.sleep(0.1)
+            event.set()
+
+        _followers.add(asyncio.get_running_loop().create_task(follow(flag)))
+    return event
+
+
+#: The tasks that follow a thread's stop flag (kept referenced while they run).
+_followers: set[asyncio.Task[None]] = set()
 
 
 async def with_kueue_detected(settings: OperatorSettings, kube: Kube) -> OperatorSettings:
@@ -119,7 +209,29 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         protected_namespaces=tuple(
             dict.fromkeys(protected_namespaces() + tuple(getattr(args, "protected_namespace", [])))
         ),
+        leader_election=leader_election(args),
     )
+
+
+#: Environment variable with the operator pod's name (the chart sets it from the downward API).
+POD_NAME_ENV = "POD_NAME"
+
+
+def leader_election(args: argparse.Namespace) -> LeaderElection | None:
+    """`--leader-elect` and its settings; ValueError naming the flag that is wrong."""
+    if not getattr(args, "leader_elect", False):
+        return None
+    namespace = args.leader_election_namespace or os.environ.get(OPERATOR_NAMESPACE_ENV, "")
+    if not namespace:
+        raise ValueError(
+            f"--leader-elect needs the Lease's namespace: set --leader-election-namespace or {OPERATOR_NAMESPACE_ENV}"
+        )
+    try:
+        timings = LeaseTimings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as error:
+        raise ValueError(f"--lease-duration/--renew-deadline/--retry-period: {error}") from None
+    identity = args.leader_election_identity or os.environ.get(POD_NAME_ENV) or socket.gethostname()
+    return LeaderElection(namespace, args.leader_election_lease, f"{identity}_{uuid.uuid4().hex[:8]}", timings)
 
 
 def gang_network(flag: str | None) -> GangNetwork | None:
@@ -151,5 +263,18 @@ def main(args: argparse.Namespace) -> int:
         DEFAULT_TRAINER_IMAGE,
         TRAINER_IMAGE_ENV,
     )
-    asyncio.run(run_operator(settings))
+    try:
+        asyncio.run(run_until_signalled(settings))
+    except LeadershipLost as error:
+        logger.error("%s: exiting; the kubelet restarts this replica as a standby", error)
+        return 1
     return 0
+
+
+async def run_until_signalled(settings: OperatorSettings) -> None:
+    """`run_operator`, stopped by SIGINT or SIGTERM also while standing by (kopf handles them while it runs)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run_operator(settings, stop_flag=stop)

@@ -8,6 +8,7 @@ PodMonitor scrapes from each worker's `metrics` port). Label names avoid `job`, 
 - kubetune_jobs_finished_total{result}: jobs that reached Succeeded or Failed
 - kubetune_reconcile_duration_seconds: time of one reconcile (gather, decide, apply)
 - kubetune_api_errors_total{verb, code}: failed Kubernetes API calls (code 0: no response), retries included
+- kubetune_operator_leader: 1 while this replica holds the Lease and reconciles, 0 while it stands by
 
 Not exported: `reconciles(namespace, name)`, how many reconciles of one job this process has run (a
 per-job series would grow with every job); tests wait on it before asserting that nothing happened.
@@ -36,6 +37,9 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 API_ERRORS = Counter("kubetune_api_errors", "Failed Kubernetes API calls.", ["verb", "code"], registry=REGISTRY)
+LEADER = Gauge(
+    "kubetune_operator_leader", "1 while this replica leads (holds the Lease), 0 while it stands by.", registry=REGISTRY
+)
 
 _phases: dict[tuple[str, str], str] = {}
 _reconciles: dict[tuple[str, str], int] = {}
@@ -86,6 +90,10 @@ def observe_reconcile(seconds: float) -> None:
 
 def record_api_error(verb: str, code: int) -> None:
     API_ERRORS.labels(verb=verb, code=str(code)).inc()
+
+
+def record_leader(leading: bool) -> None:
+    LEADER.set(1 if leading else 0)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> Any:

@@ -5,9 +5,10 @@ can never grant less than the operator uses, nor more. Everything here is the le
 kopf need: no wildcards, and no Secrets at all (a job's `tokenSecretRef` only becomes a `secretKeyRef`
 in a pod spec; the kubelet, not the operator, reads the Secret).
 
-Two sets: `NAMESPACED_RULES` are needed in every namespace whose jobs the operator runs (a Role per
+Three sets: `NAMESPACED_RULES` are needed in every namespace whose jobs the operator runs (a Role per
 namespace with `--namespace`, or the ClusterRole with `--all-namespaces`); `CLUSTER_RULES` name
-cluster-scoped resources and always need a ClusterRole.
+cluster-scoped resources and always need a ClusterRole; `LEADER_ELECTION_RULES` are granted by a Role in
+the operator's own namespace only (its Lease).
 """
 
 from __future__ import annotations
@@ -125,12 +126,22 @@ CLUSTER_RULES: tuple[PolicyRule, ...] = (
     ),
 )
 
-ALL_RULES: tuple[PolicyRule, ...] = NAMESPACED_RULES + CLUSTER_RULES
+#: In the operator's own namespace only (a Role there), when replicas elect a leader (`--leader-elect`).
+LEADER_ELECTION_RULES: tuple[PolicyRule, ...] = (
+    PolicyRule(
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election: the replicas read, create and renew the Lease that says which one reconciles",
+    ),
+)
+
+ALL_RULES: tuple[PolicyRule, ...] = NAMESPACED_RULES + CLUSTER_RULES + LEADER_ELECTION_RULES
 
 
 def cluster_role_rules() -> list[dict[str, Any]]:
     """The rules of the operator's ClusterRole when it watches all namespaces."""
-    return [rule.to_manifest() for rule in ALL_RULES]
+    return [rule.to_manifest() for rule in NAMESPACED_RULES + CLUSTER_RULES]
 
 
 def role_rules() -> list[dict[str, Any]]:

@@ -1,10 +1,10 @@
 """The operator's settings, in one place, with the kopf settings derived from them.
 
 Every timing the operator depends on is here, so tests can shorten them and production can reason
-about them. kopf's own defaults are not left implicit: retries and timeouts are bounded, and peering is
-off (`standalone`): the operator runs as ONE replica, deployed with the Recreate strategy, so two
-operators never reconcile the same job. (A second replica would need kopf peering and its
-cluster-wide peering resources; nothing is gained for a controller this light.)
+about them. kopf's own defaults are not left implicit: retries and timeouts are bounded, and kopf's
+peering is off (`standalone`): which replica reconciles is decided by a Lease (`leader_election`,
+kubetune.operator.lease), as for every Go controller, and only the leader runs kopf at all. Without
+leader election the operator must run as one replica (the chart then deploys it with Recreate).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from kubetune.api.operations import ResourcesSpec
 from kubetune.operator.builders import METRICS_PORT, BuildSettings
 from kubetune.operator.informer import WatchTimeouts
 from kubetune.operator.kube import RetrySettings
+from kubetune.operator.lease import LeaderElection
 from kubetune.operator.network_policy import GangNetwork
 from kubetune.operator.progress import ReadLimits
 from kubetune.operator.ratelimit import WriteLimit
@@ -82,7 +83,7 @@ class OperatorSettings:
     metrics_port: int | None = 8080
     """Port of the operator's /metrics; None: not served."""
     health_port: int | None = 8081
-    """Port of kopf's liveness endpoint /healthz; None: not served."""
+    """Port of the probes, /healthz and /readyz (kubetune.operator.health); None: not served."""
     listen_address: str = "0.0.0.0"
     api_retry: RetrySettings = field(default_factory=RetrySettings)
     watch_server_timeout: int = 300
@@ -119,6 +120,10 @@ class OperatorSettings:
     """When silent nodes are a mass outage that holds the jobs instead of costing their gangs
     (kubetune.policies.mass_node_loss): `unhealthy_share`, 0.55 as the node lifecycle controller's
     `--unhealthy-zone-threshold`; None turns the brake off."""
+
+    leader_election: LeaderElection | None = None
+    """The Lease that decides which replica leads (`--leader-elect`); None: this process leads at once (one
+    replica only)."""
 
     def watch_timeouts(self) -> WatchTimeouts:
         return WatchTimeouts(
