@@ -15,16 +15,28 @@ from tests.support.waiting import eventually
 JOBS = "kubetune.io/v1alpha1/finetunejobs"
 
 
+def operator_pods(admin: KubeApi) -> list[dict[str, Any]]:
+    return admin.list("v1/pods", NAMESPACE)
+
+
 def operator_pod(admin: KubeApi) -> dict[str, Any]:
-    pods = admin.list("v1/pods", NAMESPACE)
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
+    """The replica that leads: its pod name starts the Lease's holder identity (`<pod>_<random>`)."""
+    (lease,) = admin.list("coordination.k8s.io/v1/leases", NAMESPACE)
+    holder = (lease.get("spec") or {}).get("holderIdentity") or ""
+    leaders = [pod for pod in operator_pods(admin) if holder.startswith(pod["metadata"]["name"] + "_")]
+    assert len(leaders) == 1, (holder, [p["metadata"]["name"] for p in operator_pods(admin)])
+    return leaders[0]
 
 
 def available(admin: KubeApi, installed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The operator Deployment once every replica is available (ready: the leader and the standby) and one leads."""
     name = next(o for o in installed if o["kind"] == "Deployment")["metadata"]["name"]
     deployment = admin.get("apps/v1/deployments", NAMESPACE, name) or {}
-    return deployment if deployment.get("status", {}).get("availableReplicas") == 1 else None
+    wanted = deployment.get("spec", {}).get("replicas")
+    if deployment.get("status", {}).get("availableReplicas") != wanted:
+        return None
+    lease = admin.get("coordination.k8s.io/v1/leases", NAMESPACE, name) or {}
+    return deployment if (lease.get("spec") or {}).get("holderIdentity") else None
 
 
 def wait_operator(admin: KubeApi, installed: list[dict[str, Any]]) -> None:

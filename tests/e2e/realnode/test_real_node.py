@@ -2,7 +2,8 @@
 with no packet able to leave the machine (tests/support/realnode.py says how the node is made).
 
 - The chart's operator Deployment runs in-cluster from the image `make images` built, under the chart's
-  RBAC, its probes answered by the kubelet, reaching the API server through the `kubernetes` Service.
+  RBAC, its probes answered by the kubelet, reaching the API server through the `kubernetes` Service: two
+  replicas, both ready, one leading (the Lease names its pod).
 - A running pod's routes lead only to the pod subnet and the Service range; the host forwards nothing;
   a pod reaches the API server through its Service but no other service of the host (one listening on
   every address is dropped); the cluster DNS resolves the `kubernetes` Service and no name outside.
@@ -19,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.realnode.cluster import JOBS, claim, operator_pod, restricted_namespace, wait_operator
+from tests.e2e.realnode.cluster import (
+    JOBS,
+    claim,
+    operator_pod,
+    operator_pods,
+    restricted_namespace,
+    wait_operator,
+)
 from tests.support.builders import a_cpu_gang
 from tests.support.chart import NAMESPACE
 from tests.support.containment import route_breaches
@@ -39,9 +47,12 @@ def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(
 ) -> None:
     wait_operator(admin, installed)
     pod = operator_pod(admin)
-    container = pod["status"]["containerStatuses"][0]
-    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0" and container["ready"], container
-    assert container["restartCount"] == 0, container
+    replicas = operator_pods(admin)
+    assert len(replicas) == 2, "the chart runs two replicas: one leads, one stands by"
+    for replica in replicas:  # both ready: the standby's /readyz answers 200 to the kubelet's probe
+        container = replica["status"]["containerStatuses"][0]
+        assert container["image"] == "ghcr.io/kubetune/operator:0.1.0" and container["ready"], container
+        assert container["restartCount"] == 0, container
     account = next(o for o in installed if o["kind"] == "ServiceAccount")["metadata"]["name"]
     assert pod["spec"]["serviceAccountName"] == account
     assert pod["status"]["podIP"].startswith("10.244.0.")

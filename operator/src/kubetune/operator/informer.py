@@ -55,6 +55,8 @@ class WatchTimeouts:
     """A LIST may take this long."""
     retry: tuple[float, float] = (0.5, 30.0)
     """(first, longest) wait before resuming after an error; doubles between them."""
+    page_size: int = 500
+    """Objects per page of a LIST (client-go's pager uses 500)."""
     resync: float = 1800.0
     """A full re-list after this long (one LIST per kind, checked when a watch ends): a safety net against
     an event lost in a way the watch protocol cannot tell."""
@@ -134,14 +136,30 @@ class Informer:
                 delay = min(delay * 2, longest)
 
     def _list(self) -> str | None:
-        """LIST into the store; the list's resourceVersion (where the watch starts)."""
-        response = self.source.list_call(
-            **self._selector(), _preload_content=False, _request_timeout=self.timeouts.request
-        )
-        body = json.loads(response.data or b"{}")
-        version: str | None = (body.get("metadata") or {}).get("resourceVersion")
-        self._post(self._replace, body.get("items") or [], version)
-        return version
+        """LIST into the store, a page of `page_size` objects at a time (client-go's pager: the server
+        never builds, and this process never holds, one response of every object); the list's
+        resourceVersion (where the watch starts). A continue token that expired mid-list (410) restarts it."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            options: dict[str, Any] = {"limit": self.timeouts.page_size} | ({"_continue": token} if token else {})
+            try:
+                response = self.source.list_call(
+                    **self._selector(), **options, _preload_content=False, _request_timeout=self.timeouts.request
+                )
+            except ApiException as error:
+                if error.status != GONE or token is None:
+                    raise
+                items, token = [], None  # the snapshot the pages came from was compacted: list again
+                continue
+            body = json.loads(response.data or b"{}")
+            items.extend(body.get("items") or [])
+            metadata = body.get("metadata") or {}
+            token = metadata.get("continue") or None
+            if token is None:
+                version: str | None = metadata.get("resourceVersion")
+                self._post(self._replace, items, version)
+                return version
 
     def _watch(self, version: str | None) -> str | None:
         """WATCH from `version` until the server ends it; the last version seen, None when it expired."""

@@ -1,5 +1,5 @@
-"""The informer's list/watch loop against a scripted server: list, watch from the list's version, resume
-from the last version seen, re-list on 410 Gone, bookmarks move the version without touching the store.
+"""The informer's list/watch loop against a scripted server: list (in pages), watch from the list's version,
+resume from the last version seen, re-list on 410 Gone, bookmarks move the version without touching the store.
 (The real API server is behind every end-to-end scenario: tests/e2e.)"""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Response:
 class ScriptedServer:
     """Answers list and watch calls from a script; records the calls' arguments."""
 
-    def __init__(self, lists: list[dict[str, Any]], watches: list[list[dict[str, Any]]]) -> None:
+    def __init__(self, lists: list[Any], watches: list[list[dict[str, Any]]]) -> None:
         self.lists = lists
         self.watches = watches
         self.calls: list[dict[str, Any]] = []
@@ -54,7 +54,10 @@ class ScriptedServer:
                 self.loop.call_soon_threadsafe(self.exhausted.set)
                 raise ConnectionError("script over")
             return Response(events=self.watches.pop(0))
-        return Response(body=self.lists.pop(0))
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return Response(body=answer)
 
 
 async def run_script(server: ScriptedServer, store: Store) -> list[str]:
@@ -106,3 +109,28 @@ async def test_an_expired_watch_relists_and_drops_what_is_gone() -> None:
     assert sorted(name for _, name in store.object_keys()) == ["a", "c"]
     assert [c.get("watch", False) for c in server.calls] == [False, True, False, True]
     assert server.calls[-1]["resource_version"] == "50"
+
+
+async def test_a_list_comes_in_pages_and_an_expired_continue_token_starts_it_again() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    def page(items: list[dict[str, Any]], version: str, token: str | None) -> dict[str, Any]:
+        return {"metadata": {"resourceVersion": version} | ({"continue": token} if token else {}), "items": items}
+
+    server = ScriptedServer(
+        lists=[
+            page([pod("a", "1"), pod("b", "2")], "10", "t1"),
+            ApiException(status=410, reason="Expired: the continue token is too old"),
+            page([pod("a", "30"), pod("b", "2")], "40", "t2"),
+            page([pod("c", "35")], "40", None),
+        ],
+        watches=[],
+    )
+    store = Store("pods")
+    changed = await run_script(server, store)
+    lists = [c for c in server.calls if not c.get("watch")]
+    assert [c.get("_continue") for c in lists] == [None, "t1", None, "t2"], "the third call starts the list again"
+    assert all(c["limit"] == WatchTimeouts().page_size for c in lists)
+    assert sorted(changed) == ["a@30", "b@2", "c@35"], "the store is filled once, from the whole second list"
+    assert sorted(name for _, name in store.object_keys()) == ["a", "b", "c"]
+    assert server.calls[-1].get("watch") and server.calls[-1]["resource_version"] == "40"
