@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.operator.builders import ATTEMPT_LABEL
 from tests.e2e.images import image_environment
 from tests.support.ports import free_port
 
-#: The label that tells a gang's attempts apart (kubetune's builders): each attempt gets its own ports.
-ATTEMPT = "kubetune.io/attempt"
 #: Kubernetes' default terminationMessagePath.
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 #: Kubernetes keeps at most this many bytes of a termination message.
@@ -106,7 +105,7 @@ def network_of(pod: Mapping[str, Any], gang_ports: dict[tuple[str, str, str], di
     """The pod's loopback IP and its gang's port map (each containerPort -> a free host port, shared by the
     pods of one headless Service and attempt label: an earlier attempt still running keeps its own ports)."""
     metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
-    namespace, attempt = metadata.get("namespace") or "default", (metadata.get("labels") or {}).get(ATTEMPT, "")
+    namespace, attempt = metadata.get("namespace") or "default", (metadata.get("labels") or {}).get(ATTEMPT_LABEL, "")
     hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
     gang = gang_ports.setdefault((namespace, subdomain or metadata.get("name", ""), attempt), {})
     for container in spec.get("containers") or []:

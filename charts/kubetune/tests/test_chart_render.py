@@ -179,7 +179,12 @@ def test_prometheus_rule_can_drop_and_label_alerts() -> None:
         "monitoring": {
             "prometheusRule": {
                 "enabled": True,
-                "disabledAlerts": ["KubetuneUnderfittingSuspected", "KubetuneRestartStorm", "KubetuneJobFailed"],
+                "disabledAlerts": [
+                    "KubetuneUnderfittingSuspected",
+                    "KubetuneRestartStorm",
+                    "KubetuneJobFailed",
+                    "KubetuneOperatorNoLeader",
+                ],
                 "additionalAlertLabels": {"team": "ml"},
             }
         }

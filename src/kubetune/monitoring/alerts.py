@@ -170,6 +170,18 @@ OPERATOR_ALERTS: tuple[Alert, ...] = (
         description=f"A FineTuneJob failed in the last {FAILED_WINDOW_MINUTES} minutes; "
         "`kubectl get ftj -A` shows which, its Failed condition says why.",
     ),
+    # A failover takes seconds (the lease duration plus a retry period): minutes without a leader mean none
+    # can take the Lease (RBAC on Leases, the API server unreachable from every replica, crash loops).
+    Alert(
+        name="KubetuneOperatorNoLeader",
+        expr="max by (namespace) (kubetune_operator_leader) < 1",
+        for_="2m",
+        severity="critical",
+        summary="No kubetune operator replica leads",
+        description="No operator replica in namespace {{ $labels.namespace }} has held the Lease for 2 minutes: "
+        "no FineTuneJob is reconciled (progress, restarts, new jobs wait). The replicas' logs say why "
+        "(`kubectl logs -n {{ $labels.namespace }} -l app.kubernetes.io/component=operator`).",
+    ),
 )
 
 

@@ -170,6 +170,25 @@ SCENARIOS: dict[str, Scenario] = {
         at=30,
         fires=False,
     ),
+    "no leader: both replicas stand by for minutes": Scenario(
+        "KubetuneOperatorNoLeader",
+        {
+            'kubetune_operator_leader{namespace="kubetune-system", pod="op-a"}': "1 1 0x10",
+            'kubetune_operator_leader{namespace="kubetune-system", pod="op-b"}': "0x12",
+        },
+        at=8,
+        fires=True,
+        labels={"namespace": "kubetune-system"},
+    ),
+    "no leader: a failover of seconds": Scenario(
+        "KubetuneOperatorNoLeader",
+        {
+            'kubetune_operator_leader{namespace="kubetune-system", pod="op-a"}': "1 1 0x10",
+            'kubetune_operator_leader{namespace="kubetune-system", pod="op-b"}': "0 0 0 1x9",
+        },
+        at=8,
+        fires=False,
+    ),
 }
 
 
