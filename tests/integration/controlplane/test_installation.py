@@ -111,6 +111,32 @@ async def test_the_operator_creates_a_jobs_children(
         assert owner["blockOwnerDeletion"] and owner["uid"] == job.metadata.uid
 
 
+async def test_a_pod_delete_names_the_pod_it_saw_and_leaves_a_namesake_alone(
+    control_plane: ControlPlane, admin: KubeApi, operator: KubeApi
+) -> None:
+    """A deletion decided on a stale view (a lagging cache, a replica that lost its Lease) carries the uid it
+    saw: the API server refuses it for a pod of the same name that is another one (kube.delete_pod)."""
+    manifest = a_job("namesake").build()
+    code, body = admin.create(JOBS, TEAM, manifest)
+    assert code == 201, body
+    job = FineTuneJob.model_validate(body)
+    configuration = k8s.Configuration()
+    configuration.host, configuration.ssl_ca_cert = control_plane.url, str(control_plane.ca_file)
+    configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
+    kube = Kube(configuration, RetrySettings(attempts=1))
+    try:
+        pod = builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="kubetune/trainer:test"))
+        created = await kube.create_pod(pod, job.metadata.uid or "")
+        name = created["metadata"]["name"]
+        assert await kube.delete_pod(TEAM, name, "uid-of-a-pod-seen-earlier") is None
+        assert await kube.delete_pod_now(TEAM, name, "uid-of-a-pod-seen-earlier") is None
+        assert (admin.get("v1/pods", TEAM, name) or {}).get("metadata", {}).get("uid") == created["metadata"]["uid"]
+        assert await kube.delete_pod(TEAM, name, created["metadata"]["uid"]) is not None
+    finally:
+        kube.close()
+    eventually(lambda: admin.get("v1/pods", TEAM, name) is None, 30, message="the pod it saw deleted")
+
+
 def test_the_operator_reads_no_secret(admin: KubeApi, operator: KubeApi) -> None:
     code, body = admin.create("v1/secrets", TEAM, {"metadata": {"name": "token"}, "stringData": {"token": "x"}})
     assert code in (201, 409), body

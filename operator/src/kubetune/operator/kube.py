@@ -148,13 +148,26 @@ class Kube:
             pod, owner_uid, "pod", self._core.create_namespaced_pod, self._core.read_namespaced_pod
         )
 
-    async def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The pod as it is being deleted (with its deletionTimestamp); None when it was gone."""
-        deleted: dict[str, Any] | None = await self._ignore(
-            404,
-            self._call("delete_pod", lambda: self._core.delete_namespaced_pod(name, namespace, **self._options())),
-        )
-        return deleted
+    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> dict[str, Any] | None:
+        """The pod as it is being deleted (with its deletionTimestamp); None when it was gone, or when `uid`
+        is given and the pod of that name is another one now (the server checks it: a stale view never
+        deletes a pod it did not see)."""
+        return await self._delete_pod("delete_pod", namespace, name, uid, None)
+
+    async def _delete_pod(
+        self, verb: str, namespace: str, name: str, uid: str | None, grace: int | None
+    ) -> dict[str, Any] | None:
+        body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid) if uid else None)
+        options = self._options() | ({"grace_period_seconds": grace} if grace is not None else {})
+        try:
+            deleted: dict[str, Any] = await self._call(
+                verb, lambda: self._core.delete_namespaced_pod(name, namespace, body=body, **options)
+            )
+            return deleted
+        except ApiError as error:
+            if error.status == 404 or (error.status == 409 and uid):
+                return None
+            raise
 
     async def create_service(self, service: dict[str, Any], owner_uid: str) -> dict[str, Any]:
         return await self._create_owned(
@@ -235,15 +248,10 @@ class Kube:
             lambda: self._core.read_namespaced_persistent_volume_claim(name, namespace, **self._options()),
         )
 
-    async def delete_pod_now(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """Force deletion (grace 0): for a pod whose node is lost and will never confirm its end."""
-        return await self._ignore(
-            404,
-            self._call(
-                "delete_pod",
-                lambda: self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, **self._options()),
-            ),
-        )
+    async def delete_pod_now(self, namespace: str, name: str, uid: str | None = None) -> dict[str, Any] | None:
+        """Force deletion (grace 0): for a pod whose node is lost and will never confirm its end (`uid` as in
+        `delete_pod`)."""
+        return await self._delete_pod("delete_pod", namespace, name, uid, 0)
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         return await self._get_or_none("get_node", lambda: self._core.read_node(name, **self._options()))

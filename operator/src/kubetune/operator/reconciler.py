@@ -260,7 +260,11 @@ class Reconciler:
         status = body.get("status") or {}
         for pod in self._pods(meta.get("namespace", "default"), meta.get("name", ""), meta.get("uid")):
             if not pod.get("metadata", {}).get("deletionTimestamp"):
-                self.caches.record(await self.kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"]))
+                self.caches.record(
+                    await self.kube.delete_pod(
+                        pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid")
+                    )
+                )
         if status.get("phase") == "Failed":
             return
         first = error.errors()[0]
@@ -312,12 +316,16 @@ class Reconciler:
         for ref in decision.plan.force_delete:
             if (victim := by_ref.get((ref.attempt, ref.index))) is not None:
                 logger.info("force-deleting %s: its node %s is lost", victim["metadata"]["name"], node_of(victim))
-                self.caches.record(await self.kube.delete_pod_now(namespace, victim["metadata"]["name"]))
+                self.caches.record(
+                    await self.kube.delete_pod_now(namespace, victim["metadata"]["name"], victim["metadata"].get("uid"))
+                )
         forced = set(decision.plan.force_delete)
         for ref in decision.plan.delete:
             victim = by_ref.get((ref.attempt, ref.index))
             if victim is not None and ref not in forced:
-                self.caches.record(await self.kube.delete_pod(namespace, victim["metadata"]["name"]))
+                self.caches.record(
+                    await self.kube.delete_pod(namespace, victim["metadata"]["name"], victim["metadata"].get("uid"))
+                )
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
             await self.kube.delete_job(namespace, name)
