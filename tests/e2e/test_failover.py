@@ -190,6 +190,7 @@ def test_the_standby_leads_within_15_s_when_the_leader_is_killed_mid_restart(
         stall.times = 0
         took_over = replicas.wait_leader(standby, timeout=30) - killed
         assert took_over <= 15.0, f"the standby led {took_over:.1f} s after the leader was killed"
+        print(f"failover: the standby held the Lease {took_over:.1f} s after the leader was killed")
         eventually(lambda: standby.leader_metric() == 1.0, 10, message="the new leader's metric")
         status = job.wait_phase("Succeeded", "Failed", timeout=180)
     except AssertionError as error:
