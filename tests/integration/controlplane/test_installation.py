@@ -132,9 +132,14 @@ async def test_a_pod_delete_names_the_pod_it_saw_and_leaves_a_namesake_alone(
         assert await kube.delete_pod_now(TEAM, name, "uid-of-a-pod-seen-earlier") is None
         assert (admin.get("v1/pods", TEAM, name) or {}).get("metadata", {}).get("uid") == created["metadata"]["uid"]
         assert await kube.delete_pod(TEAM, name, created["metadata"]["uid"]) is not None
+        eventually(lambda: admin.get("v1/pods", TEAM, name) is None, 30, message="the pod it saw deleted")
+        # a pod on a node that never confirms (lost): a force delete removes it at once, precondition and all
+        pod["spec"]["nodeName"] = "a-node-that-never-answers"
+        lost = await kube.create_pod(pod, job.metadata.uid or "")
+        assert await kube.delete_pod_now(TEAM, name, lost["metadata"]["uid"]) is not None
+        assert admin.get("v1/pods", TEAM, name) is None, "grace 0: gone without the kubelet's confirmation"
     finally:
         kube.close()
-    eventually(lambda: admin.get("v1/pods", TEAM, name) is None, 30, message="the pod it saw deleted")
 
 
 def test_the_operator_reads_no_secret(admin: KubeApi, operator: KubeApi) -> None:

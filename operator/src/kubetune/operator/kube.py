@@ -157,11 +157,14 @@ class Kube:
     async def _delete_pod(
         self, verb: str, namespace: str, name: str, uid: str | None, grace: int | None
     ) -> dict[str, Any] | None:
-        body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid) if uid else None)
-        options = self._options() | ({"grace_period_seconds": grace} if grace is not None else {})
+        # the grace period goes in the body: with a body, the API server ignores the query's gracePeriodSeconds
+        # (a force delete would silently wait for a lost kubelet; seen on the real control plane)
+        body = k8s.V1DeleteOptions(
+            grace_period_seconds=grace, preconditions=k8s.V1Preconditions(uid=uid) if uid else None
+        )
         try:
             deleted: dict[str, Any] = await self._call(
-                verb, lambda: self._core.delete_namespaced_pod(name, namespace, body=body, **options)
+                verb, lambda: self._core.delete_namespaced_pod(name, namespace, body=body, **self._options())
             )
             return deleted
         except ApiError as error:

@@ -296,6 +296,7 @@ class Reconciler:
         for event in decision.events:
             self.post_event(body, event)
         if decision.plan.create:
+            await self._confirm_job(namespace, name, body)
             try:
                 refusal = await self.creator.create(job, body, decision.plan.attempt, decision.plan.create)
             except StaleObjectError as stale:
@@ -330,6 +331,20 @@ class Reconciler:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
             await self.kube.delete_job(namespace, name)
         return decision
+
+    async def _confirm_job(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Before creating children, the job as the API server has it (one GET per launch): the job cache can
+        lag the pod cache (its watch resumed later, after a partition or a restart), and children made for a
+        job deleted meanwhile would only be collected again (seen on the real control plane: the operator
+        re-created a deleted job's Service, NetworkPolicy, ConfigMap and pod every 100 ms). ApiError 404 when
+        it is gone or is another job of that name: `reconcile` then forgets the stale copy."""
+        fresh = await self.kube.get_job(namespace, name)
+        uid = body.get("metadata", {}).get("uid")
+        if fresh is None or fresh.get("metadata", {}).get("uid") != uid:
+            self._reread(namespace, name, fresh)
+            raise ApiError(
+                404, f"FineTuneJob {namespace}/{name} (uid {uid}) no longer exists", {"details": {"kind": PLURAL}}
+            )
 
     @staticmethod
     def _record(namespace: str, name: str, previous: FineTuneJobStatus, decision: Decision) -> None:

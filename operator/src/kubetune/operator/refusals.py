@@ -37,6 +37,13 @@ SPEC_FIELD_OF = (
 )
 
 
+#: 403s that say the API server is not ready yet, not that anything is wrong with the object: right after
+#: kube-apiserver (re)starts, OwnerReferencesPermissionEnforcement looks the owner's kind up in a
+#: discovery cache refreshed every 30 s and refuses "cannot find RESTMapping" meanwhile (seen on the real
+#: control plane: a job created during a restart failed PodRejected for good).
+TRANSIENT_403 = ("cannot find restmapping",)
+
+
 def spec_field(message: str, causes: list[Mapping[str, Any]]) -> str | None:
     """The FineTuneJob field behind a refusal, from the invalid pod field's path first, then the message."""
     for text in [str(cause.get("field") or "") for cause in causes] + [message]:
@@ -51,6 +58,8 @@ def classify(status: int, details: Mapping[str, Any], fallback: str = "") -> Cre
     """The refusal of one create (`status`: its HTTP code, `details`: the server's Status object)."""
     message = str(details.get("message") or fallback)
     lowered = message.lower()
+    if status == 403 and any(transient in lowered for transient in TRANSIENT_403):
+        return None  # the API server's own state, not the pod: the reconcile fails and is retried
     if status == 403 and ("exceeded quota" in lowered or "status unknown for quota" in lowered):
         return CreateRefusal(True, Reason.QUOTA_EXCEEDED, f"a ResourceQuota refused a worker: {message}")
     if status == 403 and "cannot create resource" in lowered:

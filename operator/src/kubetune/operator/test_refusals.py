@@ -44,3 +44,14 @@ def test_classify(code: int, body: dict[str, Any], retryable: bool, reason: str,
 @pytest.mark.parametrize("code", [404, 409, 429, 500, 0])
 def test_other_errors_are_not_refusals(code: int) -> None:
     assert classify(code, status("whatever")) is None
+
+
+def test_an_api_server_still_starting_is_no_refusal_of_the_pod() -> None:
+    """Right after kube-apiserver restarts, OwnerReferencesPermissionEnforcement cannot yet map the owner's kind
+    (the real server's words): retried, never PodRejected."""
+    message = (
+        'services "j" is forbidden: cannot set blockOwnerDeletion in this case because cannot find RESTMapping for '
+        'APIVersion kubetune.io/v1alpha1 Kind FineTuneJob: no matches for kind "FineTuneJob" in version '
+        '"kubetune.io/v1alpha1"'
+    )
+    assert classify(403, status(message)) is None
