@@ -18,6 +18,7 @@ containerPort (forwarded to the gang's host port), so the operator reaches `http
 Pods are told apart by uid, as a kubelet does: a pod re-created under the same name is a new pod.
 Test hooks for what a test cannot cause for real: `kill(pod, signal)`; `oom_kill(pod)` (SIGKILL and
 reason OOMKilled, as the OOM killer plus the runtime). Only `restartPolicy: Never` (all kubetune pods).
+Its reads and writes wait out an API server that is away for a while (api_outage.py), as a kubelet's do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e import podexec
+from tests.e2e.api_outage import check_available, until_answered
 from tests.e2e.pod_status import PodRuntime, forward_connection, now, pod_status, shell_exit_code, signal_container
 from tests.support.apiserver import KUBELET_FINALIZER
 
@@ -122,6 +124,8 @@ class ProcessKubelet:
             self._kill_group(runtime, signal.SIGKILL)
             if runtime.task:
                 runtime.task.cancel()
+            for server in runtime.forwarders:  # a running pod's ports (its task, cancelled, closes none)
+                server.close()
         for runtime in list(self.pods.values()):
             if runtime.process:
                 with contextlib.suppress(Exception):
@@ -221,28 +225,26 @@ class ProcessKubelet:
         return f"{self.server}/api/v1/namespaces/{runtime.namespace}/pods/{runtime.name}{tail}"
 
     async def _get(self, url: str) -> dict[str, Any] | None:
-        assert self._session is not None
-        async with self._session.get(url) as response:
-            if response.status >= 300:
-                return None
-            data: dict[str, Any] = await response.json()
-            return data
+        async def get() -> dict[str, Any] | None:
+            assert self._session is not None
+            async with self._session.get(url) as response:
+                check_available(response)
+                return dict(await response.json()) if response.status < 300 else None
+
+        return await until_answered(get)
 
     async def _patch(self, url: str, body: Mapping[str, Any]) -> bool:
-        """Merge-patch `url`; False when the object is gone or changed since `body`'s resourceVersion."""
-        assert self._session is not None
-        for delay in (0.1, 0.2, 0.5, 1.0, 2.0, 0):
-            try:
-                async with self._session.patch(url, data=json.dumps(body), headers=MERGE_PATCH) as response:
-                    if response.status < 300:
-                        return True
-                    if response.status in (404, 409):
-                        return False
+        """Merge-patch `url` once the server answers; False if refused (gone, or changed since `body`'s version)."""
+
+        async def patch() -> bool:
+            assert self._session is not None
+            async with self._session.patch(url, data=json.dumps(body), headers=MERGE_PATCH) as response:
+                check_available(response)
+                if response.status >= 300 and response.status not in (404, 409):
                     logger.debug("kubelet: PATCH %s: HTTP %s", url, response.status)
-            except aiohttp.ClientError as error:
-                logger.debug("kubelet: PATCH %s: %r", url, error)
-            await asyncio.sleep(delay)
-        return False
+                return response.status < 300
+
+        return await until_answered(patch)
 
     async def _bind(self, runtime: PodRuntime) -> bool:
         """Schedule the pod onto this node and take the finalizer that makes its deletion graceful."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.e2e.api_outage import check_available, until_answered
 from tests.e2e.kubelet import ProcessKubelet
 from tests.e2e.pod_status import PodRuntime
 from tests.support.controlplane import KUBERNETES_VERSION
@@ -268,8 +269,13 @@ class ScheduledKubelet(ProcessKubelet):
         await self._while_silent(runtime)
         if runtime.vanished or self._node_of(runtime.pod) in self.dead_nodes:
             return
-        assert self._session is not None
         options = {"gracePeriodSeconds": 0, "preconditions": {"uid": runtime.pod["metadata"]["uid"]}}
-        async with self._session.delete(self._pod_url(runtime), json=options) as response:
-            if response.status >= 300 and response.status not in (404, 409):
-                logger.warning("kubelet: cannot confirm the deletion of %s: HTTP %s", runtime.name, response.status)
+
+        async def confirm() -> None:
+            assert self._session is not None
+            async with self._session.delete(self._pod_url(runtime), json=options) as response:
+                check_available(response)
+                if response.status >= 300 and response.status not in (404, 409):
+                    logger.warning("kubelet: cannot confirm the deletion of %s: HTTP %s", runtime.name, response.status)
+
+        await until_answered(confirm)

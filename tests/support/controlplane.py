@@ -11,7 +11,9 @@ to the nodes the process kubelet registers (tests/e2e/kubelet.py).
 
 Everything listens on 127.0.0.1; nothing is pulled or fetched. Each component is started and stopped
 by PID; their logs stay in the control plane's folder, and `ControlPlane.log_tails()` returns them for
-a failing test's report.
+a failing test's report. `ControlPlane.restart(name)` stops one component and starts it again as it was
+(same command line, same environment, so etcd keeps its data folder and every port stays the same):
+the control-plane faults of tests/e2e/test_control_plane_faults.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ ADMIN_TOKEN = "kubetune-test-admin"
 #: Seconds the node-lifecycle controller waits for a silent node before marking it NotReady (real
 #: clusters: 40-50 s; short here so that node-loss scenarios end quickly).
 NODE_MONITOR_GRACE_SECONDS = 8
+#: Seconds a restarted component may take to stop before it is killed. etcd stops in about 7 s with the API
+#: server connected; kube-apiserver stops listening at once but exits only once its open watches end (up to
+#: their timeoutSeconds, a minute), so it is killed, as a kubelet kills a static pod after its grace period.
+RESTART_GRACE_SECONDS = 10.0
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -98,8 +104,11 @@ class Component:
     argv: list[str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment it was started with (a restart starts it with the same)."""
 
     def start(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -109,6 +118,11 @@ class Component:
         if self.process is not None and self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+
+    def restart(self, timeout: float = 15) -> None:
+        """Stop it (SIGTERM, then SIGKILL after `timeout` seconds) and start it again, as it was."""
+        self.stop(timeout)
+        self.start(self.env)
 
     def stop(self, timeout: float = 15) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -247,6 +261,27 @@ class ControlPlane:
     def check_alive(self) -> None:
         for component in self.components:
             component.check_alive()
+
+    def component(self, name: str) -> Component:
+        found = [component for component in self.components if component.name == name]
+        if not found:
+            raise LookupError(f"no component {name} (have: {[c.name for c in self.components]})")
+        return found[0]
+
+    @property
+    def etcd_url(self) -> str:
+        """etcd's client URL (plain HTTP on loopback; it also serves etcd's JSON gateway, /v3/...)."""
+        flag = next(arg for arg in self.component("etcd").argv if arg.startswith("--advertise-client-urls="))
+        return flag.partition("=")[2]
+
+    def restart(self, name: str, grace: float = RESTART_GRACE_SECONDS, timeout: float = 90) -> float:
+        """Stop component `name` (SIGTERM, SIGKILL after `grace` seconds) and start it again as it was;
+        returns once the API server is ready again (its /readyz checks etcd too), in seconds. The other
+        components are left alone."""
+        started = time.monotonic()
+        self.component(name).restart(grace)
+        self._wait_ready(timeout)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         for component in reversed(self.components):

@@ -6,6 +6,16 @@ It forwards every request (watches are streamed through as they arrive) with the
 credentials, except that a matching `Fault` answers the next N requests itself with the status a real
 server sends (409 Conflict, 429 TooManyRequests with Retry-After, 500/503), before anything is stored.
 
+Two more faults are the network's, not the server's: `partition()` cuts the operator off (every open
+connection is dropped, every new request's connection is closed unanswered, as a client sees a network
+partition) until `heal()`, from the whole server, from some resources only (`partition("pods")`), or only
+from their lists and watches (`lists_only`: a client whose watches of them have not resumed yet); and an
+API server that cannot be reached (stopped, restarting) is passed on as a dropped connection, never as
+an HTTP error the server did not send. The proxy also notes every
+request the server answered 410 Gone (`gone`: a watch from an expired resourceVersion, whether answered
+by status code or, as the watch cache does, by an ERROR event in the stream), so that a test can prove
+that its client met an expired watch rather than assume it.
+
 It listens on plain HTTP on 127.0.0.1 only and talks TLS to the API server on 127.0.0.1.
 """
 
@@ -32,6 +42,8 @@ ACTIONS = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE", "DELETE": "DELE
 _PATH = re.compile(
     r"^/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
 )
+#: How a watch stream says that its resourceVersion has expired: an ERROR event with code 410 (Gone).
+_GONE_EVENT = re.compile(rb'"type":\s*"ERROR".*?"code":\s*410\b')
 #: Hop-by-hop and framing headers that the proxy must not copy.
 _SKIPPED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
@@ -86,7 +98,13 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._runner: aiohttp.web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._in_flight: dict[asyncio.Task[Any], aiohttp.web.Request] = {}
+        self.partitioned: tuple[str, ...] | None = None
+        """The resources the operator is cut off from (`partition()`; empty: all), None once healed."""
+        self.lists_only = False
+        """Whether the partition cuts only the lists and watches of those resources."""
+        self.gone: list[str] = []
+        """Path and query of each request the API server answered 410 Gone, in order (module docstring)."""
 
     @property
     def url(self) -> str:
@@ -95,6 +113,16 @@ class FaultProxy:
     def inject(self, fault: Fault) -> Fault:
         self._loop.call_soon_threadsafe(self.faults.append, fault)
         return fault
+
+    def partition(self, *plurals: str, lists_only: bool = False) -> None:
+        """Cut the operator off from the API server, or only from these resources (`pods`, `finetunejobs`;
+        `lists_only`: only from their lists and watches), instead of what it was cut off from: its open
+        connections to them (watches) are dropped, new ones closed unanswered."""
+        asyncio.run_coroutine_threadsafe(self._partition(plurals, lists_only), self._loop).result(10)
+
+    def heal(self) -> None:
+        """The operator reaches the whole API server again."""
+        self._loop.call_soon_threadsafe(setattr, self, "partitioned", None)
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -121,6 +149,24 @@ class FaultProxy:
         await self._runner.setup()
         await aiohttp.web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
+    async def _partition(self, plurals: tuple[str, ...], lists_only: bool) -> None:
+        self.partitioned, self.lists_only = plurals, lists_only
+        cut = [task for task, request in self._in_flight.items() if self._cut_off(request)]
+        for task in cut:
+            _drop(self._in_flight[task])
+            task.cancel()
+        await asyncio.gather(*cut, return_exceptions=True)
+
+    def _cut_off(self, request: aiohttp.web.Request) -> bool:
+        if self.partitioned is None:
+            return False
+        if not self.partitioned:
+            return True
+        parsed = _PATH.match(request.path)
+        if parsed is None or parsed["plural"] not in self.partitioned:
+            return False
+        return not self.lists_only or (request.method == "GET" and parsed["name"] is None)
+
     async def _stop(self) -> None:
         for task in self._in_flight:  # streams still open (watches): end them before the loop goes
             task.cancel()
@@ -134,11 +180,13 @@ class FaultProxy:
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)
+        self._in_flight[task] = request
         try:
+            if self._cut_off(request):
+                return _drop(request)
             return await self._forward(request)
         finally:
-            self._in_flight.discard(task)
+            self._in_flight.pop(task, None)
 
     async def _forward(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         for fault in self.faults:
@@ -150,6 +198,15 @@ class FaultProxy:
         body = await request.read()
         # aiohttp would label a body without a Content-Type as application/octet-stream, which the API server
         # refuses (415); pass on exactly what the caller sent
+        try:
+            return await self._pass(request, headers, body)
+        except aiohttp.ClientConnectionError:  # the server cannot be reached: so the caller cannot reach it
+            return _drop(request)
+
+    async def _pass(
+        self, request: aiohttp.web.Request, headers: dict[str, str], body: bytes
+    ) -> aiohttp.web.StreamResponse:
+        assert self._session is not None
         async with self._session.request(
             request.method,
             self.upstream + request.path_qs,
@@ -157,6 +214,8 @@ class FaultProxy:
             data=body or None,
             skip_auto_headers=("Content-Type",),
         ) as upstream:
+            if upstream.status == 410:
+                self.gone.append(request.path_qs)
             response = aiohttp.web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
                 if key.lower() not in _SKIPPED_HEADERS:
@@ -164,9 +223,22 @@ class FaultProxy:
             if upstream.headers.get("Content-Encoding"):
                 response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
             await response.prepare(request)
+            watch, tail = request.query.get("watch", "").lower() in ("true", "1"), b""
             try:
                 async for chunk in upstream.content.iter_any():
+                    if watch and _GONE_EVENT.search(tail + chunk):
+                        self.gone.append(request.path_qs)
+                        watch = False  # once per request: the server ends the stream after it
+                    tail = chunk[-256:]
                     await response.write(chunk)
             except (ConnectionResetError, aiohttp.ClientError):
                 pass  # either side went away (a watch ended); the other side sees its connection close
             return response
+
+
+def _drop(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    """Close the caller's connection unanswered, as a network partition or a stopped server does (the
+    response returned is never sent)."""
+    if request.transport is not None:
+        request.transport.abort()
+    return aiohttp.web.Response(status=503)
