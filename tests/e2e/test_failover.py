@@ -107,6 +107,15 @@ class Replicas:
         )
         return time.monotonic()
 
+    def leader_and_standby(self, first: str, second: str) -> tuple[Replica, Replica]:
+        """`first` started and leading, then `second` standing by: ready, its leader gauge 0."""
+        leader = self.start(first)
+        self.wait_leader(leader)
+        standby = self.start(second)
+        assert standby.get(standby.health_port, "/readyz")[0] == 200, "a standby is ready"
+        assert (leader.leader_metric(), standby.leader_metric()) == (1.0, 0.0)
+        return leader, standby
+
     def logs(self) -> str:
         return "\n".join(replica.tail() for replica in self.started)
 
@@ -173,11 +182,7 @@ def test_the_standby_leads_within_15_s_when_the_leader_is_killed_mid_restart(
     cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, replicas: Replicas
 ) -> None:
     namespace = "s28-failover-kill"
-    leader = replicas.start("replica-a")
-    replicas.wait_leader(leader)
-    standby = replicas.start("replica-b")
-    assert standby.get(standby.health_port, "/readyz")[0] == 200, "a standby is ready"
-    assert (leader.leader_metric(), standby.leader_metric()) == (1.0, 0.0)
+    leader, standby = replicas.leader_and_standby("replica-a", "replica-b")
     job = submit(cluster, kubelet, namespace, a_scenario("tiny", inputs))
     try:
         job.wait_running(attempt=1, timeout=120)
@@ -207,9 +212,7 @@ def test_a_leader_frozen_past_its_lease_writes_nothing_after_the_takeover_and_ex
     cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, replicas: Replicas
 ) -> None:
     namespace = "s28-failover-freeze"
-    leader = replicas.start("replica-c")
-    replicas.wait_leader(leader)
-    standby = replicas.start("replica-d")
+    leader, standby = replicas.leader_and_standby("replica-c", "replica-d")
     job = submit(cluster, kubelet, namespace, a_scenario("tiny", inputs))
     try:
         attempt_one = {p["metadata"]["uid"] for p in job.wait_running(attempt=1, timeout=120)}

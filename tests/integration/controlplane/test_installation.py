@@ -71,6 +71,14 @@ def operator(control_plane: ControlPlane, installed: list[dict[str, Any]]) -> Ku
     return KubeApi(control_plane.url, done.stdout.strip(), control_plane.ca_file)
 
 
+def operator_kube(control_plane: ControlPlane, operator: KubeApi) -> Kube:
+    """The operator's own API client (kube.py) with the chart's ServiceAccount token, no retries."""
+    configuration = k8s.Configuration()
+    configuration.host, configuration.ssl_ca_cert = control_plane.url, str(control_plane.ca_file)
+    configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
+    return Kube(configuration, RetrySettings(attempts=1))
+
+
 def test_every_chart_object_is_accepted(control_plane: ControlPlane, installed: list[dict[str, Any]]) -> None:
     for document in installed:
         kind, name = document["kind"], document["metadata"]["name"]
@@ -91,10 +99,7 @@ async def test_the_operator_creates_a_jobs_children(
     code, body = admin.create(JOBS, TEAM, manifest)
     assert code == 201, body
     job = FineTuneJob.model_validate(body)
-    configuration = k8s.Configuration()
-    configuration.host, configuration.ssl_ca_cert = control_plane.url, str(control_plane.ca_file)
-    configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
-    kube = Kube(configuration, RetrySettings(attempts=1))
+    kube = operator_kube(control_plane, operator)
     try:
         uid = job.metadata.uid or ""
         await kube.create_configmap(builders.build_configmap(job, manifest["spec"]), uid)
@@ -120,10 +125,7 @@ async def test_a_pod_delete_names_the_pod_it_saw_and_leaves_a_namesake_alone(
     code, body = admin.create(JOBS, TEAM, manifest)
     assert code == 201, body
     job = FineTuneJob.model_validate(body)
-    configuration = k8s.Configuration()
-    configuration.host, configuration.ssl_ca_cert = control_plane.url, str(control_plane.ca_file)
-    configuration.api_key, configuration.api_key_prefix = {"authorization": operator.token}, {"authorization": "Bearer"}
-    kube = Kube(configuration, RetrySettings(attempts=1))
+    kube = operator_kube(control_plane, operator)
     try:
         pod = builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="kubetune/trainer:test"))
         created = await kube.create_pod(pod, job.metadata.uid or "")

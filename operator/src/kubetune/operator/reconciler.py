@@ -114,6 +114,8 @@ class Reconciler:
                 raise
             fresh = await self.kube.get_job(namespace, name)  # it read a stale job, or one deleted meanwhile
             self._reread(namespace, name, fresh)
+            if fresh is None:  # gone: forgotten here, as no later event of the cache will queue it again
+                self._forget(namespace, name)
             return Outcome(exists=fresh is not None, check_again_in=0.0)
         finally:
             metrics.observe_reconcile(time.monotonic() - started)
@@ -121,8 +123,7 @@ class Reconciler:
     async def _reconcile(self, namespace: str, name: str) -> Outcome:
         body = self.caches.jobs.get(namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-            metrics.forget_job(namespace, name)
-            self._skew_warned.pop((namespace, name), None)
+            self._forget(namespace, name)
             return Outcome(exists=False)
         job = await self._effective_job(body)
         if job is None:
@@ -156,6 +157,10 @@ class Reconciler:
             check_again_in = min(check_again_in if check_again_in is not None else inf, CONFIRM_RETRY_SECONDS)
         finished = decision.status.phase in FINISHED_PHASES
         return Outcome(exists=not decision.delete_job, check_again_in=check_again_in, finished=finished)
+
+    def _forget(self, namespace: str, name: str) -> None:
+        metrics.forget_job(namespace, name)
+        self._skew_warned.pop((namespace, name), None)
 
     def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
         """The job's worker pods, from the cache."""
