@@ -292,6 +292,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds rank 0's progress must be unreachable before a job says ProgressUnavailable",
     )
     operator.add_argument(
+        "--progress-write-interval",
+        type=_positive(float),
+        default=15.0,
+        help="seconds between two progress writes to one job's status, at least, and between two reads of a "
+        "rank 0 whose progress changes (default 15)",
+    )
+    operator.add_argument(
+        "--progress-port",
+        type=_positive(int),
+        default=9400,
+        help="port of rank 0's GET /progress on worker 0's pod IP (default 9400, the trainer's)",
+    )
+    operator.add_argument(
+        "--progress-readers",
+        type=_positive(int),
+        default=16,
+        help="reads of rank 0's progress in flight at once, across all jobs (default 16)",
+    )
+    operator.add_argument(
         "--api-writes-per-second",
         type=_positive(float),
         default=200.0,

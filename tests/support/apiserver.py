@@ -322,6 +322,7 @@ def fast_settings(**overrides: Any) -> OperatorSettings:
     values: dict[str, Any] = {
         "trainer_image": "kubetune/trainer:test",
         "reconcile_interval": 0.3,
+        "running_resync_interval": 0.3,  # tests assert that nothing happened over a few looks at a running job
         "finished_interval": 0.3,
         "min_interval": 0.02,
         "error_backoff": (0.1, 1.0),
@@ -329,6 +330,8 @@ def fast_settings(**overrides: Any) -> OperatorSettings:
         "health_port": None,
         "listen_address": "127.0.0.1",
         "progress_timeout": 1.0,
+        "progress_write_interval": 0.2,
+        "progress_unchanged_read_max": 0.4,
         "watch_server_timeout": 60,
         "watch_client_timeout": 90,
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,16 +21,20 @@ import pytest
 
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.operator.progress import HttpProgressSource, ReadLimits
+from kubetune.operator.progress_poller import ProgressPoller
 from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.policies.observed import WorkerObservation
+from kubetune.policies.progress_cadence import Cadence
 from tests.support.memory import PeakMemory
 from tests.support.ports import free_port
+from tests.support.waiting import eventually_async
 
 HOSTILE = Path(__file__).resolve().parents[2] / "support" / "hostile_image" / "hostile_rank_zero.py"
 
 pytestmark = pytest.mark.timeout(60)
 
 POD: dict[str, Any] = {"metadata": {"uid": "u1", "name": "demo-a1-w0"}, "status": {"podIP": "127.0.0.1"}}
+KEY = ("default", "demo")
 LIMITS = ReadLimits(progress_bytes=64 * 1024, result_bytes=256 * 1024)
 TIMEOUT = 1.5
 CHUNK = b"x" * (1024 * 1024)
@@ -125,10 +128,13 @@ async def test_a_rank_0_that_never_answers_holds_a_read_no_longer_than_its_timeo
 
 async def test_an_endless_result_is_refused_and_said_in_the_reach() -> None:
     async for port in serving(result_ready, endless):
-        watch = RankZeroWatch(HttpProgressSource(port, TIMEOUT, LIMITS))
-        view = await watch.look(
-            FineTuneJobStatus(phase="Running", attempt=1), [POD], [WorkerObservation(0, 1, "running")]
-        )
+        source = HttpProgressSource(port, TIMEOUT, LIMITS)
+        watch = RankZeroWatch(source, ProgressPoller(source, Cadence(), readers=1))
+        status, workers = FineTuneJobStatus(phase="Running", attempt=1), [WorkerObservation(0, 1, "running")]
+        await watch.look(KEY, status, [POD], workers)  # rank 0 is read from now on, outside the reconcile
+        await eventually_async(lambda w=watch: w.poller.reads >= 1, message="rank 0 read by the poller")
+        view = await watch.look(KEY, status, [POD], workers)
+        await watch.poller.stop()
         assert view.result is None and view.reach is not None
         assert "GET /result answered with more than 262144 bytes" in view.reach.refused
 
@@ -172,18 +178,18 @@ async def test_a_compressed_body_is_not_inflated() -> None:
 
 
 async def test_a_rank_0_that_keeps_answering_badly_is_read_less_and_less_often() -> None:
-    """Each bad read doubles the pause before the next (2, 4, ... 30 s), so many hostile pods cannot keep the
-    reconcile workers busy; a good read ends the pause."""
-    now = [1000.0]
+    """Each bad read doubles the pause before the next (2, 4, ... 30 s: kubetune.policies.progress_cadence,
+    table-tested), so many hostile pods cannot keep the readers busy: here the third read comes no sooner
+    than 2 + 4 s after the first."""
     async for port in serving(junk):
         source = HttpProgressSource(port, TIMEOUT, LIMITS)
-        watch = RankZeroWatch(source, clock=lambda: now[0])
-        status, workers = FineTuneJobStatus(phase="Running", attempt=1), [WorkerObservation(0, 1, "running")]
-        asked: list[float] = []
-        for _ in range(40):  # 40 reconciles, one a second
-            view = await watch.look(status, [POD], workers)
-            if view.reach is not None:
-                asked.append(now[0])
-            now[0] += 1.0
-        gaps = [round(b - a) for a, b in itertools.pairwise(asked)]
-        assert gaps == [2, 4, 8, 16], asked
+        poller = ProgressPoller(source, Cadence(), readers=1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        poller.track(KEY, POD)
+        await eventually_async(lambda p=poller: p.reads >= 3, timeout=15.0, message="three reads of rank 0")
+        elapsed = loop.time() - began
+        read, _ = poller.latest(KEY, POD)
+        await poller.stop()
+        assert read is not None and read.refused == "GET /progress answered 200 with a body that is not a snapshot"
+        assert 6.0 <= elapsed < 10.0, elapsed

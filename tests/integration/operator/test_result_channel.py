@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry
 from kubetune.api.invocation import RANK0_TOKEN_ENV
 from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT, TrainerResult
 from kubetune.api.status import FineTuneJobStatus
-from kubetune.operator.progress import HttpProgressSource
+from kubetune.operator.progress import HttpProgressSource, RankZero
+from kubetune.operator.progress_poller import ProgressPoller
 from kubetune.operator.rank_zero import RankZeroView, RankZeroWatch
 from kubetune.policies.observed import WorkerObservation
+from kubetune.policies.progress_cadence import Cadence
 from kubetune.trainer.handover import ResultHandover
 from kubetune.trainer.metrics import Guard, serve
 from kubetune.trainer.outputs import Recorder
@@ -32,6 +34,25 @@ from tests.support.results import largest_result
 pytestmark = pytest.mark.timeout(30)
 
 POD: dict[str, Any] = {"metadata": {"uid": "u1", "name": "demo-a1-w0"}, "status": {"podIP": "127.0.0.1"}}
+KEY = ("default", "demo")
+
+
+def watch_of(source: RankZero, clock: Any = None) -> RankZeroWatch:
+    cadence = Cadence(write_interval=0.05, failing_read_max=0.05)
+    return RankZeroWatch(source, ProgressPoller(source, cadence, readers=2, **({"clock": clock} if clock else {})))
+
+
+async def look_once_read(
+    watch: RankZeroWatch, status: FineTuneJobStatus, pods: list[dict[str, Any]], reads: int = 1
+) -> RankZeroView:
+    """The view once the poller has read rank 0 `reads` more times (the first look starts the reading)."""
+    before = watch.poller.reads
+    await watch.look(KEY, status, pods, [WorkerObservation(0, 1, "running")])
+    for _ in range(400):
+        if watch.poller.reads >= before + reads:
+            break
+        await asyncio.sleep(0.025)
+    return await watch.look(KEY, status, pods, [WorkerObservation(0, 1, "running")])
 
 
 async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_released(tmp_path: Path) -> None:
@@ -46,9 +67,9 @@ async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_relea
         waiter = threading.Thread(target=lambda: handover.wait(20, stop) and taken.set())
         waiter.start()
 
-        watch = RankZeroWatch(HttpProgressSource(port, timeout=5.0))
+        watch = watch_of(HttpProgressSource(port, timeout=5.0))
         status = FineTuneJobStatus(phase="Running", attempt=1)
-        view = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
+        view = await look_once_read(watch, status, [POD])
         assert view.snapshot is not None and view.snapshot.result_ready and view.reach is not None
         assert view.reach.reachable and view.result == whole  # every field, every character
         assert view.workers([WorkerObservation(0, 1, "running")], 1)[0].result == whole
@@ -60,7 +81,7 @@ async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_relea
         await asyncio.to_thread(waiter.join, 5)
         assert taken.is_set()
         # while its pods end, the finished job's gang is still seen as ended with that result (not removed)
-        ending = await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])
+        ending = await watch.look(KEY, succeeded, [POD], [WorkerObservation(0, 1, "running")])
         assert ending.result == whole and ending.reach is None
         assert [w.state for w in ending.workers([WorkerObservation(1, 1, "running")], 1)] == ["succeeded"]
     finally:
@@ -75,29 +96,31 @@ async def test_the_largest_result_reaches_the_operator_whole_and_rank_0_is_relea
 
 
 async def test_an_unreachable_rank_0_is_reported_with_how_long(tmp_path: Path) -> None:
-    clock = iter([100.0, 130.0, 131.0])
-    watch = RankZeroWatch(HttpProgressSource(free_port(), timeout=1.0), clock=lambda: next(clock))
+    now = [100.0]
+    watch = watch_of(HttpProgressSource(free_port(), timeout=1.0), clock=lambda: now[0])
     status = FineTuneJobStatus(phase="Running", attempt=1)
-    first = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
-    later = await watch.look(status, [POD], [WorkerObservation(0, 1, "running")])
+    first = await look_once_read(watch, status, [POD])  # read (refused) at 100
+    now[0] = 130.0
+    later = await watch.look(KEY, status, [POD], [WorkerObservation(0, 1, "running")])
+    await watch.poller.stop()
     assert first.reach is not None and not first.reach.reachable and first.reach.failing_for == 0
     assert later.reach is not None and later.reach.failing_for == 30 and later.reach.error
     assert "127.0.0.1" in later.reach.address and later.result is None
 
 
 async def test_a_confirmation_that_does_not_reach_rank_0_is_still_owed() -> None:
-    watch = RankZeroWatch(HttpProgressSource(free_port(), timeout=1.0))  # nothing listens there
+    watch = watch_of(HttpProgressSource(free_port(), timeout=1.0))  # nothing listens there
     whole = largest_result()
     view = RankZeroView(result=whole, pod=POD)
     succeeded = FineTuneJobStatus(phase="Succeeded", attempt=1)
     assert await watch.confirm(view, succeeded)
     assert not await watch.confirm(view, FineTuneJobStatus(phase="Running", attempt=1))  # not used yet
     # owed: the next look hands it back to be told again, without reading rank 0 (it may still be unreachable)
-    again = await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])
+    again = await watch.look(KEY, succeeded, [POD], [WorkerObservation(0, 1, "running")])
     assert again.result == whole and again.pod is POD
     # once worker 0 has ended (its handover time ran out) nothing is owed any more
-    assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "succeeded")])).result is None
-    assert (await watch.look(succeeded, [POD], [WorkerObservation(0, 1, "running")])).result is None
+    assert (await watch.look(KEY, succeeded, [POD], [WorkerObservation(0, 1, "succeeded")])).result is None
+    assert (await watch.look(KEY, succeeded, [POD], [WorkerObservation(0, 1, "running")])).result is None
 
 
 async def test_with_the_attempts_token_only_the_operator_takes_the_result(tmp_path: Path) -> None:
@@ -116,9 +139,9 @@ async def test_with_the_attempts_token_only_the_operator_takes_the_result(tmp_pa
         assert not await stranger.confirm(POD)
         assert (await stranger.result(POD)).result is None and (await stranger.read(POD)).snapshot is None
         assert not handover.taken
-        watch = RankZeroWatch(HttpProgressSource(port, timeout=5.0))
+        watch = watch_of(HttpProgressSource(port, timeout=5.0))
         status = FineTuneJobStatus(phase="Running", attempt=1)
-        view = await watch.look(status, [pod], [WorkerObservation(0, 1, "running")])
+        view = await look_once_read(watch, status, [pod])
         assert view.result == whole
         assert not await watch.confirm(view, status.model_copy(update={"phase": "Succeeded"}))
         assert handover.taken

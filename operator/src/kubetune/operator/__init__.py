@@ -24,6 +24,8 @@ to processes). Modules, from the outside in:
 - observe.py     pod -> WorkerObservation (exit codes, OOMKilled, DisruptionTarget, Unschedulable, ...)
 - builders.py    pure builders: worker pods (restricted PSS), headless Service, ConfigMap; path mapping
 - progress.py    rank 0's GET /progress and /result on worker 0's pod IP, port 9400 (injectable for tests)
+- progress_poller.py reads rank 0's progress outside the reconciles, a bounded pool on its own cadence;
+                 asks for a reconcile (low-priority lane) only when the status has something to say
 - rank_zero.py   gathers what rank 0 says per reconcile: snapshot, reachability, the whole result; confirms it
 - metrics.py     the operator's Prometheus metrics, one-line recorders
 - rbac.py        the permissions it needs, as data (the Helm chart renders its Role from them)

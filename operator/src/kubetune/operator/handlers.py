@@ -7,8 +7,10 @@
   watches) puts the job in the cache and queues its reconcile.
 - the informers queue a job's reconcile on every change of its pods, Service, ConfigMap or Workload,
   and every job of a namespace whose ResourceQuota changed (a gang refused for quota is retried).
-- each reconcile says when it must run again (`next_reconcile_in`): a running job's progress is read
-  every `reconcile_interval`, deadlines fire on time; nothing re-reads the API server on a timer.
+- each reconcile says when it must run again (`next_reconcile_in`): deadlines fire on time; a running
+  job is looked at when its pods, itself or its rank 0's progress (kubetune.operator.progress_poller,
+  queued in the work queue's low-priority lane) change, and otherwise only every
+  `running_resync_interval`; nothing re-reads the API server on a timer.
 - `stop_reconciling` (kopf's cleanup): stops the workers and the informers.
 - `operator_login`: kopf authenticates with the same configuration as the `kubernetes` client
   (kube.load_configuration), so both sides use one set of credentials.
@@ -71,7 +73,10 @@ def next_reconcile_in(outcome: Outcome, settings: OperatorSettings) -> float | N
     """Seconds until a job is reconciled again without an event; None once it is gone."""
     if not outcome.exists:
         return None
-    interval = settings.finished_interval if outcome.finished else settings.reconcile_interval
+    if outcome.finished:
+        interval = settings.finished_interval
+    else:
+        interval = settings.running_resync_interval if outcome.polled else settings.reconcile_interval
     wait = min(outcome.check_again_in, interval) if outcome.check_again_in is not None else interval
     return max(wait, settings.min_interval)
 
@@ -92,6 +97,11 @@ def build_registry(
 
     def job_changed(namespace: str, name: str) -> None:
         queue.add((namespace, name))
+
+    def progress_to_say(key: Hashable, seconds: float) -> None:  # behind every other reconcile (low priority)
+        queue.add_after(key, seconds, low=True)
+
+    reconciler.poller.notify = progress_to_say
 
     @kopf.on.login(registry=registry)
     def operator_login(**_: Any) -> kopf.ConnectionInfo:
@@ -116,18 +126,19 @@ def build_registry(
     async def finetunejob_event(event: Mapping[str, Any], namespace: str | None, name: str | None, **_: Any) -> None:
         if name is None:
             return
+        if not queue.started:
+            await synced.wait()
+            queue.start()
         body = dict(event.get("object") or {})
         if event.get("type") == "DELETED":
             caches.jobs.remove(body)
         else:
             caches.jobs.upsert(body)
         queue.add((namespace or "default", name))
-        if not queue.started:
-            await synced.wait()
-            queue.start()
 
     @kopf.on.cleanup(registry=registry)
     async def stop_reconciling(**_: Any) -> None:
+        await reconciler.poller.stop()
         await queue.stop(timeout=5.0)
         await asyncio.to_thread(caches.stop)
 

@@ -73,12 +73,13 @@ class Kube:
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
-    async def _call(self, verb: str, call: Callable[[], Any]) -> Any:
-        """Run one blocking call in a thread, retrying transient failures; decode its JSON body."""
+    async def _call(self, verb: str, call: Callable[[], Any], low: bool = False) -> Any:
+        """Run one blocking call in a thread, retrying transient failures; decode its JSON body. A `low`
+        write waits for a spare token (ratelimit.TokenBucket.acquire)."""
         delay = self.retry.first_delay
         for attempt in range(1, self.retry.attempts + 1):
             if not verb.startswith(("get_", "list_")):
-                await self._writes.acquire()  # writes are rate-limited (ratelimit.WriteLimit); reads are not
+                await self._writes.acquire(low)  # writes are rate-limited (ratelimit.WriteLimit); reads are not
             try:
                 response = await asyncio.to_thread(call if verb.startswith(("get_", "list_")) else self._fenced(call))
                 body = response.data
@@ -115,10 +116,15 @@ class Kube:
         )
 
     async def patch_job_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+        low_priority: bool = False,
     ) -> dict[str, Any]:
         """The job after the patch. With `resource_version`, only if the job is still at that version (else
-        ApiError 409: the caller read a stale copy)."""
+        ApiError 409: the caller read a stale copy). `low_priority`: a progress write, behind the others."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -127,6 +133,7 @@ class Kube:
             lambda: self._custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH, **self._options()
             ),
+            low_priority,
         )
         return patched
 

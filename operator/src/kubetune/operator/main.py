@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from kubetune.api.operations import ResourcesSpec
 from kubetune.operator import handlers, metrics
+from kubetune.operator.builders import METRICS_PORT
 from kubetune.operator.caches import Caches
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.health import HealthServer, OperatorState
@@ -196,6 +197,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         health_port=args.health_port or None,
         result_handover_seconds=getattr(args, "result_handover_seconds", 120.0),
         progress_unreachable_after=getattr(args, "progress_unreachable_after", 60.0),
+        progress_write_interval=getattr(args, "progress_write_interval", 15.0),
+        progress_readers=int(getattr(args, "progress_readers", 16)),
+        progress_port=int(getattr(args, "progress_port", METRICS_PORT)),
         kueue=KUEUE_MODES[getattr(args, "kueue", "auto")],
         read_limits=ReadLimits(
             progress_bytes=int(getattr(args, "progress_max_bytes", ReadLimits.progress_bytes)),

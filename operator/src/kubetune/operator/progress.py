@@ -3,8 +3,9 @@
 The trainer's rank 0 serves `GET /progress` (a `ProgressSnapshot`, see kubetune.api.outcome) beside
 its Prometheus `/metrics` on port 9400 of worker 0's pod, and once the run has ended `GET /result` (the
 whole `TrainerResult`, which the capped termination message may not hold) until `DELETE /result` tells
-it the operator has it (kubetune.policies.handover). The operator asks on every reconcile of a running
-job (at least every `reconcile_interval` seconds), at `http://<worker-0 pod IP>:9400`.
+it the operator has it (kubetune.policies.handover). The operator reads progress outside its reconciles
+(kubetune.operator.progress_poller, on the cadence of kubetune.policies.progress_cadence), at
+`http://<worker-0 pod IP>:9400`; the result is read by the reconcile that sees it waiting.
 
 That needs network access from the operator pod to trainer pods on TCP 9400: where NetworkPolicies
 restrict ingress to trainer pods (labelled `app.kubernetes.io/component: trainer`), allow it from the
@@ -16,10 +17,10 @@ so in the status (ProgressUnavailable); it never fails a reconcile. The source i
 Rank 0 runs an image the job's author chose, so everything read from it is untrusted, and one operator
 serves every team: a body is read only up to a cap (`ReadLimits`: a declared Content-Length beyond it is
 refused unread, a stream is cut one byte past it), each request is bounded in total time (a pod that
-trickles bytes or holds the connection open cannot hold a reconcile worker), and an answer refused for
+trickles bytes or holds the connection open cannot hold a reader long), and an answer refused for
 either reason, or one that is not what the protocol says, is reported (`ProgressRead.refused`) so that
 the job's status names it (ProgressUnavailable, reason RankZeroAnswerRefused). Worst case in memory:
-`reconcile_workers` progress reads of `progress_bytes` (64 x 64 KiB = 4 MiB of bytes, about ten times that
+`progress_readers` progress reads of `progress_bytes` (16 x 64 KiB = 1 MiB of bytes, about ten times that
 parsed) and `results_at_once` result reads of `result_bytes` (4 x 256 KiB, about 10 MiB parsed). Every request carries
 the attempt's token (`Authorization: Bearer`, kubetune.api.invocation.RANK0_TOKEN_ENV), which rank 0
 requires: a peer that reaches the pod but cannot read the pod's spec cannot take the result.

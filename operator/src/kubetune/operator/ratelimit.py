@@ -3,6 +3,10 @@
 Why: a thousand jobs restarting at once (a node pool lost, a quota raised) would otherwise send
 thousands of writes in a second to an API server that other controllers share. client-go limits every
 client the same way (QPS and burst); reads need no limit here because they come from the watch cache.
+
+Progress writes (a status whose only change is rank 0's figures) are low priority: they take a token
+only while more than half the burst is left, so a wave of progress writes never makes a create or a
+gang restart wait, and their rate adapts to whatever the other writes leave.
 """
 
 from __future__ import annotations
@@ -45,7 +49,25 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.limit.per_second
 
-    async def acquire(self) -> None:
+    @property
+    def reserve(self) -> float:
+        """Tokens low-priority writes leave for the others."""
+        return self.limit.burst / 2
+
+    def wait_for_spare_token(self) -> float:
+        """Take a token if more than `reserve` are left (0), else the seconds until there may be (none taken)."""
+        self._refill()
+        if self._tokens >= self.reserve + 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (self.reserve + 1.0 - self._tokens) / self.limit.per_second
+
+    async def acquire(self, low: bool = False) -> None:
+        """Wait for a token; a `low` write waits until one is spare (re-checked: others may come first)."""
+        if low:
+            while (wait := self.wait_for_spare_token()) > 0:
+                await asyncio.sleep(wait)
+            return
         wait = self.wait_for_token()  # (no lock: the event loop runs this without interruption)
         if wait > 0:
             await asyncio.sleep(wait)

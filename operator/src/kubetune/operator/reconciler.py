@@ -34,12 +34,14 @@ from kubetune.operator.nodes import OutageView
 from kubetune.operator.observe import looks_up_attach, node_of, observe_pod, owned_by, suspects_node_loss
 from kubetune.operator.owners import StaleObjectError, owner_uids
 from kubetune.operator.progress import ProgressSource
+from kubetune.operator.progress_poller import ProgressPoller
 from kubetune.operator.rank_zero import RankZeroWatch
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.workloads import WorkloadSync
 from kubetune.policies import namespaces, queueing, shared_folders, storage
 from kubetune.policies.mass_node_loss import decide_with_outage
 from kubetune.policies.observed import WorkerObservation
+from kubetune.policies.progress_cadence import progress_only
 from kubetune.policies.progress_reach import with_reach
 from kubetune.policies.reconcile import Decision, refuse_launch, refused
 from kubetune.policies.spec_changes import effective_spec, refused_fields
@@ -71,6 +73,9 @@ class Outcome:
     exists: bool
     check_again_in: float | None = None
     finished: bool = False
+    polled: bool = False
+    """Rank 0 of the running job is read by the progress poller, which asks for a reconcile when progress
+    has something to say: nothing needs the job looked at on a short timer."""
 
 
 def utcnow() -> datetime:
@@ -96,7 +101,8 @@ class Reconciler:
         self.post_event = post_event
         self.clock = clock
         self.creator = GangCreator(kube, caches, settings.build_settings())
-        self.rank_zero = RankZeroWatch(progress)
+        self.poller = ProgressPoller(progress, settings.progress_cadence(), settings.progress_readers)
+        self.rank_zero = RankZeroWatch(progress, self.poller)
         self.outage = OutageView(caches.nodes, caches.pods, settings.node_outage)
         """The brake on mass node loss's view of the Nodes (None until the Node cache has listed)."""
         self._skew_warned: dict[tuple[str, str], tuple[str | None, int | None, tuple[str, ...]] | None] = {}
@@ -136,7 +142,7 @@ class Reconciler:
         if (protected := namespaces.refused(job, workers, self.settings.protected_namespaces, now)) is not None:
             protected = await self._apply(body, job, pods, workers, protected)  # nothing asked of its pods
             return Outcome(exists=not protected.delete_job, check_again_in=protected.check_again_in, finished=True)
-        rank_zero = await self.rank_zero.look(previous, pods, workers)
+        rank_zero = await self.rank_zero.look((namespace, name), previous, pods, workers)
         workers = rank_zero.workers(workers, previous.attempt)  # worker 0 ended, once its whole result is in
         queued, workload = await self.workloads.look(job) if self.workloads else (None, None)
         if queueing.unsuspend_on_admission(job, queued):  # Kueue's convention: admission unsuspends
@@ -156,10 +162,12 @@ class Reconciler:
         if await self.rank_zero.confirm(rank_zero, decision.status):  # owed: soon, not at a finished job's pace
             check_again_in = min(check_again_in if check_again_in is not None else inf, CONFIRM_RETRY_SECONDS)
         finished = decision.status.phase in FINISHED_PHASES
-        return Outcome(exists=not decision.delete_job, check_again_in=check_again_in, finished=finished)
+        polled = decision.status.phase == "Running" and rank_zero.pod is not None
+        return Outcome(not decision.delete_job, check_again_in, finished, polled)
 
     def _forget(self, namespace: str, name: str) -> None:
         metrics.forget_job(namespace, name)
+        self.poller.untrack((namespace, name))
         self._skew_warned.pop((namespace, name), None)
 
     def _pods(self, namespace: str, name: str, uid: str | None) -> list[dict[str, Any]]:
@@ -295,7 +303,10 @@ class Reconciler:
         previous = job.status or FineTuneJobStatus()
         if decision.status != previous:
             version = body.get("metadata", {}).get("resourceVersion")
-            body = await self.kube.patch_job_status(namespace, name, decision.status.to_wire(), version)
+            plan = decision.plan
+            quiet = not (plan.create or plan.delete or plan.force_delete or decision.events or decision.delete_job)
+            low = quiet and progress_only(previous, decision.status)
+            body = await self.kube.patch_job_status(namespace, name, decision.status.to_wire(), version, low)
             self.caches.record(body)  # (and its new resourceVersion for a second write in this reconcile)
         self._record(namespace, name, previous, decision)
         for event in decision.events:

@@ -53,3 +53,26 @@ async def test_acquire_sleeps_only_when_the_bucket_is_empty(monkeypatch: pytest.
     await bucket.acquire()
     await bucket.acquire()
     assert slept == pytest.approx([0.25, 0.5])  # the first from the burst; then spaced by 1/rate
+
+
+def test_low_priority_writes_leave_half_the_burst_to_the_others() -> None:
+    clock = Clock()
+    bucket = TokenBucket(WriteLimit(per_second=10.0, burst=10), clock)
+    taken = 0
+    while bucket.wait_for_spare_token() == 0.0:
+        taken += 1
+    assert taken == 5  # half the burst is left for creates and restarts
+    assert [bucket.wait_for_token() for _ in range(5)] == [0.0] * 5  # which pass at once
+    assert bucket.wait_for_spare_token() == pytest.approx(0.6)  # low: until 6 tokens are back (5 kept + 1)
+    clock.now += 0.61
+    assert bucket.wait_for_spare_token() == 0.0
+
+
+async def test_a_low_priority_write_waits_while_the_others_use_the_reserve() -> None:
+    bucket = TokenBucket(WriteLimit(per_second=1000.0, burst=4))
+    for _ in range(4):
+        assert bucket.wait_for_token() == 0.0
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await bucket.acquire(low=True)
+    assert loop.time() - began >= 0.003 - 0.0005  # 3 tokens back at 1,000 per second (2 reserved + 1)

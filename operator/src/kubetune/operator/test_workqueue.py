@@ -136,3 +136,33 @@ async def test_forget_cancels_the_timer() -> None:
     await asyncio.sleep(0.1)
     await queue.stop(1.0)
     assert handler.calls == []
+
+
+async def test_low_priority_keys_wait_until_no_other_key_does() -> None:
+    handler = Recorder()
+    queue = WorkQueue(handler, workers=1, error_backoff=(0.01, 0.1))
+    for index in range(3):
+        queue.add(f"progress-{index}", low=True)
+    queue.add("restart")
+    queue.add("progress-1")  # added normally meanwhile: it moves up
+    queue.add("progress-2", low=True)  # (already waiting: nothing changes)
+    queue.start()
+    await settle(queue)
+    await queue.stop(1.0)
+    assert handler.calls == ["restart", "progress-1", "progress-0", "progress-2"]
+
+
+async def test_a_low_priority_add_during_a_reconcile_stays_low() -> None:
+    handler = Recorder()
+    handler.gate.clear()
+    queue = WorkQueue(handler, workers=1, error_backoff=(0.01, 0.1))
+    queue.add("a")
+    queue.start()
+    while handler.calls != ["a"]:
+        await asyncio.sleep(0)
+    queue.add("a", low=True)
+    queue.add("b")
+    handler.gate.set()
+    await settle(queue)
+    await queue.stop(1.0)
+    assert handler.calls == ["a", "b", "a"]

@@ -10,7 +10,10 @@ client-go's workqueue:
   when that reconcile ends;
 - `workers` reconciles run at once, at most;
 - a reconcile may ask to run again after a delay (deadlines, progress polls): the earliest wins;
-- a failed reconcile is retried after a per-job delay that doubles, up to a bound.
+- a failed reconcile is retried after a per-job delay that doubles, up to a bound;
+- two lanes: a key added with `low=True` (a job whose rank 0 has new progress to write) is taken only
+  when no other key waits, so creates and restarts never queue behind a thousand progress writes; adding
+  it normally meanwhile moves it to the normal lane.
 """
 
 from __future__ import annotations
@@ -34,33 +37,41 @@ class WorkQueue:
         self.workers = workers
         self.error_backoff = error_backoff
         self._ready: collections.deque[Hashable] = collections.deque()
-        self._queued: set[Hashable] = set()
+        self._low: collections.deque[Hashable] = collections.deque()
+        self._queued: dict[Hashable, bool] = {}
+        """Keys waiting, with whether they wait in the low lane (a key moved to the normal lane is skipped
+        when its stale place in the low lane comes up)."""
         self._active: set[Hashable] = set()
-        self._again: set[Hashable] = set()
-        self._timers: dict[Hashable, tuple[float, asyncio.TimerHandle]] = {}
+        self._again: dict[Hashable, bool] = {}
+        self._timers: dict[Hashable, tuple[float, asyncio.TimerHandle, bool]] = {}
         self._failures: dict[Hashable, int] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(self, key: Hashable) -> None:
-        """Reconcile `key` as soon as a worker is free (once, however often it is added meanwhile)."""
+    def add(self, key: Hashable, low: bool = False) -> None:
+        """Reconcile `key` as soon as a worker is free (once, however often it is added meanwhile); a `low`
+        key only when no other waits."""
         if key in self._active:
-            self._again.add(key)
+            self._again[key] = self._again.get(key, True) and low
         elif key not in self._queued:
-            self._queued.add(key)
+            self._queued[key] = low
+            (self._low if low else self._ready).append(key)
+            self._wake.set()
+        elif self._queued[key] and not low:  # promoted: its place in the low lane is skipped
+            self._queued[key] = False
             self._ready.append(key)
             self._wake.set()
 
-    def add_after(self, key: Hashable, seconds: float) -> None:
-        """Reconcile `key` in `seconds` (an earlier timer for it stands)."""
+    def add_after(self, key: Hashable, seconds: float, low: bool = False) -> None:
+        """Reconcile `key` in `seconds` (an earlier timer for it stands; a normal one wins a tie)."""
         loop = asyncio.get_running_loop()
         due = loop.time() + max(seconds, 0.0)
         timer = self._timers.get(key)
         if timer is not None:
-            if timer[0] <= due:
+            if timer[0] < due or (timer[0] == due and not timer[2]) or (timer[0] == due and low):
                 return
             timer[1].cancel()
-        self._timers[key] = (due, loop.call_at(due, self._fire, key))
+        self._timers[key] = (due, loop.call_at(due, self._fire, key, low), low)
 
     def forget(self, key: Hashable) -> None:
         """Drop the timer and failure count of a key (its job is gone)."""
@@ -69,13 +80,13 @@ class WorkQueue:
             timer[1].cancel()
         self._failures.pop(key, None)
 
-    def _fire(self, key: Hashable) -> None:
+    def _fire(self, key: Hashable, low: bool) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, low)
 
     def depth(self) -> int:
         """Keys waiting for a worker."""
-        return len(self._ready)
+        return len(self._queued)
 
     @property
     def started(self) -> bool:
@@ -89,7 +100,7 @@ class WorkQueue:
 
     async def stop(self, timeout: float) -> None:
         """Cancel the workers and every timer; wait at most `timeout` seconds for running reconciles."""
-        for _, handle in self._timers.values():
+        for _, handle, _low in self._timers.values():
             handle.cancel()
         self._timers.clear()
         for task in self._tasks:
@@ -98,15 +109,19 @@ class WorkQueue:
             await asyncio.wait(self._tasks, timeout=timeout)
 
     async def _next(self) -> Hashable:
-        while not self._ready:
-            self._wake.clear()
-            await self._wake.wait()
-        key = self._ready.popleft()
-        self._queued.discard(key)
-        self._active.add(key)
-        if self._ready:
-            self._wake.set()  # let the other workers take the rest
-        return key
+        while True:
+            while not self._ready and not self._low:
+                self._wake.clear()
+                await self._wake.wait()
+            low = not self._ready
+            key = (self._ready if not low else self._low).popleft()
+            if self._queued.get(key) is not low:
+                continue  # a stale place: the key moved to the normal lane, or was taken from it already
+            del self._queued[key]
+            self._active.add(key)
+            if self._ready or self._low:
+                self._wake.set()  # let the other workers take the rest
+            return key
 
     async def _work(self) -> None:
         while True:
@@ -124,8 +139,7 @@ class WorkQueue:
             finally:
                 self._active.discard(key)
             if key in self._again:
-                self._again.discard(key)
-                self.add(key)
+                self.add(key, self._again.pop(key))
             elif again is not None:
                 self.add_after(key, again)
             else:
