@@ -81,10 +81,23 @@ class Milestone:
 class Bench:
     """The control plane, the operator process, an admin HTTP client and a watch of the pods."""
 
-    def __init__(self, folder: Path, operator_tree: Path | None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        operator_tree: Path | None,
+        operator_args: tuple[str, ...] = (),
+        users: dict[str, str] | None = None,
+        pod_label: str = JOB_LABEL,
+    ) -> None:
+        """`operator_args`: more flags for `kubetune operator`; `users` ({token: user}) instead of ours (the
+        peer's, bench.peer: then no kubetune operator is started); `pod_label`: the pods watched carry it."""
         self.folder = folder
         self.operator_tree = operator_tree
-        self.plane = ControlPlane(folder / "plane", users={OPERATOR_TOKEN: OPERATOR_USER}, scheduler=False)
+        self.operator_args = operator_args
+        self.ours = users is None
+        self.user = OPERATOR_USER if users is None else next(iter(users.values()))
+        self.pod_label = pod_label
+        self.plane = ControlPlane(folder / "plane", users=users or {OPERATOR_TOKEN: OPERATOR_USER}, scheduler=False)
         self.operator: subprocess.Popen[bytes] | None = None
         self.session: aiohttp.ClientSession | None = None
         self.pod_seen: dict[str, float] = {}
@@ -104,7 +117,8 @@ class Bench:
         )
         await self._setup()
         self._watch = asyncio.create_task(self._watch_pods())
-        self._start_operator()
+        if self.ours:
+            self._start_operator()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -143,22 +157,24 @@ class Bench:
             tree = self.operator_tree.resolve()
             env["PYTHONPATH"] = os.pathsep.join(str(tree / p) for p in ("src", "operator/src", "trainer/src"))
         command = [sys.executable, "-m", "kubetune.cli", "operator", "-A", "--metrics-port=0", "--health-port=0"]
+        command += self.operator_args
         log = self._exit.enter_context((self.folder / "operator.log").open("wb"))
         self.operator = subprocess.Popen(command, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     # -- requests --------------------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: Any = None) -> None:
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
         assert self.session is not None
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
         async with self.session.request(method, self.plane.url + path, json=body, headers=headers) as response:
             if response.status >= 400 and response.status != 409:
                 raise RuntimeError(f"{method} {path}: HTTP {response.status}: {await response.text()}")
+            return await response.json() if method == "GET" else None
 
     async def _watch_pods(self) -> None:
         """The time this process first saw each pod (its ADDED event)."""
         assert self.session is not None
-        path = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&labelSelector={JOB_LABEL}&timeoutSeconds=3600"
+        path = f"/api/v1/pods?watch=1&labelSelector={self.pod_label}&timeoutSeconds=3600"
         while True:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -196,7 +212,7 @@ class Bench:
         with (self.plane.folder / "logs" / "audit.log").open() as log:
             for line in log:
                 entry = json.loads(line)
-                if entry.get("stage") != "ResponseComplete" or entry.get("user", {}).get("username") != OPERATOR_USER:
+                if entry.get("stage") != "ResponseComplete" or entry.get("user", {}).get("username") != self.user:
                     continue
                 received = datetime.fromisoformat(entry["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
                 if since <= received <= until:
