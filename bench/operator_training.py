@@ -130,7 +130,11 @@ async def _staleness(bench: Bench, server: ProgressServer, seconds: float) -> li
 async def _window(bench: Bench, jobs: int, seconds: float, server: ProgressServer | None = None) -> dict[str, Any]:
     """CPU, requests per job per minute by kind and (with a server) staleness over `seconds`."""
     before, wall, began = bench.cpu(), time.time(), time.monotonic()
-    samples = await _staleness(bench, server, seconds) if server else await asyncio.sleep(seconds) or []
+    samples: list[float] = []
+    if server is not None:
+        samples = await _staleness(bench, server, seconds)
+    else:
+        await asyncio.sleep(seconds)
     elapsed = time.monotonic() - began
     window = [e for e in bench.operator_requests(wall, wall + elapsed) if e.get("verb") != "watch"]
     kinds = collections.Counter(_kind(e) for e in window)
