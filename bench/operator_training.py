@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import subprocess
 import sys
@@ -43,8 +44,10 @@ from kubetune.api.outcome import ProgressSnapshot
 from kubetune.api.status import Metrics, Progress
 from tests.support.ports import free_port
 
-#: Seconds of each measured window, and of settling before the windows where reads back off.
-WINDOW, BACKED_OFF_AFTER = 45.0, 75.0
+#: Seconds of each measured window, and of settling before the windows where reads back off: unchanged
+#: progress is read every 60 s at most; unreachable rank 0 is first found at the next read (60 s), said in
+#: the status 60 s later (ProgressUnavailable, a write and an Event per job), then read every 30 s.
+WINDOW, BACKED_OFF_AFTER, UNREACHABLE_SETTLED_AFTER = 45.0, 75.0, 160.0
 
 
 def address(job: str, worker: int = 0) -> str:
@@ -109,30 +112,60 @@ async def _train(bench: Bench, server: ProgressServer, names: list[str], attempt
     await asyncio.gather(*(run(n, w, p) for n in names for w, p in enumerate(pods_of(n, attempt))))
 
 
-async def _staleness(bench: Bench, server: ProgressServer, seconds: float) -> list[float]:
+class StatusWatch:
+    """The latest (phase, progress step) of every job, from a watch (a list of 1,000 jobs every 5 s would
+    load the API server more than the operator does)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.latest: dict[str, tuple[str, int | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        assert self.bench.session is not None
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}?watch=1&timeoutSeconds=3600"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self.bench.session.get(self.bench.plane.url + path, timeout=timeout) as response:
+                    async for line in response.content:
+                        job = json.loads(line).get("object") or {}
+                        status = job.get("status") or {}
+                        step = (status.get("progress") or {}).get("step")
+                        self.latest[(job.get("metadata") or {}).get("name", "")] = (status.get("phase", ""), step)
+
+
+async def _staleness(watch: StatusWatch, server: ProgressServer, seconds: float) -> list[float]:
     """Every 5 s: for each training job, now - the end of the step its status shows (the time since its
     pods ran, while it shows none)."""
     samples: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        listed = await bench.call("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}")
         now = time.monotonic()
-        for job in listed["items"]:
-            began = server.started.get(address(job["metadata"]["name"]))
-            if began is None or (job.get("status") or {}).get("phase") != "Running":
+        for name, (phase, step) in list(watch.latest.items()):
+            began = server.started.get(address(name))
+            if began is None or phase != "Running":
                 continue
-            step = ((job.get("status") or {}).get("progress") or {}).get("step")
             samples.append(max(0.0, now - (began + step + 1)) if step is not None else now - began)
         await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - now)))
     return samples
 
 
-async def _window(bench: Bench, jobs: int, seconds: float, server: ProgressServer | None = None) -> dict[str, Any]:
+async def _window(
+    bench: Bench, jobs: int, seconds: float, server: ProgressServer | None = None, watch: StatusWatch | None = None
+) -> dict[str, Any]:
     """CPU, requests per job per minute by kind and (with a server) staleness over `seconds`."""
     before, wall, began = bench.cpu(), time.time(), time.monotonic()
     samples: list[float] = []
-    if server is not None:
-        samples = await _staleness(bench, server, seconds)
+    if server is not None and watch is not None:
+        samples = await _staleness(watch, server, seconds)
     else:
         await asyncio.sleep(seconds)
     elapsed = time.monotonic() - began
@@ -161,6 +194,8 @@ async def measure_training(
     try:
         async with Bench(folder, None, operator_args=args) as bench:
             assert bench.operator is not None
+            watch = StatusWatch(bench)
+            watch.start()
             with Sampler(bench.operator.pid) as sampler:
                 live = 0
                 for target in milestones:
@@ -171,7 +206,7 @@ async def measure_training(
                     await asyncio.sleep(20.0)  # the first reads and writes of the new jobs
                     mark: dict[str, Any] = {"jobs": target, "create_to_pods_p50": stats.percentile(latencies, 50),
                                             "create_to_pods_p99": stats.percentile(latencies, 99)}  # fmt: skip
-                    mark["training"] = await _window(bench, target, WINDOW, server)
+                    mark["training"] = await _window(bench, target, WINDOW, server, watch)
                     chosen = [f"job-{index:04d}" for index in range(live, min(target, live + restarts))]
                     restarted = await _restarts(bench, chosen)
                     mark |= {"restart_p50": stats.percentile(restarted, 50),
@@ -186,12 +221,13 @@ async def measure_training(
                 results["unchanged"] = await _window(bench, live, WINDOW)
                 progress(f"  progress unchanged, {live} jobs: {json.dumps(results['unchanged'])}")
                 await server.stop()
-                await asyncio.sleep(BACKED_OFF_AFTER)
+                await asyncio.sleep(UNREACHABLE_SETTLED_AFTER)
                 results["unreachable"] = await _window(bench, live, WINDOW)
                 progress(f"  rank 0 unreachable, {live} jobs: {json.dumps(results['unreachable'])}")
                 results["peak_rss_bytes"] = sampler.peak_rss
                 pods = await bench.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
                 results["cached_pods"] = cached_pod_memory(pods["items"], folder / "pods.json")
+            watch.stop()
     finally:
         await server.stop()
     latencies = results.pop("create_to_pods")
@@ -202,10 +238,10 @@ async def measure_training(
 #: Run in a fresh process: resident memory added by decoding and storing the pods as the informer does.
 _STORE_PODS = """
 import json, sys, psutil
-from kubetune.operator.store import Store, by_job_label
+from kubetune.operator.store import Store
 text = open(sys.argv[1]).read()
 before = psutil.Process().memory_info().rss
-store = Store(by_job_label)
+store = Store("Pod")
 for pod in json.loads(text):
     store.upsert(json.loads(json.dumps(pod)))
 print(psutil.Process().memory_info().rss - before, len(store))

@@ -67,11 +67,12 @@ def section(results: dict[str, Any]) -> str:
         "",
         f"Requests per job per minute while {last['jobs']} jobs train, by kind: {_kinds(last['training'])}.",
         "",
-        f"At {last['jobs']} running jobs, after the reads backed off ({training.BACKED_OFF_AFTER:.0f} s), over "
-        f"{run['unchanged']['seconds']:.0f} s: progress unchanged: CPU {_cpu(run['unchanged'])}, "
-        f"{run['unchanged']['requests_per_job_minute']:.2f} requests / job / min; rank 0 unreachable (connections "
-        f"refused): CPU {_cpu(run['unreachable'])}, {run['unreachable']['requests_per_job_minute']:.2f} requests / "
-        f"job / min.",
+        f"At {last['jobs']} running jobs, over {run['unchanged']['seconds']:.0f} s once the reads backed off: "
+        f"progress unchanged ({training.BACKED_OFF_AFTER:.0f} s after it stopped changing): CPU "
+        f"{_cpu(run['unchanged'])}, {run['unchanged']['requests_per_job_minute']:.2f} requests / job / min; rank 0 "
+        f"unreachable (connections refused; {training.UNREACHABLE_SETTLED_AFTER:.0f} s after, every job saying "
+        f"ProgressUnavailable by then): CPU {_cpu(run['unreachable'])}, "
+        f"{run['unreachable']['requests_per_job_minute']:.2f} requests / job / min.",
         "",
         f"Memory per 1,000 cached pods (the {run['cached_pods']['pods']} pods of this run as the API server serves "
         f"them, decoded and stored as the informer does, in a fresh process): **{run['cached_pods']['mib_per_1000']} "
@@ -88,6 +89,12 @@ def section(results: dict[str, Any]) -> str:
         f"{t.get('staleness_p99', 0):.1f} s (<= 30 s: {_met(t.get('staleness_p99', 99) <= GOALS['staleness_p99'])}); "
         f"operator peak RSS {rss_mb:.0f} MB (<= 300 MB: {_met(rss_mb <= GOALS['rss_mb'])}); steady CPU with "
         f"progress unchanged or unreachable {steady:.3f} cores (<= 0.02: {_met(steady <= GOALS['steady_cpu'])}).",
+        "",
+        (
+            f"The peer's rows come from the run of {results['peers_from']} (same machine, same benchmark code)."
+            if results.get("peers_from")
+            else "The peer's rows come from the same run."
+        ),
         "",
         "**Side by side with the peer**, Kubeflow training-operator v1.9.2 (`bench/peer.py`: built with `go install`, "
         "only PyTorchJob, its own ClusterRole), each on a control plane of its own, 1,000 jobs of 2 pods arriving "
@@ -124,10 +131,11 @@ def section(results: dict[str, Any]) -> str:
     return "\n".join([START, *lines, END])
 
 
-async def run_all(work: Path, quick: bool) -> dict[str, Any]:
+async def run_all(work: Path, quick: bool, peers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Both peers, then kubetune's training profile; `peers`: the peers' figures of an earlier run instead."""
     milestones, restarts, jobs = ((10, 20), 5, 20) if quick else ((100, 500, 1000), 100, 1000)
-    results: dict[str, Any] = {"machine_line": report.machine_line(machine.describe()), "peers": []}
-    for qps, burst in ((200, 400), (None, None)):
+    results: dict[str, Any] = {"machine_line": report.machine_line(machine.describe()), "peers": peers or []}
+    for qps, burst in ((200, 400), (None, None)) if peers is None else ():
         results["peers"].append(await training.measure_peer(jobs, 20.0, qps, burst, work / f"peer-{qps}"))
     results["training"] = await training.measure_training(milestones, 20.0, restarts, work / "training")
     return results
@@ -137,13 +145,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 jobs: checks the code, measures nothing")
     parser.add_argument("--render", action="store_true", help="only rewrite the section from the JSON")
+    parser.add_argument(
+        "--keep-peers", action="store_true", help="measure kubetune only; the peers' figures from the JSON's run"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     if args.render:
         results = json.loads(JSON.read_text())
     else:
         with tempfile.TemporaryDirectory(prefix="kubetune-bench-training-") as tmp:
-            results = asyncio.run(run_all(Path(tmp), args.quick))
+            earlier = json.loads(JSON.read_text()) if args.keep_peers else None
+            peers = earlier["peers"] if earlier else None
+            results = asyncio.run(run_all(Path(tmp), args.quick, peers))
+            if earlier:
+                results["peers_from"] = earlier["machine_line"]
         if not args.quick:
             JSON.write_text(json.dumps(results, indent=2) + "\n")
     if not report.replace_block(args.out, START, END, section(results)):

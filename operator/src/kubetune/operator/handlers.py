@@ -130,11 +130,9 @@ def build_registry(
             await synced.wait()
             queue.start()
         body = dict(event.get("object") or {})
-        if event.get("type") == "DELETED":
-            caches.jobs.remove(body)
-        else:
-            caches.jobs.upsert(body)
-        queue.add((namespace or "default", name))
+        changed = caches.jobs.remove(body) if event.get("type") == "DELETED" else caches.jobs.upsert(body)
+        if changed:  # (not the state the job informer or the operator's own write stored: queued then)
+            queue.add((namespace or "default", name))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_reconciling(**_: Any) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import urllib3
@@ -43,6 +45,14 @@ MERGE_PATCH = "application/merge-patch+json"
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 
 
+#: Threads for the operator's API calls; for progress writes; connections kept in the client's pool
+#: (the threads', the informers' watches', the Lease's).
+API_THREADS, PROGRESS_THREADS, CONNECTIONS = 16, 2, 32
+#: Seconds a progress write waits after another write, and at most in all: during a wave of creates or
+#: restarts progress is written when the wave pauses, or late by this much at most.
+YIELD_AFTER_WRITE, YIELD_AT_MOST = 0.2, 10.0
+
+
 class Kube:
     """Typed-by-purpose calls for FineTuneJobs and their children."""
 
@@ -55,7 +65,17 @@ class Kube:
     ) -> None:
         self.configuration = configuration
         self.retry = retry or RetrySettings()
+        # The client blocks, so calls run in threads of their own, never asyncio's default executor (on 2
+        # cores, 6 threads shared with everything else: a wave of progress writes queued creates, restarts
+        # and the Lease's renewals behind it). Progress writes get 2 threads apart, so that the others
+        # never wait behind them; the connection pool holds a connection per thread and per informer watch.
+        self._threads = ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube-api")
+        self._progress_threads = ThreadPoolExecutor(PROGRESS_THREADS, thread_name_prefix="kube-api-progress")
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, CONNECTIONS)
         self._client = k8s.ApiClient(configuration)
+        self._writing = 0
+        """Writes other than progress in flight (progress writes yield to them)."""
+        self._last_write = 0.0
         self._client.user_agent = user_agent(identity)
         self.fence: Callable[[], None] = lambda: None
         """Asked before every write is sent, in the request's thread; raises to refuse it (leader election:
@@ -72,16 +92,25 @@ class Kube:
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._progress_threads.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, verb: str, call: Callable[[], Any], low: bool = False) -> Any:
         """Run one blocking call in a thread, retrying transient failures; decode its JSON body. A `low`
         write waits for a spare token (ratelimit.TokenBucket.acquire)."""
         delay = self.retry.first_delay
+        write = not verb.startswith(("get_", "list_"))
         for attempt in range(1, self.retry.attempts + 1):
-            if not verb.startswith(("get_", "list_")):
+            if write:
                 await self._writes.acquire(low)  # writes are rate-limited (ratelimit.WriteLimit); reads are not
+            if low:
+                await self._yield_to_writes()
+            counted = write and not low
+            self._writing += counted
             try:
-                response = await asyncio.to_thread(call if verb.startswith(("get_", "list_")) else self._fenced(call))
+                threads = self._progress_threads if low else self._threads
+                blocking = self._fenced(call) if write else call
+                response = await asyncio.get_running_loop().run_in_executor(threads, blocking)
                 body = response.data
                 return json.loads(body) if body else {}
             except ApiException as error:
@@ -94,10 +123,23 @@ class Kube:
                 metrics.record_api_error(verb, 0)
                 if attempt == self.retry.attempts:
                     raise ApiError(0, str(error)) from error
+            finally:
+                if counted:
+                    self._writing -= 1
+                    self._last_write = time.monotonic()
             logger.debug("API %s failed (try %d), retrying in %.1fs", verb, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _yield_to_writes(self) -> None:
+        """A progress write waits while other writes are in flight or were a moment ago (creates, restarts:
+        the API server's time goes to them first), at most YIELD_AT_MOST seconds."""
+        began = time.monotonic()
+        while self._writing or time.monotonic() - self._last_write < YIELD_AFTER_WRITE:
+            if time.monotonic() - began > YIELD_AT_MOST:
+                return
+            await asyncio.sleep(YIELD_AFTER_WRITE / 2)
 
     def _fenced(self, call: Callable[[], Any]) -> Callable[[], Any]:
         return lambda: (self.fence(), call())[1]

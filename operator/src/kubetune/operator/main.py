@@ -115,7 +115,10 @@ async def lead(
 ) -> bool:
     """Reconcile (kopf, the caches, the workers) until `stop`, or until the Lease is lost (False)."""
     settings = await with_kueue_detected(settings, kube)
-    source = progress or HttpProgressSource(settings.progress_port, settings.progress_timeout, settings.read_limits)
+    if progress is None:
+        http = HttpProgressSource(settings.progress_port, settings.progress_timeout, settings.read_limits)
+        http.open()  # closed when kopf stops, below
+    source = progress or http
     events = EventRecorder(kube, elector.identity if elector else "")
     reconciler = Reconciler(kube, Caches(bool(settings.kueue)), settings, source, events.post)
     registry = handlers.build_registry(reconciler, settings, configuration, state)
@@ -136,6 +139,8 @@ async def lead(
         )
         await events.flush()
     finally:
+        if progress is None:
+            await http.close()
         stopper.cancel()
         if not keeper.done():  # kopf stopped on its own (a signal): still leading, released by the caller
             keeper.cancel()

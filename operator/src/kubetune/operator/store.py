@@ -57,6 +57,12 @@ def is_older(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
     return new is not None and old is not None and new < old
 
 
+def _same_state(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
+    new, old = candidate.get("metadata") or {}, current.get("metadata") or {}
+    version = new.get("resourceVersion")
+    return version is not None and version == old.get("resourceVersion") and new.get("uid") == old.get("uid")
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without managedFields (a third of a pod's size; nothing here reads them)."""
     metadata = obj.get("metadata")
@@ -103,10 +109,12 @@ class Store:
 
     def upsert(self, obj: dict[str, Any]) -> bool:
         """Store `obj` unless a newer state of it is stored or it was deleted already (the answer to a
-        delete can arrive after the watch said the object is gone); whether it was stored."""
+        delete can arrive after the watch said the object is gone); whether it was stored. The very state
+        stored already (the watch's copy of what the operator wrote and recorded) is not stored again, and
+        says False: it wakes no reconcile, which decided on it when it wrote it."""
         key = object_key(obj)
         current = self._objects.get(key)
-        if current is not None and is_older(obj, current):
+        if current is not None and (is_older(obj, current) or _same_state(obj, current)):
             return False
         if (obj.get("metadata") or {}).get("uid") in self._gone:
             return False

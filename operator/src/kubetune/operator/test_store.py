@@ -99,3 +99,12 @@ def test_slim_leaves_the_original_alone() -> None:
     original = pod("a", "1")
     assert "managedFields" not in slim(original)["metadata"]
     assert "managedFields" in original["metadata"]
+
+
+def test_the_state_stored_already_is_not_a_change() -> None:
+    """The watch's copy of a write the operator recorded wakes nothing; a newer state or a namesake does."""
+    store = Store("Pod")
+    assert store.upsert(pod("a", "5"))
+    assert not store.upsert(pod("a", "5"))  # (recorded from the write's answer, then seen on the watch)
+    assert store.upsert(pod("a", "6"))
+    assert store.upsert(pod("a", "6", uid="another"))  # re-created under the same name

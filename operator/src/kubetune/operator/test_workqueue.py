@@ -166,3 +166,23 @@ async def test_a_low_priority_add_during_a_reconcile_stays_low() -> None:
     await settle(queue)
     await queue.stop(1.0)
     assert handler.calls == ["a", "b", "a"]
+
+
+async def test_low_priority_reconciles_leave_most_workers_to_the_others() -> None:
+    handler = Recorder()
+    handler.gate.clear()
+    queue = WorkQueue(handler, workers=4, error_backoff=(0.01, 0.1))
+    for index in range(3):
+        queue.add(f"progress-{index}", low=True)
+    queue.start()
+    while len(handler.calls) < 1:
+        await asyncio.sleep(0)
+    queue.add("restart")
+    while "restart" not in handler.calls:
+        await asyncio.sleep(0)
+    assert handler.calls == ["progress-0", "restart"]  # one low-priority reconcile at a time (4 workers // 4)
+    handler.gate.set()
+    await settle(queue)
+    await queue.stop(1.0)
+    assert sorted(map(str, handler.calls)) == ["progress-0", "progress-1", "progress-2", "restart"]
+    assert handler.most_at_once == 2

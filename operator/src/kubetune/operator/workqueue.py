@@ -35,6 +35,10 @@ class WorkQueue:
     def __init__(self, handler: Handler, workers: int, error_backoff: tuple[float, float]) -> None:
         self.handler = handler
         self.workers = workers
+        self.low_at_once = max(1, workers // 4)
+        """Low-priority reconciles running at once, at most: the rest of the workers stay free for the others
+        (a progress write may wait for other writes to pass: kubetune.operator.kube)."""
+        self._active_low = 0
         self.error_backoff = error_backoff
         self._ready: collections.deque[Hashable] = collections.deque()
         self._low: collections.deque[Hashable] = collections.deque()
@@ -108,9 +112,9 @@ class WorkQueue:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout)
 
-    async def _next(self) -> Hashable:
+    async def _next(self) -> tuple[Hashable, bool]:
         while True:
-            while not self._ready and not self._low:
+            while not self._ready and not (self._low and self._active_low < self.low_at_once):
                 self._wake.clear()
                 await self._wake.wait()
             low = not self._ready
@@ -119,13 +123,14 @@ class WorkQueue:
                 continue  # a stale place: the key moved to the normal lane, or was taken from it already
             del self._queued[key]
             self._active.add(key)
+            self._active_low += low
             if self._ready or self._low:
                 self._wake.set()  # let the other workers take the rest
-            return key
+            return key, low
 
     async def _work(self) -> None:
         while True:
-            key = await self._next()
+            key, low = await self._next()
             try:
                 again = await self.handler(key)
             except Exception:  # (cancellation is a BaseException: it ends the worker)
@@ -138,6 +143,9 @@ class WorkQueue:
                 self._failures.pop(key, None)
             finally:
                 self._active.discard(key)
+                if low:
+                    self._active_low -= 1
+                    self._wake.set()  # a low-priority key may wait for this place
             if key in self._again:
                 self.add(key, self._again.pop(key))
             elif again is not None:
