@@ -137,9 +137,11 @@ class StatusWatch:
                 async with self.bench.session.get(self.bench.plane.url + path, timeout=timeout) as response:
                     async for line in response.content:
                         job = json.loads(line).get("object") or {}
+                        name = (job.get("metadata") or {}).get("name", "")
+                        if job.get("kind") != "FineTuneJob" or not name.startswith("job-"):
+                            continue  # (a bookmark, an error, a burst job: not sampled)
                         status = job.get("status") or {}
-                        step = (status.get("progress") or {}).get("step")
-                        self.latest[(job.get("metadata") or {}).get("name", "")] = (status.get("phase", ""), step)
+                        self.latest[name] = (status.get("phase", ""), (status.get("progress") or {}).get("step"))
 
 
 async def _staleness(watch: StatusWatch, server: ProgressServer, seconds: float) -> list[float]:

@@ -117,6 +117,28 @@ def section(results: dict[str, Any]) -> str:
         f"| {run['unchanged']['requests_per_job_minute']:.2f} | {run['peak_rss_bytes'] / 2**20:.0f} MiB "
         f"| {steady:.4f} cores |"
     )
+    writes = t["requests_by_kind"].get("patch finetunejobs/status", 0.0) * last["jobs"] / 60
+    busy = sum(t["cpu"].get(name, 0.0) for name in ("operator", "kube-apiserver", "etcd", "kube-controller-manager"))
+    if writes:
+        lines += [
+            "",
+            f"**What limits the tails here**: while {last['jobs']} jobs train, the operator, kube-apiserver, etcd and "
+            f"kube-controller-manager use {busy:.2f} of the machine's 2 cores (the benchmark's own process, playing "
+            f"the kubelet and {last['jobs']} ranks 0, takes part of the rest). {writes:.0f} progress writes a second "
+            f"cost the API server about {t['cpu'].get('kube-apiserver', 0) / writes * 1000:.0f} ms of CPU each "
+            "(decoding, the CRD's schema and CEL validation, managed fields, etcd, one watch event per watcher) "
+            "and the operator about "
+            f"{t['cpu'].get('operator', 0) / writes * 1000:.0f} ms (the read, the reconcile, the watch events), so "
+            "creates and restarts, which go first in the operator (their own lane, threads and write tokens, "
+            "progress yielding to them), still queue for the CPU. The peer's jobs report no progress, so its rows "
+            "are the idle profile's peers.",
+        ]
+        for mark in run["milestones"][:-1]:
+            m = mark["training"]
+            if (mark["create_to_pods_p99"] <= GOALS["create_p99"] and mark["restart_p50"] <= GOALS["restart_p50"]
+                    and m.get("staleness_p99", 99) <= GOALS["staleness_p99"]):  # fmt: skip
+                lines[-1] += (f" At {mark['jobs']} jobs ({_cpu(m)} cores) the same run meets the latency and staleness "
+                              "goals.")  # fmt: skip
     equal = [p for p in peers if p["qps"] is not None]
     if equal:
         peer = equal[0]
