@@ -110,6 +110,8 @@ def test_deployment_runs_two_replicas_with_liveness_and_readiness_probes() -> No
         "--api-writes-per-second=200",
         "--api-write-burst=400",
         "--reconcile-workers=64",
+        "--progress-write-interval=15",
+        "--progress-readers=16",
         "--node-outage-share=0.55",
         "--kueue=auto",
         "--leader-elect",

@@ -85,6 +85,22 @@ REFUSED = ReadOutcome("refused")
             60.0,
         ),
         (
+            "never answered (starting): read every 4 s at most",
+            ReadMemory(None, 4.0, strikes=3, failing_since=90.0, read_at=96.0),
+            UNREACHABLE,
+            100.0,
+            4.0,
+            None,
+        ),
+        (
+            "never answered past the bound: backing off to 30 s",
+            ReadMemory(None, 4.0, strikes=20, failing_since=30.0, read_at=96.0),
+            UNREACHABLE,
+            100.0,
+            30.0,
+            None,
+        ),
+        (
             "unreachable again, bound not passed: not told, backing off",
             ReadMemory("step=10", 4.0, strikes=2, failing_since=100.0, read_at=106.0),
             UNREACHABLE,
