@@ -10,8 +10,8 @@ progress outside its reconcile workers (kubetune.operator.progress_poller) on th
 - progress that did not change is read less and less often, up to `unchanged_read_max` (a job in a long
   evaluation or a stuck one costs one read a minute, no reconcile, no write);
 - reads that fail back off (2, 4, ... up to `failing_read_max` seconds): a rank 0 that is unreachable or
-  answers badly costs one read every 30 s at most; one that has never answered (a trainer still starting)
-  is read every 4 s at most for `unreachable_after` seconds. The job's status hears of it when it matters: an
+  answers badly costs one read every 30 s at most; one unreachable for less than `unreachable_after` (a
+  trainer still starting, a rank 0 busy at the end of its run) every 4 s at most. The job's status hears of it when it matters: an
   answer refused (at once), a rank 0 unreachable for `unreachable_after` seconds (ProgressUnavailable,
   kubetune.policies.progress_reach), and the first answer after failing (the condition cleared);
 - a rank 0 that says its result waits (`resultReady`) or that belongs to another attempt is told to the
@@ -27,9 +27,10 @@ from typing import Literal
 
 from kubetune.api.status import FineTuneJobStatus
 
-#: Longest pause between two reads of a rank 0 that has not answered yet (its port opens once torch is
-#: imported and the rendezvous done): its first progress is written within seconds of it serving.
-STARTING_READ_MAX = 4.0
+#: Longest pause between two reads of a rank 0 unreachable for less than the bound: a trainer's port opens
+#: once torch is imported and the rendezvous done, and a rank 0 busy exporting may time out while its whole
+#: result waits (for `result_handover_seconds` only): either is read again within seconds.
+RECENTLY_FAILING_READ_MAX = 4.0
 
 #: How a read of rank 0 went: a snapshot, an answer refused (too large, not the protocol), the pod could
 #: not be reached (refused, reset, timed out).
@@ -104,9 +105,10 @@ def after_read(memory: ReadMemory, read: ReadOutcome, now: float, cadence: Caden
         return _after_snapshot(memory, read, now, cadence)
     strikes = memory.strikes + 1
     failing_for = now - memory.failing_since if memory.failing_since is not None else 0.0
-    # never answered, and not for long: a trainer still starting (past the bound, one that never will)
-    starting = memory.fingerprint is None and read.kind == "unreachable" and failing_for < cadence.unreachable_after
-    read_in = min(STARTING_READ_MAX if starting else cadence.failing_read_max, 2.0**strikes)
+    # unreachable, and not for long: a trainer still starting, or one busy at the end of its run with its
+    # result waiting (past the bound, one that will not answer soon)
+    lately = read.kind == "unreachable" and failing_for < cadence.unreachable_after
+    read_in = min(RECENTLY_FAILING_READ_MAX if lately else cadence.failing_read_max, 2.0**strikes)
     if read.kind == "refused":  # the status says so at once, the first time (or after unreachable reads)
         remembered = ReadMemory(memory.fingerprint, read_in, strikes, None, memory.asked_at, now)
         return NextSteps(remembered, read_in, 0.0 if memory.strikes == 0 or memory.failing_since is not None else None)
