@@ -1,4 +1,4 @@
-"""Writes the quickstart's support-ticket triage data (train.jsonl, validation.jsonl), deterministically.
+"""Writes the quickstart's support-ticket triage data (train.jsonl, validation.jsonl, test.jsonl), deterministically.
 
 The task: read a customer's message and answer in one fixed format, `category=<c> order=<digits|none>`,
 where the category is one of refund, shipping, account or technical. Its answers are exact, so exact-match
@@ -89,14 +89,15 @@ def main() -> None:
     rng = random.Random(20261126)
     seen: set[str] = set()
     rows: list[dict[str, object]] = []
-    while len(rows) < 200:
+    while len(rows) < 240:
         row = example(rng, rng.choice(sorted(TEMPLATES)))
         key = json.dumps(row, sort_keys=True)
-        if key not in seen:  # no duplicates, and so no train/validation leakage
+        if key not in seen:  # no duplicates, and so no leakage between train, validation and test
             seen.add(key)
             rows.append(row)
     here = Path(__file__).parent
-    for name, part in (("train.jsonl", rows[:160]), ("validation.jsonl", rows[160:])):
+    # The first 200 rows are the same as before the test file existed (the generator draws in order).
+    for name, part in (("train.jsonl", rows[:160]), ("validation.jsonl", rows[160:200]), ("test.jsonl", rows[200:])):
         (here / name).write_text("".join(json.dumps(r) + "\n" for r in part))
 
 

@@ -209,6 +209,21 @@ def examples(fmt: str, count: int, seed: int = 0, start: int = 0) -> list[dict[s
     return out
 
 
+def preference_examples(count: int, seed: int = 0, start: int = 0, chat: bool = False) -> list[dict[str, Any]]:
+    """`count` preference pairs: the mapping's prompt answered with the target word ending in `.` (chosen)
+    or in `?` (rejected). The preference is learnable from any pair and holds on pairs never trained on
+    (the same two tokens decide every pair), while a random model ranks them by chance."""
+    out = []
+    for example in examples("prompt-completion", count, seed, start):
+        answer = example["completion"]
+        if chat:
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": example["prompt"]}]
+            out.append({"messages": messages, "chosen": f"{answer.strip()}.", "rejected": f"{answer.strip()}?"})
+        else:
+            out.append({"prompt": example["prompt"], "chosen": f"{answer}.", "rejected": f"{answer}?"})
+    return out
+
+
 def write_jsonl(path: Path | str, records: Iterable[Mapping[str, Any]]) -> Path:
     """Write records as JSON Lines; returns the path."""
     path = Path(path)

@@ -140,6 +140,7 @@ ACCESS_RULES: tuple[AccessRule, ...] = (
     AccessRule(("model", "source"), claim=True),
     AccessRule(("dataset", "train"), claim=True),
     AccessRule(("dataset", "validation"), claim=True),
+    AccessRule(("dataset", "test"), claim=True),
     AccessRule(("storage", "checkpoints"), claim=True, writes=True),
     AccessRule(("storage", "output"), claim=True, writes=True),
     AccessRule(("evaluation", "referenceModel", "source"), claim=True),

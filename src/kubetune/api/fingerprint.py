@@ -12,10 +12,14 @@ Counted (`COUNTED`, wire names as a manifest writes them):
 
 - the starting weights: `model.source`, `model.revision`, `model.ggufFile`;
 - the examples and their shape: `dataset.train`, `dataset.validation` (or `dataset.validationSplit` when
-  no validation file is given: it decides which training examples are held out), `dataset.format`,
+  no validation file is given: it decides which training examples are held out), `dataset.test` and
+  `dataset.testSplit` (the split holds training examples out; the baselines, scored on the test set
+  before the first step, are kept in the checkpoint), `dataset.format`,
   `dataset.maxSeqLength`, `dataset.packing`, `dataset.trainOnInputs` (which tokens are learned);
 - the method: `method.type` and, for LoRA, `method.lora.rank`, `alpha`, `dropout`, `targetModules` (their
-  order does not matter): the adapter's shape and what it adapts;
+  order does not matter): the adapter's shape and what it adapts; for DPO, `method.dpo.beta`,
+  `labelSmoothing`, `weights` and `reference` (the loss, what it trains, and the reference log-probabilities
+  the checkpoint carries);
 - the optimisation: `hyperparameters.learningRate`, `scheduler`, `warmupRatio`, `weightDecay`, `dropout`,
   `maxGradNorm`, `seed` (data order), and the batch shape `microBatchSize`, `gradientAccumulationSteps`,
   `distributed.workers` and `distributed.processesPerWorker` (the global batch, hence every data position
@@ -59,6 +63,8 @@ COUNTED: Final = (
     "dataset.train",
     "dataset.validation",
     "dataset.validationSplit",
+    "dataset.test",
+    "dataset.testSplit",
     "dataset.format",
     "dataset.maxSeqLength",
     "dataset.packing",
@@ -68,6 +74,10 @@ COUNTED: Final = (
     "method.lora.alpha",
     "method.lora.dropout",
     "method.lora.targetModules",
+    "method.dpo.beta",
+    "method.dpo.labelSmoothing",
+    "method.dpo.weights",
+    "method.dpo.reference",
     "hyperparameters.epochs",
     "hyperparameters.maxSteps",
     "hyperparameters.learningRate",
@@ -149,7 +159,8 @@ def fingerprint(spec: FineTuneJobSpec) -> Fingerprint:
 def counted_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
     """Every `COUNTED` field's value (JSON types), by wire path; None where it does not apply."""
     model, data, hp, dist = spec.model, spec.dataset, spec.hyperparameters, spec.distributed
-    lora = (spec.method.lora or LoraSpec()) if spec.method.type == "lora" else None
+    lora = (spec.method.lora or LoraSpec()) if spec.method.uses_lora else None
+    dpo = spec.method.preference
     values: dict[str, Any] = {
         "model.source": model.source,
         "model.revision": model.revision,
@@ -157,6 +168,8 @@ def counted_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
         "dataset.train": data.train,
         "dataset.validation": data.validation,
         "dataset.validationSplit": data.validation_split if data.validation is None else None,
+        "dataset.test": data.test,
+        "dataset.testSplit": data.test_split if data.test is None else None,
         "dataset.format": data.format,
         "dataset.maxSeqLength": data.max_seq_length,
         "dataset.packing": data.packing,
@@ -166,6 +179,10 @@ def counted_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
         "method.lora.alpha": lora.alpha if lora else None,
         "method.lora.dropout": lora.dropout if lora else None,
         "method.lora.targetModules": sorted(lora.target_modules) if lora and lora.target_modules else None,
+        "method.dpo.beta": dpo.beta if dpo else None,
+        "method.dpo.labelSmoothing": dpo.label_smoothing if dpo else None,
+        "method.dpo.weights": dpo.weights if dpo else None,
+        "method.dpo.reference": dpo.reference if dpo else None,
         "hyperparameters.epochs": hp.epochs,
         "hyperparameters.maxSteps": hp.max_steps,
         "hyperparameters.learningRate": hp.learning_rate,

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 
 from kubetune.api.base import MAX_STRING_LENGTH, ApiModel, Rule, doc
 from kubetune.api.operations import (
+    PREFERENCE_METRICS,
     CheckpointingSpec,
     EarlyStoppingSpec,
     EvaluationSpec,
@@ -102,6 +103,38 @@ class FineTuneJobSpec(ApiModel):
             check=lambda s: s.early_stopping is None or s.evaluation is not None,
             message="early stopping needs an `evaluation` block (it watches periodic evaluations)",
             field="earlyStopping",
+        ),
+        Rule(
+            cel="!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
+            "!has(self.dataset.format) || self.dataset.format in ['auto', 'preference']",
+            check=lambda s: s.method.type != "dpo" or s.dataset.format in ("auto", "preference"),
+            message="`method.type: dpo` trains on chosen/rejected pairs: set `dataset.format: preference` (or auto)",
+            field="method.type",
+        ),
+        Rule(
+            cel="!has(self.dataset.format) || self.dataset.format != 'preference' || "
+            "(has(self.method) && has(self.method.type) && self.method.type == 'dpo')",
+            check=lambda s: s.dataset.format != "preference" or s.method.type == "dpo",
+            message="preference pairs are trained with `method.type: dpo`",
+            field="dataset.format",
+        ),
+        Rule(
+            cel="!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
+            "!has(self.dataset.packing) || !self.dataset.packing",
+            check=lambda s: s.method.type != "dpo" or not s.dataset.packing,
+            message="DPO scores each answer of a pair as one sequence: packing does not apply, set "
+            "`dataset.packing: false`",
+            field="dataset.packing",
+        ),
+        Rule(
+            cel="!has(self.earlyStopping) || !has(self.earlyStopping.metric) || "
+            "!(self.earlyStopping.metric in " + str(list(PREFERENCE_METRICS)) + ") || "
+            "(has(self.method) && has(self.method.type) && self.method.type == 'dpo')",
+            check=lambda s: (
+                s.early_stopping is None or s.early_stopping.metric not in PREFERENCE_METRICS or s.method.type == "dpo"
+            ),
+            message="reward metrics exist only for `method.type: dpo`",
+            field="earlyStopping.metric",
         ),
         *OVERLAP_RULES,
     ]

@@ -40,7 +40,19 @@ def _requests_within_limits(resources: ResourcesSpec) -> bool:
     return True
 
 
-EarlyStoppingMetric = Literal["evalLoss", "evalPerplexity", "evalTokenAccuracy"]
+EarlyStoppingMetric = Literal[
+    "evalLoss",
+    "evalPerplexity",
+    "evalTokenAccuracy",
+    "evalRewardAccuracy",
+    "evalRewardMargin",
+    "evalChosenReward",
+    "evalRejectedReward",
+]
+#: The metrics of preference tuning (`method.type: dpo`), from its validation pairs.
+PREFERENCE_METRICS = ("evalRewardAccuracy", "evalRewardMargin", "evalChosenReward", "evalRejectedReward")
+#: The metrics that improve upwards (`mode: max`); the others improve downwards.
+RISING_METRICS = ("evalTokenAccuracy", "evalRewardAccuracy", "evalRewardMargin", "evalChosenReward")
 
 
 class BaselinesSpec(ApiModel):
@@ -129,7 +141,9 @@ class EarlyStoppingSpec(ApiModel):
     """Stop when the validation metric stops improving; the best checkpoint is exported."""
 
     metric: EarlyStoppingMetric = doc(
-        "metric watched on each evaluation: evalLoss, evalPerplexity or evalTokenAccuracy. Default evalLoss.",
+        "metric watched on each evaluation: evalLoss, evalPerplexity or evalTokenAccuracy; for `method.type: "
+        "dpo` also evalRewardAccuracy, evalRewardMargin, evalChosenReward or evalRejectedReward (evalLoss is "
+        "then the DPO loss). Default evalLoss.",
         default="evalLoss",
     )
     mode: Literal["min", "max"] = doc(
@@ -150,15 +164,15 @@ class EarlyStoppingSpec(ApiModel):
 
     rules: ClassVar[list[Rule]] = [
         Rule(
-            cel="!has(self.metric) || self.metric != 'evalTokenAccuracy' || (has(self.mode) && self.mode == 'max')",
-            check=lambda e: e.metric != "evalTokenAccuracy" or e.mode == "max",
-            message="`evalTokenAccuracy` improves upwards: set `mode: max`",
+            cel=f"!has(self.metric) || !(self.metric in {list(RISING_METRICS)}) || (has(self.mode) && self.mode == 'max')",
+            check=lambda e: e.metric not in RISING_METRICS or e.mode == "max",
+            message=f"`{'`, `'.join(RISING_METRICS)}` improve upwards: set `mode: max`",
             field="mode",
         ),
         Rule(
-            cel="!has(self.mode) || self.mode != 'max' || (has(self.metric) && self.metric == 'evalTokenAccuracy')",
-            check=lambda e: e.mode != "max" or e.metric == "evalTokenAccuracy",
-            message="losses and perplexity improve downwards: use `mode: min`",
+            cel=f"!has(self.mode) || self.mode != 'max' || (has(self.metric) && self.metric in {list(RISING_METRICS)})",
+            check=lambda e: e.mode != "max" or e.metric in RISING_METRICS,
+            message="losses, perplexity and the rejected answers' reward improve downwards: use `mode: min`",
             field="mode",
         ),
     ]

@@ -104,11 +104,12 @@ OUTPUT = _field("storage.output", "storage", "output")
 CHECKPOINTS = _field("storage.checkpoints", "storage", "checkpoints")
 TRAIN = _field("dataset.train", "dataset", "train")
 VALIDATION = _field("dataset.validation", "dataset", "validation")
+TEST = _field("dataset.test", "dataset", "test")
 MODEL = _field("model.source", "model", "source")
 REFERENCE_MODEL = _field("evaluation.referenceModel.source", "evaluation", "reference_model", "source")
 
 #: What each written folder may not overlap, and why, said in the refusal.
-_INPUTS = (TRAIN, VALIDATION, MODEL, REFERENCE_MODEL)
+_INPUTS = (TRAIN, VALIDATION, TEST, MODEL, REFERENCE_MODEL)
 _OUTPUT_WHY = "the export replaces the output folder and everything in it"
 _CHECKPOINTS_WHY = "checkpoints would be written among the job's inputs, and pruning deletes folders there"
 _PAIRS: tuple[tuple[PathField, PathField, str], ...] = (

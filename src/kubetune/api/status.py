@@ -181,6 +181,19 @@ class Progress(ApiModel):
     eta_seconds: int | None = doc("etaSeconds: estimated time to finish, in seconds.", default=None, ge=0)
 
 
+class PreferenceFigures(ApiModel):
+    """DPO's figures over a set of pairs (means per pair)."""
+
+    reward_accuracy: float | None = doc(
+        "rewardAccuracy: fraction (0-1) of pairs whose chosen reward beats the rejected one's.", default=None
+    )
+    reward_margin: float | None = doc("rewardMargin: mean chosen minus rejected reward, in nats x beta.", default=None)
+    chosen_reward: float | None = doc("chosenReward: mean reward of the chosen answers, in nats x beta.", default=None)
+    rejected_reward: float | None = doc(
+        "rejectedReward: mean reward of the rejected answers, in nats x beta.", default=None
+    )
+
+
 class Metrics(ApiModel):
     """The latest training and validation figures."""
 
@@ -192,6 +205,12 @@ class Metrics(ApiModel):
         "tokensPerSecond: non-padding training tokens per second over the whole gang.", default=None, ge=0
     )
     learning_rate: float | None = doc("learningRate: the current learning rate.", default=None, ge=0)
+    train_rewards: PreferenceFigures | None = doc(
+        "trainRewards: DPO reward figures of the last training step (DPO jobs).", default=None
+    )
+    eval_rewards: PreferenceFigures | None = doc(
+        "evalRewards: DPO reward figures at the last evaluation on the validation pairs (DPO jobs).", default=None
+    )
 
 
 class EvaluationResult(ApiModel):
@@ -213,6 +232,29 @@ class EvaluationResult(ApiModel):
         "tokensPerSecond: generated tokens per second while answering.", default=None, ge=0
     )
     parameters: int | None = doc("parameters: the model's parameter count.", default=None, ge=0)
+    preference_accuracy: float | None = doc(
+        "preferenceAccuracy: fraction (0-1) of preference pairs whose chosen answer the model gives the higher "
+        "log-probability (DPO jobs).",
+        default=None,
+        ge=0,
+        le=1,
+    )
+    reward_accuracy: float | None = doc(
+        "rewardAccuracy: fraction (0-1) of pairs whose chosen answer's DPO reward beats the rejected one's.",
+        default=None,
+        ge=0,
+        le=1,
+    )
+    reward_margin: float | None = doc(
+        "rewardMargin: mean of chosen minus rejected DPO reward, in nats x beta (DPO jobs).", default=None
+    )
+    chosen_reward: float | None = doc(
+        "chosenReward: mean DPO reward of the chosen answers: beta x log-ratio to the reference, in nats.", default=None
+    )
+    rejected_reward: float | None = doc(
+        "rejectedReward: mean DPO reward of the rejected answers: beta x log-ratio to the reference, in nats.",
+        default=None,
+    )
 
 
 class ApproachResult(EvaluationResult):
@@ -224,17 +266,24 @@ class ApproachResult(EvaluationResult):
 
 
 class EvaluationSummary(ApiModel):
-    """Base model against fine-tuned model on the same validation set."""
+    """Base model against fine-tuned model on the same held-out set: the test set when the job has one,
+    else the validation set."""
 
     base_model: EvaluationResult | None = doc("baseModel: the untouched pre-trained model.", default=None)
     fine_tuned: EvaluationResult | None = doc("fineTuned: the exported fine-tuned model.", default=None)
     approaches: list[ApproachResult] | None = doc(
-        "approaches: every evaluated approach (prompting baselines and the fine-tuned model), same validation set.",
+        "approaches: every evaluated approach (prompting baselines and the fine-tuned model), on the same held-out set (`scoredOn`).",
         default=None,
     )
     verdict: str | None = doc(
         "verdict: one sentence saying whether fine-tuning paid off: the fine-tuned model against the best "
-        "prompting approach, with their sizes and latencies.",
+        "prompting approach, with their sizes and latencies, and the set it was scored on.",
+        default=None,
+    )
+    scored_on: Literal["test", "validation"] | None = doc(
+        "scoredOn: the set every figure here was scored on: `test` (dataset.test or testSplit: no training "
+        "decision saw it) or `validation` (which also chose the checkpoint, so the fine-tuned figures are "
+        "optimistic).",
         default=None,
     )
 
@@ -274,7 +323,7 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = doc("progress of training.", default=None)
     metrics: Metrics | None = doc("metrics: latest training and validation figures.", default=None)
     evaluation: EvaluationSummary | None = doc(
-        "evaluation: base vs fine-tuned model on the validation set.", default=None
+        "evaluation: base vs fine-tuned model on the test set (the validation set when there is none).", default=None
     )
     checkpoints: CheckpointStatus | None = doc("checkpoints on storage.", default=None)
     output: OutputStatus | None = doc("output: the exported model.", default=None)

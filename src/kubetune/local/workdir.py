@@ -104,12 +104,12 @@ def resolve_paths(job: FineTuneJob, manifest_path: Path) -> FineTuneJob:
         raise WorkdirError(f"{manifest_path}: spec.model.ggufFile: {Path(source) / model.gguf_file} does not exist")
     dataset = job.spec.dataset
     validation = dataset.validation and absolute(dataset.validation, "spec.dataset.validation")
+    test = dataset.test and absolute(dataset.test, "spec.dataset.test")
+    files = {"train": absolute(dataset.train, "spec.dataset.train"), "validation": validation, "test": test}
     spec = job.spec.model_copy(
         update={
             "model": model.model_copy(update={"source": source}),
-            "dataset": dataset.model_copy(
-                update={"train": absolute(dataset.train, "spec.dataset.train"), "validation": validation}
-            ),
+            "dataset": dataset.model_copy(update=files),
         }
     )
     return job.model_copy(update={"spec": spec})

@@ -65,6 +65,7 @@ READ = {
     "model.source": ("model", "source"),
     "dataset.train": ("dataset", "train"),
     "dataset.validation": ("dataset", "validation"),
+    "dataset.test": ("dataset", "test"),
     "evaluation.referenceModel.source": ("evaluation", "referenceModel", "source"),
 }
 

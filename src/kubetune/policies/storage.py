@@ -82,7 +82,7 @@ class StorageVerdict:
 def claims_of(spec: FineTuneJobSpec) -> dict[str, bool]:
     """Every claim a `pvc://claim/path` of the spec names -> whether the job writes to it (checkpoints,
     output)."""
-    read = [spec.model.source, spec.dataset.train, spec.dataset.validation]
+    read = [spec.model.source, spec.dataset.train, spec.dataset.validation, spec.dataset.test]
     written = [spec.storage.checkpoints, spec.storage.output]
     found: dict[str, bool] = {}
     for value, writes in [(v, False) for v in read] + [(v, True) for v in written]:

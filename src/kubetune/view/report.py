@@ -291,14 +291,15 @@ def report_lines(report: JobReport) -> list[str]:
         lines.append("")
 
     evaluation = status.evaluation
+    scored_on = f"{evaluation.scored_on or 'validation'} set" if evaluation is not None else ""
     if evaluation is not None and evaluation.approaches:
-        lines += _heading("Was fine-tuning worth it? (validation set)", 2, md)
+        lines += _heading(f"Was fine-tuning worth it? ({scored_on})", 2, md)
         if evaluation.verdict:
             lines += [f"**{evaluation.verdict}**" if md else f"Verdict: {evaluation.verdict}", ""]
         lines += approaches_table(evaluation.approaches, md)
         lines.append("")
     elif evaluation is not None and (evaluation.base_model or evaluation.fine_tuned):
-        lines += _heading("Base model vs fine-tuned (validation set)", 2, md)
+        lines += _heading(f"Base model vs fine-tuned ({scored_on})", 2, md)
         lines += evaluation_table(evaluation.base_model, evaluation.fine_tuned, md)
         lines.append("")
 

@@ -170,7 +170,7 @@ def render_trainer_config(job: FineTuneJob) -> str:
     manifest["metadata"] = {"name": job.name, "namespace": job.namespace}
     spec = manifest["spec"]
     spec["model"]["source"] = pvc_path(spec["model"]["source"])
-    for key in ("train", "validation"):
+    for key in ("train", "validation", "test"):
         if key in spec["dataset"]:
             spec["dataset"][key] = pvc_path(spec["dataset"][key])
     return yaml.safe_dump(manifest, sort_keys=False)

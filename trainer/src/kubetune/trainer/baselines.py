@@ -1,7 +1,7 @@
 """Was fine-tuning worth it? Prompting baselines beside the fine-tuned model, and the verdict.
 
 Before training, the untouched base model (and an optional stronger reference model) answers the
-validation prompts zero-shot and few-shot — with the k training examples most similar to each prompt
+test prompts (the validation prompts when the job has no test set) zero-shot and few-shot — with the k training examples most similar to each prompt
 placed before it (see `retrieval`). After training the fine-tuned model answers the same prompts. Every
 row carries the task metric (exact match), eval loss, mean latency per answer, generated tokens/s and
 the parameter count, and one sentence says which approach won on quality and at what latency and size.
@@ -21,7 +21,7 @@ from kubetune.api.operations import BaselinesSpec
 from kubetune.api.status import ApproachResult, EvaluationResult, EvaluationSummary
 from kubetune.api.training import MethodSpec
 from kubetune.trainer import distributed, retrieval
-from kubetune.trainer.data import Example, GenerationCase, Record, generation_case, tokenize_record
+from kubetune.trainer.data import Example, GenerationCase, Record, as_supervised, generation_case, tokenize_record
 from kubetune.trainer.dataset import PreparedData
 from kubetune.trainer.evaluation import EvaluationSettings, evaluate
 
@@ -59,21 +59,35 @@ def _size(parameters: int | None) -> str:
 
 
 def _compared_on(rows: Sequence[ApproachResult]) -> str:
-    """The metric every row has: exact match where answers were scored, else eval loss."""
+    """The metric every row has: preference accuracy (DPO), exact match where answers were scored, else
+    eval loss."""
+    if all(row.preference_accuracy is not None for row in rows):
+        return "preference accuracy"
     return "exact match" if all(row.exact_match is not None for row in rows) else "eval loss"
 
 
 def _quality(row: ApproachResult, metric: str) -> float:
-    """Higher is better: exact match, or the negative eval loss (-inf when missing or not finite)."""
+    """Higher is better: preference accuracy, exact match, or the negative eval loss (-inf when missing or
+    not finite)."""
+    if metric == "preference accuracy" and row.preference_accuracy is not None:
+        return row.preference_accuracy
     if metric == "exact match" and row.exact_match is not None:
         return row.exact_match
     return -row.eval_loss if row.eval_loss is not None and math.isfinite(row.eval_loss) else -math.inf
 
 
 def _score(row: ApproachResult, metric: str) -> str:
+    if metric == "preference accuracy" and row.preference_accuracy is not None:
+        return f"{row.preference_accuracy:.2f}"
     if metric == "exact match" and row.exact_match is not None:
         return f"{row.exact_match:.2f}"
     return f"{row.eval_loss:.3g}" if row.eval_loss is not None else "?"
+
+
+def reference_row(reference: EvaluationResult, parameters: int) -> ApproachResult:
+    """DPO's reference (the starting weights, scored before the first step) as a row of the verdict."""
+    fields = reference.model_dump() | {"parameters": parameters}
+    return ApproachResult(name="reference (starting model)", approach="zero-shot", model="base", **fields)
 
 
 def _latency_against(row: ApproachResult, other: ApproachResult) -> str | None:
@@ -219,7 +233,10 @@ def prompting_baselines(
     evaluation = spec.evaluation
     assert evaluation is not None and evaluation.baselines is not None
     plan = evaluation.baselines
-    split = Split(data.train_records, data.validation_records, data.format)
+    split = Split(data.train_records, data.verdict_set.records, data.format)
+    if data.format == "preference":  # prompted to give the chosen answer, as the exact match scores it
+        train, verdict_records = ([as_supervised(r)[0] for r in part] for part in (split.train, split.validation))
+        split = Split(train, verdict_records, as_supervised(split.train[0])[1])
     neighbours = similar_train_examples(split, plan, model, tokenizer)
     length = spec.dataset.max_seq_length
     rows = approach_rows(model, tokenizer, "base", split, plan, neighbours, settings, rank, length, base_zero_shot)
@@ -234,14 +251,33 @@ def prompting_baselines(
     return rows
 
 
+def scored_on_note(scored_on: str, examples: int) -> str:
+    """What the verdict's figures are worth: an unbiased test set, or the validation set that chose the
+    checkpoint (the fine-tuned model's figure is then optimistic, and the sentence says so)."""
+    if scored_on == "test":
+        return f"scored on {examples} test examples that no training decision saw"
+    return (
+        f"scored on the {examples} validation examples that also chose the checkpoint, so the fine-tuned figure "
+        "is optimistic (add dataset.testSplit or dataset.test for an unbiased one)"
+    )
+
+
 def summary(
-    base: EvaluationResult | None, fine_tuned: EvaluationResult | None, baselines: list[ApproachResult], parameters: int
+    base: EvaluationResult | None,
+    fine_tuned: EvaluationResult | None,
+    baselines: list[ApproachResult],
+    parameters: int,
+    scored_on: str = "validation",
+    examples: int = 0,
 ) -> EvaluationSummary:
-    """Base vs fine-tuned, and — when baselines ran — every approach and the verdict."""
+    """Base vs fine-tuned, and — when baselines ran — every approach and the verdict, with the set they
+    were scored on."""
+    on = "test" if scored_on == "test" else "validation"
     if not baselines:
-        return EvaluationSummary(base_model=base, fine_tuned=fine_tuned)
+        return EvaluationSummary(base_model=base, fine_tuned=fine_tuned, scored_on=on)
     rows = list(baselines)
     if fine_tuned is not None:
         fields = fine_tuned.model_dump() | {"parameters": parameters}
         rows.append(ApproachResult(name="fine-tuned", approach="fine-tuned", model="fine-tuned", **fields))
-    return EvaluationSummary(base_model=base, fine_tuned=fine_tuned, approaches=rows, verdict=verdict(rows))
+    sentence = f"{verdict(rows)}; {scored_on_note(on, examples)}"
+    return EvaluationSummary(base_model=base, fine_tuned=fine_tuned, approaches=rows, verdict=sentence, scored_on=on)

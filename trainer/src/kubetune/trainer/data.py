@@ -4,7 +4,7 @@ Files are read with `datasets` (JSONL/JSON, Parquet, CSV). Every record is check
 starts, and the first bad one fails the run as a data error naming file, line and problem: a typo on
 line 40,000 must not surface an hour into training.
 
-Three formats, each with a loss mask (label -100 = not learned):
+Three supervised formats, each with a loss mask (label -100 = not learned), and preference pairs:
 
 - `text` ({text}): every token is learned; the tokenizer's EOS is appended.
 - `prompt-completion` ({prompt, completion}): prompt and completion are tokenized separately and
@@ -17,6 +17,9 @@ Three formats, each with a loss mask (label -100 = not learned):
   span. This needs a template whose renders of shorter conversations are prefixes of longer ones (true
   of ChatML, Llama 3, Mistral, Gemma); any other template fails with a clear message unless
   `trainOnInputs`.
+- `preference` ({prompt or messages, chosen, rejected}, for `method.type: dpo`): each pair is tokenized
+  as two examples of the supervised format its prompt implies, the prompt answered once with `chosen`
+  and once with `rejected` (kubetune.trainer.preference); only the answers' tokens are scored.
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ def read_records(path: Path, display: str) -> list[Record]:
 def detect_format(record: Record) -> str:
     """The format a record's fields imply; DataError when they fit none."""
     fields = set(record.fields)
+    if {"chosen", "rejected"} <= fields:
+        return "preference"
     if "messages" in fields:
         return "chat"
     if {"prompt", "completion"} <= fields:
@@ -138,7 +143,8 @@ def detect_format(record: Record) -> str:
         return "text"
     found = ", ".join(sorted(fields)) or "none"
     raise DataError(
-        f"{record.where}: cannot detect the format: expected `text`, `prompt` and `completion`, or `messages` "
+        f"{record.where}: cannot detect the format: expected `text`, `prompt` and `completion`, `messages`, or "
+        "`chosen` and `rejected` "
         f"(found fields: {found}); or set dataset.format"
     )
 
@@ -159,6 +165,8 @@ def check_record(record: Record, fmt: str) -> None:
     elif fmt == "prompt-completion":
         _require_string(record, "prompt", fields.get("prompt"), allow_empty=True)
         _require_string(record, "completion", fields.get("completion"))
+    elif fmt == "preference":
+        _check_preference(record)
     elif fmt == "chat":
         messages = fields.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -172,6 +180,45 @@ def check_record(record: Record, fmt: str) -> None:
             _require_string(record, f"messages[{index}].content", message.get("content"), allow_empty=True)
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{record.where}: `messages` has no assistant turn to learn from")
+
+
+def _check_preference(record: Record) -> None:
+    """A pair: `prompt` (a string) or `messages` (the conversation before the answer), and the `chosen` and
+    `rejected` answers (strings, or one assistant message each)."""
+    fields = record.fields
+    if "messages" in fields:
+        check_record(
+            Record(
+                {"messages": [*fields["messages"], {"role": "assistant", "content": ""}]}, record.source, record.line
+            ),
+            "chat",
+        )
+    else:
+        _require_string(record, "prompt", fields.get("prompt"), allow_empty=True)
+    for side in ("chosen", "rejected"):
+        _require_string(record, side, answer_text(fields.get(side)))
+
+
+def answer_text(value: Any) -> Any:
+    """A preference answer as text: the string, or the content of a one-message assistant list."""
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") == "assistant"
+    ):
+        return value[0].get("content")
+    return value
+
+
+def as_supervised(record: Record, side: str = "chosen") -> tuple[Record, str]:
+    """A preference record as the supervised record that answers its prompt with `side`, and that record's
+    format: `prompt-completion` for a `prompt`, `chat` for `messages`."""
+    fields, answer = record.fields, answer_text(record.fields[side])
+    if "messages" in fields:
+        messages = [*fields["messages"], {"role": "assistant", "content": answer}]
+        return Record({"messages": messages}, record.source, record.line), "chat"
+    return Record({"prompt": fields["prompt"], "completion": answer}, record.source, record.line), "prompt-completion"
 
 
 def _messages(record: Record) -> list[dict[str, str]]:
@@ -289,8 +336,11 @@ class GenerationCase:
 
 
 def generation_case(record: Record, fmt: str, tokenizer: Any) -> GenerationCase | None:
-    """The exact-match case of a record: prompt -> completion, or conversation -> last assistant turn.
-    None for `text` records, which have no answer to match."""
+    """The exact-match case of a record: prompt -> completion, or conversation -> last assistant turn (a
+    preference pair: its prompt -> the chosen answer). None for `text` records, which have no answer to
+    match."""
+    if fmt == "preference":
+        record, fmt = as_supervised(record)
     if fmt == "prompt-completion":
         return GenerationCase(tokenizer(record.fields["prompt"]).input_ids, record.fields["completion"].strip())
     if fmt == "chat":

@@ -1,8 +1,10 @@
-"""From the manifest's `dataset` block to training sequences, validation examples and the data report.
+"""From the manifest's `dataset` block to training sequences, validation and test examples and the data report.
 
-This is the one place that strings together the steps of `data`, `packing` and `report`: read both
-files, detect and check the format of every record, hold out a validation split when there is no
-validation file, tokenize, pack, and build the report (failing on leakage). Every rank runs it and gets
+This is the one place that strings together the steps of `data`, `packing` and `report`: read the
+files, detect and check the format of every record, hold out a test split (`testSplit`) and a validation
+split when there are no such files, tokenize, pack, and build the report (failing on leakage). The test
+set decides nothing: validation drives early stopping and the best checkpoint; the test set only scores
+the verdict, so that the model chosen on one set is not praised on the same set. Every rank runs it and gets
 the same result; only rank 0 writes the report.
 """
 
@@ -30,6 +32,19 @@ from kubetune.trainer.data import (
 )
 from kubetune.trainer.errors import DataError
 from kubetune.trainer.packing import Sequence, build_sequences
+from kubetune.trainer.preference import Pair, tokenize_pair
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A scored split (validation or test): its examples, exact-match cases and records."""
+
+    examples: list[Example] | list[Pair]
+    """Tokenized examples (pairs for DPO), in a fixed order."""
+    cases: list[GenerationCase]
+    """Exact-match cases of the examples (same order; empty for `text`)."""
+    records: list[Record]
+    """The raw records behind `examples`, in the same order."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +52,10 @@ class PreparedData:
     """Everything training and evaluation need from the data."""
 
     format: str
-    sequences: list[Sequence]
-    """Training sequences (packed or single examples), in file order."""
-    validation: list[Example]
-    """Tokenized validation examples, in a fixed order."""
+    sequences: list[Sequence] | list[Pair]
+    """Training sequences (packed or single examples; preference pairs for DPO), in file order."""
+    validation: list[Example] | list[Pair]
+    """Tokenized validation examples (pairs for DPO), in a fixed order."""
     generation_cases: list[GenerationCase]
     """Exact-match cases of the validation examples (same order; empty for `text`)."""
     report: reports.DataReport
@@ -48,103 +63,153 @@ class PreparedData:
     """The raw training records (few-shot baselines pick solved examples from them)."""
     validation_records: list[Record]
     """The raw validation records behind `validation`, in the same order."""
+    test: HeldOut | None = None
+    """The test set (dataset.test or testSplit): scored only for the verdict, never for a decision."""
+
+    @property
+    def verdict_set(self) -> HeldOut:
+        """What the verdict is scored on: the test set when there is one, else the validation set."""
+        return self.test or HeldOut(self.validation, self.generation_cases, self.validation_records)
 
 
-def held_out_split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """(train, validation): a seeded `fraction` (at least one record) of `records` held out, both in
-    file order."""
+@dataclass(frozen=True)
+class Splits:
+    """The records of each split, every one checked against `format`."""
+
+    train: list[Record]
+    validation: list[Record]
+    test: list[Record]
+    """Empty when the job has no test set."""
+    format: str
+
+
+def held_out_split(
+    records: list[Record], fraction: float, seed: int, purpose: str = "validation"
+) -> tuple[list[Record], list[Record]]:
+    """(kept, held out): a seeded `fraction` (at least one record) of `records` held out, both in file
+    order. `purpose` seeds the choice (the test split and the validation split draw independently)."""
     # Written out rather than `datasets.Dataset.train_test_split` because the records must keep their
     # file and line for messages and the report; the rule is three lines.
     count = max(1, math.ceil(len(records) * fraction))
     if count >= len(records):
-        raise DataError(f"{records[0].source}: {len(records)} record(s) are too few to hold out a validation split")
-    chosen = set(random.Random(f"kubetune-split-{seed}").sample(range(len(records)), count))
-    train = [r for i, r in enumerate(records) if i not in chosen]
-    validation = [r for i, r in enumerate(records) if i in chosen]
-    return train, validation
+        raise DataError(f"{records[0].source}: {len(records)} record(s) are too few to hold out a {purpose} split")
+    label = "kubetune-split" if purpose == "validation" else f"kubetune-{purpose}-split"
+    chosen = set(random.Random(f"{label}-{seed}").sample(range(len(records)), count))
+    kept = [r for i, r in enumerate(records) if i not in chosen]
+    held = [r for i, r in enumerate(records) if i in chosen]
+    return kept, held
 
 
 def _tokenize_all(
     records: list[Record], fmt: str, tokenizer: Any, spec: DatasetSpec, train_on_inputs: bool
-) -> list[Example | Dropped]:
+) -> list[Any]:
+    """Each record's Example (a Pair for preference data), or why it has nothing to learn."""
+    if fmt == "preference":
+        return [tokenize_pair(r, tokenizer, spec.max_seq_length) for r in records]
     return [tokenize_or_explain(r, fmt, tokenizer, spec.max_seq_length, train_on_inputs) for r in records]
 
 
-def read_split(spec: DatasetSpec, base: Path, seed: int) -> tuple[list[Record], list[Record], str]:
-    """(train records, validation records, format), every record checked against the format."""
+def read_split(spec: DatasetSpec, base: Path, seed: int) -> Splits:
+    """The records of every split, each checked against the format. The test split is held out of the
+    training file first, then the validation split of what remains: both are pure functions of the file
+    and the seed, so every rank and every attempt draws the same ones."""
     train = read_records(resolve_path(spec.train, base), spec.train)
+    test: list[Record] = []
+    if spec.test:
+        test = read_records(resolve_path(spec.test, base), spec.test)
+    elif spec.test_split:
+        train, test = held_out_split(train, spec.test_split, seed, purpose="test")
     if spec.validation:
         validation = read_records(resolve_path(spec.validation, base), spec.validation)
     else:
         train, validation = held_out_split(train, spec.validation_split, seed)
     fmt = spec.format if spec.format != "auto" else detect_format(train[0])
-    for record in train + validation:
+    for record in train + validation + test:
         check_record(record, fmt)
-    return train, validation, fmt
+    return Splits(train, validation, test, fmt)
+
+
+def _held_out(records: list[Record], examples: list[Example | Dropped], fmt: str, tokenizer: Any) -> HeldOut:
+    kept = [(r, e) for r, e in zip(records, examples, strict=True) if not isinstance(e, Dropped)]
+    cases = [generation_case(r, fmt, tokenizer) for r, _ in kept]
+    return HeldOut([e for _, e in kept], [c for c in cases if c is not None], [r for r, _ in kept])
 
 
 def prepare(spec: DatasetSpec, base: Path, seed: int, tokenizer: Any) -> PreparedData:
     """Read, check, split, tokenize and pack the data and build the report; DataError on any problem in
     the files. Leakage is only reported here: the caller writes the report first, then applies
     `report.check_leakage`. `base` resolves relative paths (the manifest's folder)."""
-    train_records, validation_records, fmt = read_split(spec, base, seed)
-    if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+    splits = read_split(spec, base, seed)
+    fmt = splits.format
+    chats = fmt == "chat" or (fmt == "preference" and "messages" in splits.train[0].fields)
+    if chats and not getattr(tokenizer, "chat_template", None):
         raise DataError(f"{spec.train}: chat records need a tokenizer with a chat template; this one has none")
-    train_examples = _tokenize_all(train_records, fmt, tokenizer, spec, spec.train_on_inputs)
-    # Validation always scores the answer tokens only (what the user cares about), whatever trainOnInputs.
-    validation_examples = _tokenize_all(validation_records, fmt, tokenizer, spec, False)
-    kept_train = [e for e in train_examples if isinstance(e, Example)]
+    train_examples = _tokenize_all(splits.train, fmt, tokenizer, spec, spec.train_on_inputs)
+    # Validation and test always score the answer tokens only (what the user cares about), whatever trainOnInputs.
+    validation_examples = _tokenize_all(splits.validation, fmt, tokenizer, spec, False)
+    test_examples = _tokenize_all(splits.test, fmt, tokenizer, spec, False)
+    kept_train = [e for e in train_examples if not isinstance(e, Dropped)]
     if not kept_train:
         first = next(e for e in train_examples if isinstance(e, Dropped))
         raise DataError(
-            f"{spec.train}: no training example has a token left to learn (the first, {train_records[0].where}: "
+            f"{spec.train}: no training example has a token left to learn (the first, {splits.train[0].where}: "
             f"{first.cause(spec.max_seq_length)}); raise dataset.maxSeqLength or shorten the prompts"
         )
-    sequences = build_sequences(kept_train, spec.packing, spec.max_seq_length)
-    kept_validation = [
-        (r, e) for r, e in zip(validation_records, validation_examples, strict=True) if isinstance(e, Example)
-    ]
-    cases = [generation_case(r, fmt, tokenizer) for r, _ in kept_validation]
-    report = build_report(spec, fmt, train_records, validation_records, train_examples, validation_examples)
-    report = _with_sequences(report, len(sequences))
+    # Preference pairs are trained as they are: the API refuses packing for them.
+    sequences = kept_train if fmt == "preference" else build_sequences(kept_train, spec.packing, spec.max_seq_length)
+    validation = _held_out(splits.validation, validation_examples, fmt, tokenizer)
+    examples = (train_examples, validation_examples, test_examples)
+    report = _with_sequences(build_report(spec, splits, *examples), len(sequences))
     return PreparedData(
         format=fmt,
         sequences=sequences,
-        validation=[e for _, e in kept_validation],
-        generation_cases=[c for c in cases if c is not None],
+        validation=validation.examples,
+        generation_cases=validation.cases,
         report=report,
-        train_records=train_records,
-        validation_records=[r for r, _ in kept_validation],
+        train_records=splits.train,
+        validation_records=validation.records,
+        test=_held_out(splits.test, test_examples, fmt, tokenizer) if splits.test else None,
     )
 
 
 def build_report(
     spec: DatasetSpec,
-    fmt: str,
-    train_records: list[Record],
-    validation_records: list[Record],
+    splits: Splits,
     train_examples: list[Example | Dropped],
     validation_examples: list[Example | Dropped],
+    test_examples: list[Example | Dropped] | None = None,
 ) -> reports.DataReport:
     """The data report of tokenized splits (pure: no files touched)."""
-    duplicates = reports.find_duplicates(train_records)
-    leaked = reports.find_leakage(train_records, validation_records)
+    duplicates = reports.find_duplicates(splits.train)
+    leaked = reports.find_leakage(splits.train, splits.validation)
+    test = None
+    if splits.test:
+        test_leaked = reports.find_leakage(splits.train + splits.validation, splits.test)
+        test = reports.TestSplitReport(
+            file=spec.test,
+            split=None if spec.test else spec.test_split,
+            stats=reports.split_stats(splits.test, test_examples or [], spec.max_seq_length),
+            leaked=len(test_leaked),
+            leakage_fraction=len(test_leaked) / len(splits.test),
+            leaked_examples=[r.where for r in test_leaked[:10]],
+        )
     return reports.DataReport(
-        format=fmt,
+        format=splits.format,
         train_file=spec.train,
         validation_file=spec.validation,
         validation_split=None if spec.validation else spec.validation_split,
         max_seq_length=spec.max_seq_length,
         packing=spec.packing,
-        sequences=sum(isinstance(e, Example) for e in train_examples),
-        train=reports.split_stats(train_records, train_examples, spec.max_seq_length),
-        validation=reports.split_stats(validation_records, validation_examples, spec.max_seq_length),
+        sequences=sum(not isinstance(e, Dropped) for e in train_examples),
+        train=reports.split_stats(splits.train, train_examples, spec.max_seq_length),
+        validation=reports.split_stats(splits.validation, validation_examples, spec.max_seq_length),
         duplicates=len(duplicates),
         duplicate_examples=[r.where for r in duplicates[:10]],
         leaked=len(leaked),
-        leakage_fraction=len(leaked) / len(validation_records) if validation_records else 0.0,
+        leakage_fraction=len(leaked) / len(splits.validation) if splits.validation else 0.0,
         leaked_examples=[r.where for r in leaked[:10]],
         max_leakage_fraction=spec.max_leakage_fraction,
+        test=test,
     )
 
 

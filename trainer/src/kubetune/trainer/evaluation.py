@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.job import FineTuneJobSpec
 from kubetune.api.status import EvaluationResult
 from kubetune.trainer import distributed
 from kubetune.trainer.data import IGNORE_INDEX, Example, GenerationCase
@@ -56,6 +57,30 @@ class EvaluationSettings:
     generation_batch_size: int = 16
     """Prompts answered together (exact match): 16 shares each decoding step among many answers while
     the batch's padding and KV cache stay small."""
+
+
+def settings_of(spec: FineTuneJobSpec) -> EvaluationSettings:
+    """How a job's evaluations run, from its `evaluation` block (defaults when it is unset)."""
+    evaluation = spec.evaluation
+    batch = spec.hyperparameters.micro_batch_size
+    synced = spec.distributed.zero_stage == 3
+    if evaluation is None:
+        return EvaluationSettings(batch_size=batch, synced_generation=synced)
+    # Baselines are compared on the task metric, so they turn answer scoring on for the final model too.
+    exact_match = evaluation.exact_match or evaluation.baselines is not None
+    return EvaluationSettings(evaluation.max_examples, exact_match, evaluation.max_new_tokens, batch, synced)
+
+
+#: The early-stopping metric's EvaluationResult field.
+METRIC_FIELDS = {
+    "evalLoss": "eval_loss",
+    "evalPerplexity": "perplexity",
+    "evalTokenAccuracy": "token_accuracy",
+    "evalRewardAccuracy": "reward_accuracy",
+    "evalRewardMargin": "reward_margin",
+    "evalChosenReward": "chosen_reward",
+    "evalRejectedReward": "rejected_reward",
+}
 
 
 @dataclass(frozen=True)

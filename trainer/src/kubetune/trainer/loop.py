@@ -19,32 +19,33 @@ import math
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from kubetune.api.job import FineTuneJob
 from kubetune.api.operations import EarlyStoppingSpec
-from kubetune.api.outcome import ExitReason, TrainerResult
-from kubetune.api.status import ApproachResult, EvaluationResult, Progress
+from kubetune.api.outcome import TrainerResult
+from kubetune.api.status import EvaluationResult, PreferenceFigures, Progress
 from kubetune.policies.early_stopping import observe
 from kubetune.trainer import baselines, distributed
 from kubetune.trainer.checkpoint import Checkpointer, step_name
 from kubetune.trainer.config import RunPaths
-from kubetune.trainer.dataset import PreparedData
+from kubetune.trainer.data import Example
+from kubetune.trainer.dataset import HeldOut, PreparedData
 from kubetune.trainer.diagnostics import suspected
+from kubetune.trainer.ending import finished_result
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
-from kubetune.trainer.evaluation import EvaluationSettings, evaluate
+from kubetune.trainer.evaluation import METRIC_FIELDS, EvaluationSettings, evaluate, settings_of
 from kubetune.trainer.fencing import Fence
 from kubetune.trainer.loss import backward_scale, chunked_head, token_loss_sum, trained_tokens
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
 from kubetune.trainer.outputs import Recorder
-from kubetune.trainer.packing import BatchPlan, collate, token_count
+from kubetune.trainer.packing import BatchPlan, Sequence, collate, token_count
+from kubetune.trainer.preference_training import PreferenceTraining, figures_of, result_figures
 from kubetune.trainer.state import RunState, StopRequest
 
 log = logging.getLogger(__name__)
 TRACE_ENV = "KUBETUNE_TRACE_DATA"
-#: The early-stopping metric's EvaluationResult field.
-METRIC_FIELDS = {"evalLoss": "eval_loss", "evalPerplexity": "perplexity", "evalTokenAccuracy": "token_accuracy"}
 
 
 class Trainer:
@@ -79,7 +80,7 @@ class Trainer:
         """What resuming skipped (damaged checkpoints, named), for the result's message."""
         self.stopping = False
         """Some rank was asked to stop (agreed at the last step boundary)."""
-        self.evaluation = self._settings()
+        self.evaluation = settings_of(self.spec)
         # Periodic evaluations score loss and token accuracy only: generating every answer at every
         # evaluation would cost more than training on a CPU. Exact match is scored on the base model,
         # the baselines and the final (or best) model.
@@ -89,16 +90,9 @@ class Trainer:
         self.parameters = sum(distributed.numel(p) for p in engine.module.parameters())
         self.head = chunked_head(engine.module, self.spec.distributed.zero_stage)
         """The LM head when the loss is computed chunk by chunk with it (kubetune.trainer.loss)."""
-
-    def _settings(self) -> EvaluationSettings:
-        spec = self.spec.evaluation
-        batch = self.spec.hyperparameters.micro_batch_size
-        synced = self.spec.distributed.zero_stage == 3
-        if spec is None:
-            return EvaluationSettings(batch_size=batch, synced_generation=synced)
-        # Baselines are compared on the task metric, so they turn answer scoring on for the final model too.
-        exact_match = spec.exact_match or spec.baselines is not None
-        return EvaluationSettings(spec.max_examples, exact_match, spec.max_new_tokens, batch, synced)
+        dpo = self.spec.method.preference
+        self.preference = PreferenceTraining(dpo, engine, tokenizer, data, rank) if dpo else None
+        """DPO's loss and scoring (kubetune.trainer.preference_training); None for supervised fine-tuning."""
 
     # ----- start -----------------------------------------------------------------------------------
 
@@ -117,16 +111,21 @@ class Trainer:
             )
             self.metrics.record_resume(self.state.step, self.state.tokens)
         self.start_step = self.state.step
+        if self.preference is not None:  # before the first step the weights are the reference
+            batch = self.spec.hyperparameters.micro_batch_size
+            self.state.reference_log_probs = self.preference.prepare_reference(self.state.reference_log_probs, batch)
 
     def evaluate_base_model(self) -> None:
         """compareBaseModel: score the untouched model once, before the first step."""
-        if not (self.spec.evaluation and self.spec.evaluation.compare_base_model) or self.state.step > 0:
+        asked = self.spec.evaluation and self.spec.evaluation.compare_base_model
+        if not (asked or self.preference) or self.state.step > 0:  # DPO's verdict always has its reference
             return
         self.recorder.publish(phase="Evaluating")
-        result = self._score(self.evaluation)
+        result = self._score(self.evaluation, self.data.verdict_set)  # compared with the fine-tuned model's
         self.state.base_evaluation = result.model_dump()
         log.info("base model: %s", result.model_dump_json(exclude_none=True))
-        self.recorder.log_metrics({"kind": "eval", "model": "base", "step": 0, **result.model_dump(exclude_none=True)})
+        record = {"kind": "eval", "model": "base", "step": 0, "set": self.verdict_set_name}
+        self.recorder.log_metrics(record | result.model_dump(exclude_none=True))
 
     def evaluate_baselines(self) -> None:
         """evaluation.baselines: the base (and reference) model prompted zero- and few-shot, before step 1."""
@@ -170,22 +169,22 @@ class Trainer:
         lr = float(self.engine.get_lr()[0])
         batches = self.plan.micro_batches(self.state.step, self.rank.rank)
         micro_sequences = [[self.data.sequences[i] for i in indexes] for indexes in batches]
-        # Every trained token of the step weighs the same (kubetune.trainer.loss): count them first.
-        counts = [trained_tokens(sequences) for sequences in micro_sequences]
+        # Every trained token (DPO: pair) of the step weighs the same (kubetune.trainer.loss): count them first.
+        counts = [len(s) if self.preference else trained_tokens(cast(list[Sequence], s)) for s in micro_sequences]
         (step_tokens,) = distributed.all_reduce_sum([float(sum(counts))], self.rank.device)
         scale = backward_scale(self.rank.world, int(step_tokens))
         skipped_before = getattr(self.engine, "skipped_steps", 0)
         loss_sum = tokens = 0.0
-        for sequences in micro_sequences:
-            batch = collate(sequences, self.tokenizer.pad_token_id, self.spec.dataset.packing)
-            summed = token_loss_sum(self.engine, {k: v.to(self.rank.device) for k, v in batch.items()}, self.head)
+        for indexes, sequences in zip(batches, micro_sequences, strict=True):
+            summed = self._micro_batch_loss(indexes, sequences)
             self.engine.backward(summed * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_sum += float(summed.detach())
-            tokens += token_count(sequences)
+            tokens += token_count(cast(list[Sequence], sequences))  # a Pair counts both answers' tokens
         self._trace(batches)
-        total_loss, total_tokens, stops = distributed.all_reduce_sum(
-            [loss_sum, tokens, 1.0 if self.stop.requested else 0.0], self.rank.device
+        rewards = self.preference.take_step_totals() if self.preference else []
+        total_loss, total_tokens, stops, *rewards = distributed.all_reduce_sum(
+            [loss_sum, tokens, 1.0 if self.stop.requested else 0.0, *rewards], self.rank.device
         )
         self.state.step += 1
         loss = total_loss / step_tokens if step_tokens else 0.0
@@ -205,15 +204,31 @@ class Trainer:
         self.stopping = stops > 0
         seconds = time.perf_counter() - began
         self.state.tokens += int(total_tokens)
-        self._log_step(loss, lr, int(total_tokens), seconds, skipped)
+        self._log_step(loss, lr, int(total_tokens), seconds, skipped, figures_of(rewards) if rewards else None)
+
+    def _micro_batch_loss(self, indexes: list[int], sequences: list[Any]) -> Any:
+        """The summed loss of one micro-batch: token losses, or DPO's pair losses."""
+        if self.preference is not None:
+            return self.preference.micro_batch_loss(indexes)
+        batch = collate(sequences, self.tokenizer.pad_token_id, self.spec.dataset.packing)
+        return token_loss_sum(self.engine, {k: v.to(self.rank.device) for k, v in batch.items()}, self.head)
 
     def _trace(self, batches: list[list[int]]) -> None:
         if self.trace:
-            examples = [e for indexes in batches for i in indexes for e in self.data.sequences[i].example_ids]
+            sequences = self.data.sequences
+            examples = [e for indexes in batches for i in indexes for e in getattr(sequences[i], "example_ids", (i,))]
             with open(self.trace, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": self.state.step + 1, "examples": examples}) + "\n")
 
-    def _log_step(self, loss: float, lr: float, tokens: int, seconds: float, skipped: bool = False) -> None:
+    def _log_step(
+        self,
+        loss: float,
+        lr: float,
+        tokens: int,
+        seconds: float,
+        skipped: bool = False,
+        rewards: PreferenceFigures | None = None,
+    ) -> None:
         """Record a finished step; a step the fp16 loss scaler skipped has no gradient norm, and its loss
         is left out of the gauges when it is not finite (that is what the scaler handles)."""
         grad_norm = self.engine.get_global_grad_norm()
@@ -236,8 +251,12 @@ class Trainer:
         }
         if skipped:
             record["skipped"] = True
+        if rewards is not None:
+            record |= rewards.model_dump(exclude_none=True)
         self.recorder.log_metrics(record)
         update: dict[str, Any] = {"learning_rate": lr, "tokens_per_second": tokens_per_second}
+        if rewards is not None:
+            update["train_rewards"] = rewards
         if shown is not None:
             update["train_loss"] = shown
         metrics = self.recorder.snapshot.metrics.model_copy(update=update)
@@ -277,7 +296,9 @@ class Trainer:
     def _evaluate(self, step: int) -> tuple[bool, str | None]:
         """Evaluate at `step`; (improved, early-stop message or None)."""
         self.recorder.publish(phase="Evaluating")
-        result = self._score(self.evaluation if step == self.total_steps else self.periodic)
+        # The final evaluation also scores answers, unless a test set scores them for the verdict instead.
+        final = step == self.total_steps and self.data.test is None
+        result = self._score(self.evaluation if final else self.periodic)
         self._diagnose(step, result.eval_loss)
         policy = self.spec.early_stopping or EarlyStoppingSpec()
         value = getattr(result, METRIC_FIELDS[policy.metric])
@@ -291,9 +312,10 @@ class Trainer:
         record = {"kind": "eval", "model": "fine-tuned", "step": step, "epoch": round(self.plan.epoch_at(step), 4)}
         self.recorder.log_metrics(record | result.model_dump(exclude_none=True) | {"best_eval_loss": best_loss})
         log.info("step %d evaluation: %s; %s", step, result.model_dump_json(exclude_none=True), decision.message)
-        metrics = self.recorder.snapshot.metrics.model_copy(
-            update={"eval_loss": result.eval_loss, "best_eval_loss": best_loss, "best_step": decision.state.best_step}
-        )
+        update = {"eval_loss": result.eval_loss, "best_eval_loss": best_loss, "best_step": decision.state.best_step}
+        if self.preference is not None:
+            update["eval_rewards"] = result_figures(result)
+        metrics = self.recorder.snapshot.metrics.model_copy(update=update)
         self.recorder.publish(metrics=metrics, phase="Training")
         if self.spec.early_stopping is None:
             return False, None
@@ -330,8 +352,10 @@ class Trainer:
             self.checkpointer.load_weights(self.engine, folder, self.spec.distributed.zero_stage)
             fine_tuned = self.state.best_evaluation
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
-            if self.evaluation.exact_match:  # periodic evaluations did not generate: score the exported weights
-                fine_tuned = self._score(self.evaluation).model_dump()
+            if self.evaluation.exact_match and self.data.test is None:  # periodic evaluations did not generate
+                fine_tuned = self._score(self.evaluation).model_dump()  # score the exported weights
+        if self.data.test is not None:  # the verdict's figures: the exported weights on the test set
+            fine_tuned = self._score(self.evaluation, self.data.test).model_dump()
         if self.resume_note:
             message = f"{message}; {self.resume_note}"
         self.recorder.publish(phase="Exporting")
@@ -349,31 +373,22 @@ class Trainer:
         )
         self.fence.agree("finishing the export")  # after: rank 0 left the output alone if its check failed
         self.recorder.publish(phase="Finished")
-        evaluation = baselines.summary(
-            EvaluationResult(**self.state.base_evaluation) if self.state.base_evaluation else None,
-            EvaluationResult(**fine_tuned) if fine_tuned else None,
-            [ApproachResult(**row) for row in self.state.baseline_rows or []],
-            baselines.parameter_count(self.engine.module),
-        )
-        reason = ExitReason.EARLY_STOPPED if outcome == "EarlyStopped" else ExitReason.SUCCEEDED
-        return TrainerResult(
-            outcome="EarlyStopped" if outcome == "EarlyStopped" else "Succeeded",
-            reason=reason.wire_name,
-            message=message,
-            retryable=False,
-            step=self.state.step,
-            total_steps=self.total_steps,
-            best_metric=self.state.early_stopping.best,
-            best_step=self.state.early_stopping.best_step,
-            output_path=str(self.paths.output),
-            evaluation=evaluation,
-            fit=self.recorder.snapshot.fit,
-        )
+        return finished_result(self, outcome, message, EvaluationResult(**fine_tuned) if fine_tuned else None)
 
-    def _score(self, settings: EvaluationSettings) -> EvaluationResult:
-        """The model as it is now on the validation set (all ranks); training mode is restored."""
-        result = evaluate(
-            self.engine.module, self.tokenizer, self.data.validation, self.data.generation_cases, settings, self.rank
-        )
+    @property
+    def verdict_set_name(self) -> str:
+        return "test" if self.data.test is not None else "validation"
+
+    def _score(self, settings: EvaluationSettings, held: HeldOut | None = None) -> EvaluationResult:
+        """The model as it is now on `held` (the validation set when None), on all ranks; training mode
+        is restored."""
+        if self.preference is not None:
+            scored = held or HeldOut(self.data.validation, self.data.generation_cases, self.data.validation_records)
+            name = "test" if held is not None and held is self.data.test else "validation"
+            result, _ = self.preference.score(scored, name, settings)
+            self.engine.train()
+            return result
+        examples, cases = (held.examples, held.cases) if held else (self.data.validation, self.data.generation_cases)
+        result = evaluate(self.engine.module, self.tokenizer, cast(list[Example], examples), cases, settings, self.rank)
         self.engine.train()
         return result

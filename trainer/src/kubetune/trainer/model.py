@@ -91,7 +91,7 @@ def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
     model.config.use_cache = False
     if spec.model.gguf_file:
         _forget_gguf_quantization(model)
-    if spec.method.type == "lora":
+    if spec.method.uses_lora:
         model = add_lora(model, spec.method.lora or LoraSpec())
     return model
 

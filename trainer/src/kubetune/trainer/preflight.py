@@ -99,6 +99,7 @@ def input_problems(spec: FineTuneJobSpec, base: Path) -> list[Problem]:
     for field, value in (
         ("spec.dataset.train", spec.dataset.train),
         ("spec.dataset.validation", spec.dataset.validation),
+        ("spec.dataset.test", spec.dataset.test),
     ):
         if value is not None and (why := _unreadable(resolve_path(value, base), "file")):
             problems.append(Problem(field, f"{value}: {why}", ExitReason.DATA_ERROR))
@@ -157,7 +158,7 @@ def storage_problems(spec: FineTuneJobSpec, paths: RunPaths, base: Path) -> list
     if not os.access(existing, os.W_OK | os.X_OK):
         return [Problem(field, f"{existing}: not writable by this process (uid {os.getuid()}); {remedy}")]
     model_bytes = 0 if spec.model.source.startswith("hf://") else _weight_bytes(resolve_path(spec.model.source, base))
-    needed = checkpoint_bytes_floor(model_bytes, full_fine_tuning=spec.method.type == "full")
+    needed = checkpoint_bytes_floor(model_bytes, full_fine_tuning=not spec.method.uses_lora)
     problem = disk_problem(field, str(paths.checkpoints), shutil.disk_usage(existing).free, needed, remedy)
     return [problem] if problem else []
 

@@ -51,6 +51,23 @@ class SplitStats:
 
 
 @dataclass(frozen=True)
+class TestSplitReport:
+    """The test set's figures and its leakage from the training and validation sets."""
+
+    file: str | None
+    """dataset.test, when the test set is a file."""
+    split: float | None
+    """Fraction held out of the training file (dataset.testSplit) when there is no test file."""
+    stats: SplitStats
+    leaked: int
+    """Test records that also appear verbatim in the training or validation set."""
+    leakage_fraction: float
+    """leaked / test records."""
+    leaked_examples: list[str]
+    """Up to 10 `file:line` locations of leaked test records."""
+
+
+@dataclass(frozen=True)
 class DataReport:
     """The whole report (written as JSON; field names are the JSON keys)."""
 
@@ -76,6 +93,8 @@ class DataReport:
     leaked_examples: list[str]
     """Up to 10 `file:line` locations of leaked validation records."""
     max_leakage_fraction: float
+    test: TestSplitReport | None = None
+    """The test set, when the job has one (dataset.test or dataset.testSplit)."""
 
 
 def percentile(values: list[int], q: float) -> int:
@@ -89,7 +108,7 @@ def percentile(values: list[int], q: float) -> int:
 
 def split_stats(records: list[Record], examples: Sequence[Example | Dropped], max_seq_length: int) -> SplitStats:
     """The figures of one split, with every dropped and truncated example named by file, line and cause."""
-    kept = [e for e in examples if isinstance(e, Example)]
+    kept = [e for e in examples if not isinstance(e, Dropped)]  # Examples, or preference Pairs
     lengths = [e.full_length for e in kept]
     return SplitStats(
         records=len(records),
@@ -107,7 +126,7 @@ def split_stats(records: list[Record], examples: Sequence[Example | Dropped], ma
         truncated_examples=[
             f"{r.where}: truncated to {max_seq_length} tokens (from {e.full_length})"
             for r, e in zip(records, examples, strict=True)
-            if isinstance(e, Example) and e.truncated
+            if not isinstance(e, Dropped) and e.truncated
         ],
     )
 
@@ -130,13 +149,21 @@ def find_leakage(train: list[Record], validation: list[Record]) -> list[Record]:
 
 
 def check_leakage(report: DataReport) -> None:
-    """DataError when more validation records leak from training than maxLeakageFraction allows."""
+    """DataError when more validation (or test) records leak from training than maxLeakageFraction allows."""
     if report.leakage_fraction > report.max_leakage_fraction:
         where = ", ".join(report.leaked_examples[:3])
         raise DataError(
             f"{report.leaked} of {report.validation.records} validation examples ({report.leakage_fraction:.1%}) "
             f"also appear in the training set (e.g. {where}), above dataset.maxLeakageFraction "
             f"{report.max_leakage_fraction:.1%}; remove them from one side"
+        )
+    test = report.test
+    if test is not None and test.leakage_fraction > report.max_leakage_fraction:
+        where = ", ".join(test.leaked_examples[:3])
+        raise DataError(
+            f"{test.leaked} of {test.stats.records} test examples ({test.leakage_fraction:.1%}) also appear in the "
+            f"training or validation set (e.g. {where}), above dataset.maxLeakageFraction "
+            f"{report.max_leakage_fraction:.1%}; a test example the model trained or was chosen on scores nothing"
         )
 
 
@@ -150,34 +177,42 @@ def to_markdown(report: DataReport) -> str:
         ("tokens", "tokens"),
         ("learned tokens", "learned_tokens"),
     ]
+    test = report.test
+    splits = [report.train, report.validation] + ([test.stats] if test else [])
+    held = f"validation: `{report.validation_file or f'{report.validation_split:.0%} held out'}`"
+    if test:
+        held += f"; test: `{test.file or f'{test.split:.0%} held out'}`"
     lines = [
         "# Data report",
         "",
         f"Format `{report.format}`, maxSeqLength {report.max_seq_length}, packing {'on' if report.packing else 'off'}"
         f" ({report.sequences} training sequences).",
-        f"Train: `{report.train_file}`; validation: `{report.validation_file or f'{report.validation_split:.0%} held out'}`.",
+        f"Train: `{report.train_file}`; {held}.",
         "",
-        "| | train | validation |",
-        "|---|---:|---:|",
+        "| | train | validation |" + (" test |" if test else ""),
+        "|---|---:|---:|" + ("---:|" if test else ""),
     ]
     for label, name in rows:
-        lines.append(f"| {label} | {getattr(report.train, name)} | {getattr(report.validation, name)} |")
+        lines.append(f"| {label} | " + " | ".join(str(getattr(split, name)) for split in splits) + " |")
     for key in report.train.length_percentiles:
-        lines.append(
-            f"| length {key} | {report.train.length_percentiles[key]} | {report.validation.length_percentiles[key]} |"
-        )
+        lines.append(f"| length {key} | " + " | ".join(str(split.length_percentiles[key]) for split in splits) + " |")
     lines += [
         "",
         f"- Exact duplicates in train: **{report.duplicates}** {', '.join(report.duplicate_examples)}",
         f"- Validation examples also in train (leakage): **{report.leaked}** ({report.leakage_fraction:.1%}, "
         f"allowed {report.max_leakage_fraction:.1%}) {', '.join(report.leaked_examples)}",
-        "",
     ]
-    for title, named in (
-        ("Dropped (nothing left to learn)", report.train.dropped_examples + report.validation.dropped_examples),
-        ("Truncated to maxSeqLength", report.train.truncated_examples + report.validation.truncated_examples),
+    if test:
+        lines.append(
+            f"- Test examples also in train or validation (leakage): **{test.leaked}** ({test.leakage_fraction:.1%}, "
+            f"allowed {report.max_leakage_fraction:.1%}) {', '.join(test.leaked_examples)}"
+        )
+    lines.append("")
+    for title, name in (
+        ("Dropped (nothing left to learn)", "dropped_examples"),
+        ("Truncated to maxSeqLength", "truncated_examples"),
     ):
-        lines += _named_list(title, named)
+        lines += _named_list(title, [line for split in splits for line in getattr(split, name)])
     return "\n".join(lines)
 
 
@@ -205,7 +240,8 @@ def write(report: DataReport, workdir: Path) -> None:
 def summary_line(report: DataReport) -> str:
     """One log line with the figures that matter most."""
     return (
-        f"data: {report.train.examples} train / {report.validation.examples} validation examples ({report.format}), "
+        f"data: {report.train.examples} train / {report.validation.examples} validation"
+        f"{f' / {report.test.stats.examples} test' if report.test else ''} examples ({report.format}), "
         f"{report.train.tokens} train tokens, p95 length {report.train.length_percentiles['p95']}, "
         f"{report.train.truncated} truncated, {report.train.dropped} dropped, {report.duplicates} duplicates, "
         f"{report.leaked} leaked ({report.leakage_fraction:.1%})"

@@ -50,6 +50,9 @@ class RunState:
     baseline_rows: list[dict[str, Any]] | None = None
     """The prompting baselines' results (computed once, before the first step)."""
     fit: FitHistory = field(default_factory=FitHistory)
+    reference_log_probs: dict[str, list[list[float]]] | None = None
+    """DPO with a precomputed reference: per set (train, validation, test), each pair's [chosen, rejected]
+    log-probability under the starting weights, computed before the first step."""
 
     def to_sidecar(self, plan: BatchPlan) -> dict[str, Any]:
         data = {"sequences": plan.items, "global_batch": plan.global_batch, "seed": plan.seed, "next_step": self.step}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.api.status import ApproachResult
-from kubetune.trainer.baselines import few_shot_record, verdict
+from kubetune.api.status import ApproachResult, EvaluationResult
+from kubetune.trainer.baselines import few_shot_record, summary, verdict
 from kubetune.trainer.data import Record
 from kubetune.trainer.retrieval import model_embeddings, nearest, query_text, sentence_embeddings
 
@@ -124,3 +124,19 @@ def test_the_verdict_places_the_fine_tuned_model_against_the_best_prompt(
     rows: list[ApproachResult], sentence: str
 ) -> None:
     assert verdict(rows) == sentence
+
+
+@pytest.mark.parametrize(
+    ("scored_on", "said"),
+    [
+        ("test", "; scored on 40 test examples that no training decision saw"),
+        ("validation", "; scored on the 40 validation examples that also chose the checkpoint, so the fine-tuned"),
+    ],
+)
+def test_the_verdict_says_which_set_scored_it(scored_on: str, said: str) -> None:
+    rows = [row("base 4-shot", 0.75, 1.0, 5_000)]
+    tuned = EvaluationResult(exact_match=1.0, latency_seconds=1.0)
+    result = summary(None, tuned, rows, 5_000, scored_on, 40)
+    assert result.scored_on == scored_on and result.verdict is not None
+    assert result.verdict.startswith("fine-tuning paid off: 1.00 vs 0.75 exact match for base 4-shot")
+    assert said in result.verdict

@@ -247,3 +247,46 @@ def test_the_markdown_lists_the_first_examples_and_counts_the_rest(tmp_path: Pat
     markdown = reports.to_markdown(report)
     assert markdown.count("truncated to 16 tokens") == reports.MARKDOWN_LIST_LIMIT
     assert f"... and {30 - reports.MARKDOWN_LIST_LIMIT} more (all of them in data_report.json)" in markdown
+
+
+def test_a_test_split_is_disjoint_stable_and_held_out_before_validation(tmp_path: Path, tokenizer: Any) -> None:
+    train, _ = tiny.write_dataset(tmp_path, "prompt-completion", train=60, validation=None)
+    spec = DatasetSpec(train=str(train), validation_split=0.1, test_split=0.2)
+    data = prepare(spec, tmp_path, 5, tokenizer)
+    assert data.test is not None and data.report.test is not None
+    lines = {
+        "train": {r.line for r in data.train_records},
+        "validation": {r.line for r in data.validation_records},
+        "test": {r.line for r in data.test.records},
+    }
+    assert (len(lines["test"]), len(lines["validation"]), len(lines["train"])) == (12, 5, 43)
+    assert lines["train"] | lines["validation"] | lines["test"] == set(range(1, 61))
+    assert lines["test"].isdisjoint(lines["train"] | lines["validation"])
+    assert lines["validation"].isdisjoint(lines["train"])
+    # A restart (another process, another attempt) draws the same split from the same file and seed.
+    again = prepare(spec, tmp_path, 5, tokenizer)
+    assert again.test is not None and [r.line for r in again.test.records] == [r.line for r in data.test.records]
+    assert data.verdict_set.records == data.test.records and len(data.test.cases) == 12
+    assert (data.report.test.stats.records, data.report.test.split, data.report.test.leaked) == (12, 0.2, 0)
+    assert "| records | 43 | 5 | 12 |" in reports.to_markdown(data.report)
+    assert "12 test examples" in reports.summary_line(data.report)
+
+
+def test_without_a_test_set_the_verdict_is_scored_on_validation(tmp_path: Path, tokenizer: Any) -> None:
+    train, validation = tiny.write_dataset(tmp_path, "prompt-completion", train=20, validation=5)
+    data = prepare(DatasetSpec(train=str(train), validation=str(validation)), tmp_path, 1, tokenizer)
+    assert data.test is None and data.report.test is None
+    assert data.verdict_set.records == data.validation_records
+
+
+def test_a_test_file_that_repeats_training_or_validation_examples_is_a_data_error(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    train, validation = tiny.write_dataset(tmp_path, "prompt-completion", train=20, validation=5)
+    copied = [json.loads(line) for line in validation.read_text().splitlines()[:2]]  # type: ignore[union-attr]
+    test = tiny.write_jsonl(tmp_path / "test.jsonl", copied + tiny.examples("prompt-completion", 8, start=40))
+    spec = DatasetSpec(train=str(train), validation=str(validation), test=str(test))
+    data = prepare(spec, tmp_path, 1, tokenizer)
+    assert data.report.test is not None and data.report.test.leaked == 2
+    with pytest.raises(DataError, match=r"2 of 10 test examples \(20.0%\) also appear in the training or validation"):
+        reports.check_leakage(data.report)
