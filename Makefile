@@ -15,7 +15,7 @@ MODEL_DIR := .cache/models/smollm2
 MODEL_FILE := $(MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns netpol
+.PHONY: run-dpo venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns netpol
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ $(MODEL_FILE): | venv
 run: venv $(MODEL_FILE)
 	$(BIN)/kubetune run examples/quickstart.yaml --workdir $(RUN_DIR)
 	@echo "workdir: $(abspath $(RUN_DIR))"
+
+# The SFT -> DPO example (examples/sft-then-dpo-*.yaml): part 1's exported model is part 2's start and
+# its DPO reference. Each run starts afresh in runs/sft-then-dpo/ (the example's own folder).
+run-dpo: venv $(MODEL_FILE)
+	rm -rf runs/sft-then-dpo
+	$(BIN)/kubetune run examples/sft-then-dpo-1-sft.yaml --workdir runs/sft-then-dpo/sft
+	$(BIN)/kubetune run examples/sft-then-dpo-2-dpo.yaml --workdir runs/sft-then-dpo/dpo
+	@echo "reports: $(abspath runs/sft-then-dpo)/{sft,dpo}/report.md"
 
 # The tiers (docs/testing.md): unit (beside the code), integration, e2e, slow, cluster (opt-in).
 test: venv lint controlplane kueue images coredns netpol

@@ -1,4 +1,5 @@
-"""Writes the quickstart's support-ticket triage data (train.jsonl, validation.jsonl, test.jsonl), deterministically.
+"""Writes the quickstart's support-ticket triage data (train.jsonl, validation.jsonl, test.jsonl), and the
+same questions as preference pairs (preference-*.jsonl: the answer chosen over a near miss), deterministically.
 
 The task: read a customer's message and answer in one fixed format, `category=<c> order=<digits|none>`,
 where the category is one of refund, shipping, account or technical. Its answers are exact, so exact-match
@@ -85,6 +86,25 @@ def example(rng: random.Random, category: str) -> dict[str, object]:
     }
 
 
+def rejected_answer(rng: random.Random, answer: str) -> str:
+    """A near miss of `answer`: another category (two pairs in three) or the wrong order number."""
+    category, order = (part.split("=", 1)[1] for part in answer.split())
+    if rng.random() < 2 / 3:
+        category = rng.choice([c for c in sorted(TEMPLATES) if c != category])
+    elif order == "none":
+        order = str(rng.randint(10000, 99999))
+    else:
+        order = "none" if rng.random() < 0.5 else order[::-1]
+    return f"category={category} order={order}"
+
+
+def preference_pair(rng: random.Random, row: dict[str, object]) -> dict[str, object]:
+    """The chat `row` as a preference pair: its question, its answer (chosen) and a near miss (rejected)."""
+    messages = list(row["messages"])  # type: ignore[call-overload]
+    answer = messages[-1]["content"]
+    return {"messages": messages[:-1], "chosen": answer, "rejected": rejected_answer(rng, answer)}
+
+
 def main() -> None:
     rng = random.Random(20261126)
     seen: set[str] = set()
@@ -97,8 +117,14 @@ def main() -> None:
             rows.append(row)
     here = Path(__file__).parent
     # The first 200 rows are the same as before the test file existed (the generator draws in order).
-    for name, part in (("train.jsonl", rows[:160]), ("validation.jsonl", rows[160:200]), ("test.jsonl", rows[200:])):
-        (here / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    parts = {"train": rows[:160], "validation": rows[160:200], "test": rows[200:]}
+    for name, part in parts.items():
+        (here / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    # The same questions as preference pairs (examples/sft-then-dpo-*.yaml): the answer against a near miss.
+    pairs = random.Random(20261207)
+    for name, part in parts.items():
+        text = "".join(json.dumps(preference_pair(pairs, r)) + "\n" for r in part)
+        (here / f"preference-{name}.jsonl").write_text(text)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import yaml
 from tests.e2e.jobs import CLAIM, JOBS, MAX_STEPS, PODS, RESUMED, Inputs, Job, a_scenario, make_inputs, submit
 from tests.e2e.node import ScheduledKubelet
 from tests.e2e.realcluster import Fault, RealCluster
+from tests.support import tiny
 from tests.support.waiting import eventually
 
 
@@ -287,6 +288,39 @@ def test_10_suspend_and_resume(cluster: RealCluster, kubelet: ScheduledKubelet, 
     assert status["restarts"] == 0 and status["attempt"] == 2, status
     step = resumed_step(job, attempt=2)
     assert step is not None and 8 <= step < MAX_STEPS, job.logs()
+
+
+@pytest.mark.timeout(240)
+def test_11_preference_tuning(
+    cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A DPO job (pairs, a held-out test split) runs to Succeeded; its reward figures and its verdict
+    against the reference reach the status."""
+    folder = tmp_path_factory.mktemp("pairs")
+    train = tiny.write_jsonl(folder / "train.jsonl", tiny.preference_examples(56))
+    validation = tiny.write_jsonl(folder / "validation.jsonl", tiny.preference_examples(8, start=56))
+    dpo = a_scenario("dpo", inputs).train(train).validation(validation)
+    dpo = dpo.spec(
+        {
+            "dataset": {"format": "preference", "testSplit": 0.15},
+            "method": {"type": "dpo", "dpo": {"beta": 0.5}},
+            "hyperparameters": {"maxSteps": 12, "epochs": 3, "learningRate": 2e-3},
+            "evaluation": {"everySteps": 4},
+        }
+    )
+    job = submit(cluster, kubelet, "s11-dpo", dpo)
+    status = job.wait_phase("Succeeded", "Failed", timeout=180)
+    assert status["phase"] == "Succeeded", status
+    metrics = status["metrics"]
+    assert 0 <= metrics["trainRewards"]["rewardAccuracy"] <= 1, metrics
+    assert metrics["evalRewards"]["rewardMargin"] is not None, metrics
+    evaluation = status["evaluation"]
+    assert evaluation["scoredOn"] == "test", evaluation
+    rows = {row["name"]: row for row in evaluation["approaches"]}
+    assert rows["fine-tuned"]["examples"] == rows["reference (starting model)"]["examples"] == 9, rows  # 15% of 56
+    assert rows["fine-tuned"]["preferenceAccuracy"] > rows["reference (starting model)"]["preferenceAccuracy"], rows
+    assert "preference accuracy" in evaluation["verdict"], evaluation
+    assert (job.storage / "output" / "config.json").exists()
 
 
 @pytest.mark.timeout(120)

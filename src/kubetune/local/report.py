@@ -36,7 +36,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in records if r.get(key) is not None and r.get("step") is not None]
+    """(steps, values) of `key`; evaluations on the test set (the base model's, scored for the verdict) are
+    left out: the eval curve is the validation set's."""
+    points = [
+        (r["step"], r[key])
+        for r in records
+        if r.get(key) is not None and r.get("step") is not None and r.get("set", "validation") == "validation"
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 

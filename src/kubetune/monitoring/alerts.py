@@ -35,6 +35,10 @@ RESTART_STORM_COUNT = 3
 RESTART_STORM_WINDOW_MINUTES = 30
 #: Window, in minutes, in which a failed job is reported.
 FAILED_WINDOW_MINUTES = 10
+#: DPO: training reward accuracy above validation's by more than this (0-1) counts as memorising pairs.
+REWARD_ACCURACY_GAP = 0.25
+#: Minutes the gap must last (a few evaluations; validation's figure changes only at evaluations).
+REWARD_ACCURACY_GAP_MINUTES = 15
 
 JOB = "namespace, finetunejob"
 
@@ -125,6 +129,22 @@ TRAINING_ALERTS: tuple[Alert, ...] = (
         summary="Overfitting suspected",
         description=f"FineTuneJob {_WHERE}: validation loss has been rising while training loss falls over "
         f"{OVERFITTING_WINDOW_MINUTES} minutes; the best checkpoint is behind you (consider early stopping).",
+    ),
+    Alert(
+        name="KubetunePreferenceOverfitting",
+        # DPO only (the reward gauges exist only there): the policy ranks its training pairs far better
+        # than the validation pairs, the preference-tuning form of overfitting.
+        expr=(
+            f'kubetune_reward_accuracy{{split="train"}}\n'
+            f'  - on ({JOB}) kubetune_reward_accuracy{{split="validation"}}\n'
+            f"  > {REWARD_ACCURACY_GAP}"
+        ),
+        for_=_m(REWARD_ACCURACY_GAP_MINUTES),
+        severity="warning",
+        summary="Preference tuning memorises its pairs",
+        description=f"FineTuneJob {_WHERE} (DPO): reward accuracy on training pairs has been more than "
+        f"{REWARD_ACCURACY_GAP:.2f} above validation's for {REWARD_ACCURACY_GAP_MINUTES} minutes; consider a higher "
+        "`method.dpo.beta`, fewer epochs, or early stopping on evalRewardAccuracy.",
     ),
     Alert(
         name="KubetuneUnderfittingSuspected",

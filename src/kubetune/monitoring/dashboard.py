@@ -165,6 +165,31 @@ ACCELERATOR = (
     ),
 )
 
+#: Preference tuning (DPO) only: supervised jobs publish none of these series ("No data").
+PREFERENCE = (
+    PanelSpec(
+        "Reward accuracy (DPO)",
+        "Fraction of pairs whose chosen answer's reward beats the rejected one's, on the last training step "
+        "and the last evaluation. Training far above validation: the policy memorises its pairs.",
+        (Query(_job("kubetune_reward_accuracy"), "{{finetunejob}} {{split}}"),),
+        unit="percentunit",
+    ),
+    PanelSpec(
+        "Reward margin (DPO)",
+        "Mean chosen minus rejected reward (beta x log-ratio to the reference, nats), train and validation.",
+        (Query(_job("kubetune_reward_margin"), "{{finetunejob}} {{split}}"),),
+    ),
+    PanelSpec(
+        "Chosen vs rejected reward (DPO)",
+        "Mean reward of the chosen and of the rejected answers on validation pairs. Both falling: the policy "
+        "lowers the chosen answers' likelihood too, only more slowly.",
+        (
+            Query(f'kubetune_chosen_reward{{{JOB_SELECTOR}, split="validation"}}', "{{finetunejob}} chosen"),
+            Query(f'kubetune_rejected_reward{{{JOB_SELECTOR}, split="validation"}}', "{{finetunejob}} rejected"),
+        ),
+    ),
+)
+
 OPERATOR = (
     PanelSpec(
         "Jobs by phase",
@@ -212,6 +237,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
     ("Training", TRAINING),
     ("Progress", PROGRESS),
     ("Accelerator", ACCELERATOR),
+    ("Preference tuning (DPO)", PREFERENCE),
     ("Operator", OPERATOR),
 )
 

@@ -85,7 +85,7 @@ def metrics_table() -> str:
     rows = ["| Metric | Type | From | Labels | Meaning |", "|---|---|---|---|---|"]
     for metric in ALL_METRICS:
         labels = ", ".join(f"`{label}`" for label in metric.labels) or "-"
-        source = metric.source + (" (GPU only)" if metric.gpu_only else "")
+        source = metric.source + (" (GPU only)" if metric.gpu_only else "") + (" (DPO only)" if metric.dpo_only else "")
         rows.append(f"| `{metric.name}` | {metric.type} | {source} | {labels} | {metric.help} |")
     return "\n".join(rows) + "\n"
 

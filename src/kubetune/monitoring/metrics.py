@@ -33,6 +33,8 @@ class Metric:
     labels: tuple[str, ...] = TRAINER_LABELS
     gpu_only: bool = False
     """Published only when training on a GPU (absent on CPU runs)."""
+    dpo_only: bool = False
+    """Published only by preference tuning (`method.type: dpo`; absent on supervised runs)."""
 
 
 TRAINER_METRICS: tuple[Metric, ...] = (
@@ -93,6 +95,43 @@ TRAINER_METRICS: tuple[Metric, ...] = (
         "trainer",
         "Model FLOPs utilisation: achieved / peak FLOP/s, 0 to 1.",
         gpu_only=True,
+    ),
+)
+
+#: DPO's reward figures, per `split` (`train`: the last step; `validation`: the last evaluation).
+_DPO_LABELS = (*TRAINER_LABELS, "split")
+TRAINER_METRICS += (
+    Metric(
+        "kubetune_reward_accuracy",
+        "gauge",
+        "trainer",
+        "DPO: fraction of pairs whose chosen answer's reward beats the rejected one's, 0 to 1.",
+        _DPO_LABELS,
+        dpo_only=True,
+    ),
+    Metric(
+        "kubetune_reward_margin",
+        "gauge",
+        "trainer",
+        "DPO: mean chosen minus rejected reward (beta x log-ratio to the reference, nats).",
+        _DPO_LABELS,
+        dpo_only=True,
+    ),
+    Metric(
+        "kubetune_chosen_reward",
+        "gauge",
+        "trainer",
+        "DPO: mean reward of the chosen answers (beta x log-ratio to the reference, nats).",
+        _DPO_LABELS,
+        dpo_only=True,
+    ),
+    Metric(
+        "kubetune_rejected_reward",
+        "gauge",
+        "trainer",
+        "DPO: mean reward of the rejected answers (beta x log-ratio to the reference, nats).",
+        _DPO_LABELS,
+        dpo_only=True,
     ),
 )
 

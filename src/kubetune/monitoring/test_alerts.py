@@ -125,6 +125,25 @@ SCENARIOS: dict[str, Scenario] = {
     "overfitting: the trainer's fit diagnostic says so": Scenario(
         "KubetuneOverfittingSuspected", {f"kubetune_overfitting_suspected{{{POD}}}": "0x20 1x20"}, at=35, fires=True
     ),
+    "preference overfitting: training pairs ranked far better than validation's": Scenario(
+        "KubetunePreferenceOverfitting",
+        {
+            f'kubetune_reward_accuracy{{{POD}, split="train"}}': "0.6+0.02x20 1x20",
+            f'kubetune_reward_accuracy{{{POD}, split="validation"}}': "0.6x40",
+        },
+        at=38,
+        fires=True,
+        labels=dict(JOB_LABELS),  # one-to-one arithmetic `on (namespace, finetunejob)` keeps just those
+    ),
+    "preference overfitting: validation keeps up": Scenario(
+        "KubetunePreferenceOverfitting",
+        {
+            f'kubetune_reward_accuracy{{{POD}, split="train"}}': "0.6+0.02x20 1x20",
+            f'kubetune_reward_accuracy{{{POD}, split="validation"}}': "0.6+0.015x20 0.9x20",
+        },
+        at=38,
+        fires=False,
+    ),
     "underfitting: the trainer's fit diagnostic says so": Scenario(
         "KubetuneUnderfittingSuspected", {f"kubetune_underfitting_suspected{{{POD}}}": "1x40"}, at=35, fires=True
     ),

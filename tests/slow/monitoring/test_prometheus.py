@@ -67,6 +67,9 @@ NAMESPACE = "default"
 DASHBOARD = json.loads((generate.ROOT / "charts/kubetune/files/dashboards/kubetune.json").read_text())
 QUERIES = panel_queries(json.dumps(DASHBOARD))
 GPU_METRICS = {m.name for m in TRAINER_METRICS if m.gpu_only}
+#: Published by preference tuning only; the story's job is supervised (tests/slow/trainer/test_dpo.py
+#: checks a DPO run's exposition against the catalogue).
+DPO_METRICS = {m.name for m in TRAINER_METRICS if m.dpo_only}
 #: Grafana's `$__rate_interval` for a 1 s scrape interval: max(4 x scrape interval, step + scrape interval).
 RATE_INTERVAL = "5s"
 
@@ -227,6 +230,12 @@ def test_every_dashboard_query_returns_data(story: Story, title: str, expr: str)
         assert not has_data(story, expr)
         assert not any(f"\n{name}{{" in story.trainer_metrics for name in gpu_only)
         pytest.skip(f"{title}: {sorted(gpu_only)} are published on GPUs only; this run is on CPU")
+    dpo_only = DPO_METRICS & set(re.findall(r"kubetune_\w+", expr))
+    if dpo_only:
+        # A supervised job publishes no reward series at all ("No data", not a misleading 0).
+        assert not has_data(story, expr)
+        assert not any(f"\n{name}{{" in story.trainer_metrics for name in dpo_only)
+        pytest.skip(f"{title}: {sorted(dpo_only)} are published by DPO jobs only; this job is supervised")
     assert has_data(story, expr), f"panel {title!r}: no data for {fill_variables(expr, story)}"
 
 
@@ -261,7 +270,7 @@ def test_exposition_matches_the_catalogue(story: Story, source: str) -> None:
     catalogue: tuple[Metric, ...] = TRAINER_METRICS if source == "trainer" else OPERATOR_METRICS
     types = _exposed_types(text)
     for metric in catalogue:
-        if metric.gpu_only:
+        if metric.gpu_only or metric.dpo_only:
             continue
         assert types.get(metric.name) == metric.type, (metric.name, types.get(metric.name))
         sample = re.search(rf"^{metric.name}(?:_bucket|_count)?\{{([^}}]*)\}}", text, re.M)

@@ -10,17 +10,22 @@ weights as the uninterrupted one (the reference log-probabilities travel in the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
+import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubetune.api.outcome import TrainerResult
+from kubetune.monitoring.metrics import TRAINER_METRICS
 from tests.slow.trainer.test_runs import assert_same_weights, load_weights, newest_step
 from tests.support import launch, tiny
 from tests.support.builders import deep_merge
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.timeout(420)]
 
@@ -45,17 +50,63 @@ def run_job(manifest: Path, workdir: Path) -> launch.Finished:
     return launch.run(manifest, workdir)
 
 
+def run_serving_metrics(manifest: Path, workdir: Path) -> tuple[launch.Finished, str]:
+    """Run to the end and scrape rank 0's /metrics once the result is written (the trainer lingers)."""
+    port = free_port()
+    argv = launch.command(manifest, workdir, metrics_port=port, extra=("--metrics-linger-seconds", "120"))
+    process, log = launch.start(argv, workdir, launch.environment())
+    try:
+        launch.wait_for_trainer(lambda: (workdir / "result.json").exists(), process, log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        launch.kill_group(process, signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        launch.kill_group(process)
+    return launch.Finished(workdir, 0, log.read_text()), text
+
+
+def assert_reward_metrics_match_the_catalogue(text: str) -> None:
+    """Every DPO-only catalogued metric is published, with its type and labels, for both splits."""
+    for metric in (m for m in TRAINER_METRICS if m.dpo_only):
+        assert re.search(rf"^# TYPE {metric.name} {metric.type}$", text, re.M), metric.name
+        samples = re.findall(rf"^{metric.name}\{{([^}}]*)\}} (\S+)$", text, re.M)
+        splits = set()
+        for labels, value in samples:
+            names = {pair.split("=", 1)[0] for pair in labels.split(",")}
+            assert names == set(metric.labels), (metric.name, names)
+            assert float(value) == float(value), (metric.name, value)  # not NaN
+            splits |= set(re.findall(r'split="(\w+)"', labels))
+        assert splits == {"train", "validation"}, (metric.name, samples)
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked.stdout + checked.stderr
+
+
 def verdict_rows(result: TrainerResult) -> dict[str, Any]:
     assert result.evaluation is not None and result.evaluation.approaches is not None
     return {row.name: row for row in result.evaluation.approaches}
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_dpo_ranks_held_out_pairs_better_than_its_reference(tmp_path: Path, tiny_model: Path, zero_stage: int) -> None:
-    manifest = write_job(tmp_path, tiny_model, {"distributed": {"zeroStage": zero_stage}})
-    run = run_job(manifest, tmp_path / "run")
-    assert run.returncode == 0, run.log[-4000:]
+#: Full weights with the precomputed reference under ZeRO-2 and ZeRO-3; LoRA with the live reference
+#: (the adapters disabled for each batch).
+VARIANTS = {
+    "full-zero2": {"distributed": {"zeroStage": 2}},
+    "full-zero3": {"distributed": {"zeroStage": 3}},
+    "lora-live-reference": {
+        "method": {"dpo": {"weights": "lora", "reference": "live"}, "lora": {"rank": 8, "alpha": 16}},
+        "hyperparameters": {"learningRate": 1e-2},
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_dpo_ranks_held_out_pairs_better_than_its_reference(tmp_path: Path, tiny_model: Path, variant: str) -> None:
+    manifest = write_job(tmp_path, tiny_model, VARIANTS[variant])
+    run, metrics_text = run_serving_metrics(manifest, tmp_path / "run")
+    assert "Traceback" not in run.log, run.log[-4000:]
+    assert_reward_metrics_match_the_catalogue(metrics_text)
     result = TrainerResult.model_validate(run.result())
+    assert result.outcome == "Succeeded", result.message
     rows = verdict_rows(result)
     reference, tuned = rows["reference (starting model)"], rows["fine-tuned"]
     assert reference.examples == tuned.examples == 16  # the test pairs, not the 8 validation pairs

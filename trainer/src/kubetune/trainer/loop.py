@@ -257,6 +257,7 @@ class Trainer:
         update: dict[str, Any] = {"learning_rate": lr, "tokens_per_second": tokens_per_second}
         if rewards is not None:
             update["train_rewards"] = rewards
+            self.metrics.record_rewards("train", rewards.model_dump())
         if shown is not None:
             update["train_loss"] = shown
         metrics = self.recorder.snapshot.metrics.model_copy(update=update)
@@ -315,6 +316,7 @@ class Trainer:
         update = {"eval_loss": result.eval_loss, "best_eval_loss": best_loss, "best_step": decision.state.best_step}
         if self.preference is not None:
             update["eval_rewards"] = result_figures(result)
+            self.metrics.record_rewards("validation", update["eval_rewards"].model_dump())
         metrics = self.recorder.snapshot.metrics.model_copy(update=update)
         self.recorder.publish(metrics=metrics, phase="Training")
         if self.spec.early_stopping is None:

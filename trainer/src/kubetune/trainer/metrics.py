@@ -5,8 +5,8 @@ kubelet and node exporters own those) on `--metrics-port`, together with `GET /p
 `ProgressSnapshot` as JSON, which the operator polls, and `/result`, the whole result once the run has
 ended (kubetune.trainer.handover). Names and types follow the catalogue in
 `kubetune.monitoring.metrics` (the dashboard and alerts are written against it). Labels are
-`finetunejob` and `namespace` only: `job` belongs to Prometheus' scrape job, and a step label would
-create a series per step. Units are base units (seconds, bytes, ratios 0-1); counters end in `_total`.
+`finetunejob` and `namespace` (and `split`, train or validation, on DPO's reward gauges): `job` belongs
+to Prometheus' scrape job, and a step label would create a series per step. Units are base units (seconds, bytes, ratios 0-1); counters end in `_total`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -26,6 +26,14 @@ from kubetune.api.invocation import RANK0_TOKEN_ENV
 from kubetune.trainer.handover import ResultHandover
 
 log = logging.getLogger(__name__)
+
+#: DPO's reward gauges (`method.type: dpo`), by figure, with their help text; labelled by `split`.
+REWARD_HELP = {
+    "reward_accuracy": "DPO: fraction of pairs whose chosen answer's reward beats the rejected one's, 0 to 1.",
+    "reward_margin": "DPO: mean chosen minus rejected reward (beta x log-ratio to the reference, nats).",
+    "chosen_reward": "DPO: mean reward of the chosen answers (beta x log-ratio to the reference, nats).",
+    "rejected_reward": "DPO: mean reward of the rejected answers (beta x log-ratio to the reference, nats).",
+}
 
 LABELS = ("finetunejob", "namespace")
 #: Step durations from 10 ms (tiny models) to 10 minutes (huge ones), in seconds.
@@ -90,11 +98,24 @@ class TrainerMetrics:
         # GPU-only: defined lazily so that a CPU run does not publish meaningless zeros.
         self._labels = labels
         self._gpu: dict[str, Any] = {}
+        self._rewards: dict[str, Any] = {}
 
     def _gpu_gauge(self, name: str, text: str) -> Any:
         if name not in self._gpu:
             self._gpu[name] = Gauge(name, text, LABELS, registry=self.registry).labels(**self._labels)
         return self._gpu[name]
+
+    def record_rewards(self, split: str, figures: Mapping[str, float | None]) -> None:
+        """DPO's reward figures of `split` (`train`: the last step; `validation`: the last evaluation).
+        Defined on first use, like the GPU gauges: a supervised run publishes none of them."""
+        for name, value in figures.items():
+            if value is None:
+                continue
+            metric = f"kubetune_{name}"
+            if metric not in self._rewards:
+                help_text = REWARD_HELP[name]
+                self._rewards[metric] = Gauge(metric, help_text, (*LABELS, "split"), registry=self.registry)
+            self._rewards[metric].labels(**self._labels, split=split).set(value)
 
     def record_step(
         self, loss: float | None, lr: float, grad_norm: float | None, epoch: float, tokens: int, seconds: float
