@@ -152,7 +152,9 @@ def apply_result(status: FineTuneJobStatus, result: TrainerResult | None, now: d
     progress = previous.model_copy(
         update={"step": result.step, "total_steps": total, "percent": percent, "eta_seconds": 0}
     )
-    figures = {k: v for k, v in (result.metrics or Metrics()).model_dump().items() if v is not None}
+    latest = result.metrics or Metrics()
+    # Field by field, not model_dump(): a nested block (DPO's rewards) must stay a model, not become a dict.
+    figures = {name: getattr(latest, name) for name in Metrics.model_fields if getattr(latest, name) is not None}
     figures |= {"best_step": result.best_step} if result.best_step is not None else {}
     metrics = (status.metrics or Metrics()).model_copy(update=figures)
     fields: dict[str, Any] = {"progress": progress, "metrics": metrics}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kubetune.api.outcome import FitReport, TrainerResult
-from kubetune.api.status import ConditionType, FineTuneJobStatus, Reason
+from kubetune.api.status import ConditionType, FineTuneJobStatus, Metrics, PreferenceFigures, Reason
 from kubetune.policies.status import (
     MAX_CONDITION_MESSAGE,
     apply_fit,
@@ -75,6 +76,27 @@ def test_apply_result_reports_final_figures() -> None:
     assert status.progress is not None and (status.progress.step, status.progress.percent) == (30, 100)
     assert status.metrics is not None and status.metrics.best_step == 20
     assert status.output is not None and status.output.path == "/o"
+
+
+def test_apply_result_keeps_the_dpo_reward_blocks_models() -> None:
+    """Found by the DPO scenario: dumped to dicts, the nested blocks made the status write warn."""
+    rewards = PreferenceFigures(reward_accuracy=0.75, reward_margin=1.5)
+    result = TrainerResult(
+        outcome="Succeeded",
+        reason="Succeeded",
+        message="m",
+        retryable=False,
+        step=12,
+        total_steps=12,
+        metrics=Metrics(train_loss=0.3, train_rewards=rewards, eval_rewards=rewards),
+    )
+    status = apply_result(FineTuneJobStatus(metrics=Metrics(learning_rate=1e-4)), result, T0)
+    assert status.metrics is not None and status.metrics.train_rewards == rewards == status.metrics.eval_rewards
+    assert status.metrics.learning_rate == 1e-4 and status.metrics.train_loss == 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wire = status.to_wire()
+    assert wire["metrics"]["trainRewards"] == {"rewardAccuracy": 0.75, "rewardMargin": 1.5}
 
 
 def _fit(status: str, reason: str) -> FitReport:

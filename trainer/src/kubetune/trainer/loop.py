@@ -315,8 +315,9 @@ class Trainer:
         log.info("step %d evaluation: %s; %s", step, result.model_dump_json(exclude_none=True), decision.message)
         update = {"eval_loss": result.eval_loss, "best_eval_loss": best_loss, "best_step": decision.state.best_step}
         if self.preference is not None:
-            update["eval_rewards"] = result_figures(result)
-            self.metrics.record_rewards("validation", update["eval_rewards"].model_dump())
+            rewards = result_figures(result)
+            update["eval_rewards"] = rewards
+            self.metrics.record_rewards("validation", rewards.model_dump())
         metrics = self.recorder.snapshot.metrics.model_copy(update=update)
         self.recorder.publish(metrics=metrics, phase="Training")
         if self.spec.early_stopping is None:
