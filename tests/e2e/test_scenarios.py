@@ -291,7 +291,7 @@ def test_10_suspend_and_resume(cluster: RealCluster, kubelet: ScheduledKubelet, 
 
 
 @pytest.mark.timeout(240)
-def test_11_preference_tuning(
+def test_preference_tuning_dpo(
     cluster: RealCluster, kubelet: ScheduledKubelet, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A DPO job (pairs, a held-out test split) runs to Succeeded; its reward figures and its verdict

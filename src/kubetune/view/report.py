@@ -124,14 +124,17 @@ def evaluation_table(base: EvaluationResult | None, tuned: EvaluationResult | No
 
 
 def approaches_table(rows: Sequence[ApproachResult], markdown: bool = True) -> list[str]:
-    """Every approach on the same validation set: quality, latency, speed, size."""
+    """Every approach on the same held-out set: quality, latency, speed, size; DPO rows add preference
+    accuracy (how often the model's log-probability ranks the chosen answer first) and reward accuracy."""
+    preference = any(r.preference_accuracy is not None for r in rows)
     header = [
-        "approach", "exact match", "eval loss", "token accuracy", "latency (s/answer)", "generated tokens/s",
-        "parameters",
+        "approach", *(["preference accuracy", "reward accuracy"] if preference else []), "exact match", "eval loss",
+        "token accuracy", "latency (s/answer)", "generated tokens/s", "parameters",
     ]  # fmt: skip
     cells = [
         [
             r.name,
+            *([_cell(r.preference_accuracy, True), _cell(r.reward_accuracy, True)] if preference else []),
             _cell(r.exact_match, True),
             _cell(r.eval_loss),
             _cell(r.token_accuracy, True),

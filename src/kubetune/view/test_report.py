@@ -152,6 +152,18 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
         ["ETA"],
     ),
     (
+        "a DPO job: preference and reward accuracy beside its reference, on the test set",
+        markdown(SUCCEEDED.model_copy(update={"evaluation": EvaluationSummary(scored_on="test", verdict="v", approaches=[
+            ApproachResult(name="reference (starting model)", approach="zero-shot", model="base",
+                           preference_accuracy=0.7, reward_accuracy=0.0, exact_match=0.35),
+            ApproachResult(name="fine-tuned", approach="fine-tuned", model="fine-tuned",
+                           preference_accuracy=0.8, reward_accuracy=0.9, exact_match=0.4)])})),
+        ["## Was fine-tuning worth it? (test set)",
+         "| approach | preference accuracy | reward accuracy | exact match | eval loss |",
+         "| fine-tuned | 80.0% | 90.0% | 40.0% | - |"],
+        ["validation set"],
+    ),
+    (
         "fit signs and early stopping",
         terminal(SUCCEEDED.model_copy(update={"conditions": [
             condition("EarlyStopped", reason="EarlyStopped", message="no improvement for 3 evaluations"),

@@ -90,7 +90,11 @@ def verdict_rows(result: TrainerResult) -> dict[str, Any]:
 #: Full weights with the precomputed reference under ZeRO-2 and ZeRO-3; LoRA with the live reference
 #: (the adapters disabled for each batch).
 VARIANTS = {
-    "full-zero2": {"distributed": {"zeroStage": 2}},
+    # With a prompting baseline asked for: pairs are prompted for their chosen answer and scored by exact match.
+    "full-zero2": {
+        "distributed": {"zeroStage": 2},
+        "evaluation": {"baselines": {"fewShotExamples": 2, "embeddings": "base-model"}, "maxNewTokens": 4},
+    },
     "full-zero3": {"distributed": {"zeroStage": 3}},
     "lora-live-reference": {
         "method": {"dpo": {"weights": "lora", "reference": "live"}, "lora": {"rank": 8, "alpha": 16}},
@@ -114,7 +118,15 @@ def test_dpo_ranks_held_out_pairs_better_than_its_reference(tmp_path: Path, tiny
     assert tuned.reward_accuracy is not None and tuned.reward_accuracy > 0.5
     assert tuned.reward_margin is not None and tuned.reward_margin > 0
     assert result.evaluation is not None and result.evaluation.scored_on == "test"
-    assert result.evaluation.verdict is not None and "preference accuracy" in result.evaluation.verdict
+    assert result.evaluation.verdict is not None
+    if variant == "full-zero2":  # a few-shot row has no preference accuracy: all three compare on exact match
+        # The base model prompted zero-shot is the reference: one row, not two.
+        assert sorted(rows) == ["base 2-shot", "fine-tuned", "reference (starting model)"], rows
+        assert rows["base 2-shot"].exact_match is not None and rows["base 2-shot"].examples == 16, rows
+        assert tuned.exact_match is not None and reference.exact_match is not None, rows
+        assert "exact match" in result.evaluation.verdict, result.evaluation.verdict
+    else:
+        assert "preference accuracy" in result.evaluation.verdict, result.evaluation.verdict
     # Training figures reach the metrics log and the status.
     records = run.metrics("train")
     assert records and all("reward_accuracy" in r and "reward_margin" in r for r in records), records[:2]

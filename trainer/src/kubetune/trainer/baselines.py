@@ -122,7 +122,26 @@ def verdict(rows: Sequence[ApproachResult]) -> str:
     if fine_tuned.parameters != best.parameters:
         sentence += f" ({_size(best.parameters)} parameters; fine-tuned {_size(fine_tuned.parameters)})"
     latency = _latency_against(fine_tuned, best)
-    return f"{sentence}, {latency}" if latency else sentence
+    sentence = f"{sentence}, {latency}" if latency else sentence
+    return sentence + _answers_regressed(fine_tuned, prompting, metric)
+
+
+def _answers_regressed(fine_tuned: ApproachResult, prompting: Sequence[ApproachResult], metric: str) -> str:
+    """When the verdict compares something else (DPO: preference accuracy) while answers were scored too:
+    the warning that the fine-tuned model now answers worse, and, with a falling chosen reward, why."""
+    answered = [row for row in prompting if row.exact_match is not None]
+    if metric == "exact match" or fine_tuned.exact_match is None or not answered:
+        return ""
+    best = max(answered, key=lambda row: row.exact_match or 0.0)
+    if fine_tuned.exact_match >= (best.exact_match or 0.0):
+        return ""
+    warning = f"; but its exact match fell to {fine_tuned.exact_match:.2f} from {best.exact_match:.2f} for {best.name}"
+    if fine_tuned.chosen_reward is not None and fine_tuned.chosen_reward < 0:
+        warning += (
+            " (the chosen answers lost likelihood too: a higher method.dpo.beta, a lower learning rate or fewer "
+            "steps keep the policy closer to its reference)"
+        )
+    return warning
 
 
 @dataclass(frozen=True)

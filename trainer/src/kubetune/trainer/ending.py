@@ -24,7 +24,9 @@ def finished_result(trainer: Trainer, outcome: str, message: str, fine_tuned: Ev
     rows = [ApproachResult(**row) for row in state.baseline_rows or []]
     parameters = baselines.parameter_count(engine.module)
     if trainer.preference is not None and base is not None:  # DPO: the policy against its reference
-        rows.append(baselines.reference_row(base, parameters))
+        # The base model prompted zero-shot is the reference itself, scored the same way: one row, named so.
+        rows = [row for row in rows if not (row.model == "base" and row.approach == "zero-shot")]
+        rows.insert(0, baselines.reference_row(base, parameters))
     evaluation = baselines.summary(
         base, fine_tuned, rows, parameters, trainer.verdict_set_name, len(trainer.data.verdict_set.examples)
     )

@@ -140,3 +140,35 @@ def test_the_verdict_says_which_set_scored_it(scored_on: str, said: str) -> None
     assert result.scored_on == scored_on and result.verdict is not None
     assert result.verdict.startswith("fine-tuning paid off: 1.00 vs 0.75 exact match for base 4-shot")
     assert said in result.verdict
+
+
+def preference_row(name: str, accuracy: float, exact: float, chosen: float | None = None) -> ApproachResult:
+    approach = "fine-tuned" if name == "fine-tuned" else "zero-shot"
+    model = "fine-tuned" if name == "fine-tuned" else "base"
+    return ApproachResult(
+        name=name, approach=approach, model=model, preference_accuracy=accuracy, exact_match=exact, chosen_reward=chosen
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "sentence"),
+    [
+        (
+            [preference_row("reference", 0.70, 0.35), preference_row("fine-tuned", 0.75, 0.40, -0.1)],
+            "fine-tuning paid off: 0.75 vs 0.70 preference accuracy for reference",
+        ),
+        (
+            [preference_row("reference", 0.70, 0.35), preference_row("fine-tuned", 0.80, 0.0, -1.3)],
+            "fine-tuning paid off: 0.80 vs 0.70 preference accuracy for reference; but its exact match fell to 0.00 "
+            "from 0.35 for reference (the chosen answers lost likelihood too: a higher method.dpo.beta, a lower "
+            "learning rate or fewer steps keep the policy closer to its reference)",
+        ),
+        (
+            [preference_row("reference", 0.70, 0.35), preference_row("fine-tuned", 0.80, 0.30, 0.2)],
+            "fine-tuning paid off: 0.80 vs 0.70 preference accuracy for reference; but its exact match fell to 0.30 "
+            "from 0.35 for reference",
+        ),
+    ],
+)  # fmt: skip
+def test_a_preference_verdict_warns_when_the_answers_got_worse(rows: list[ApproachResult], sentence: str) -> None:
+    assert verdict(rows) == sentence
