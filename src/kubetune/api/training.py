@@ -133,7 +133,8 @@ class DatasetSpec(ApiModel):
         "format of each record: `text` ({text}), `prompt-completion` ({prompt, completion}), `chat` "
         "({messages: [{role, content}]}, rendered with the tokenizer's chat template), `preference` ({prompt "
         "or messages, chosen, rejected}: pairs for `method.type: dpo`; `chosen` and `rejected` are the "
-        "answers, as text or one assistant message), or `auto` (detected from the first record's fields). "
+        "answers, as text or one assistant message; a `prompt` that is a list of messages, as in TRL's "
+        "conversational rows, is read as `messages`), or `auto` (detected from the first record's fields). "
         "Default auto.",
         default="auto",
     )

@@ -17,7 +17,8 @@ Three supervised formats, each with a loss mask (label -100 = not learned), and 
   span. This needs a template whose renders of shorter conversations are prefixes of longer ones (true
   of ChatML, Llama 3, Mistral, Gemma); any other template fails with a clear message unless
   `trainOnInputs`.
-- `preference` ({prompt or messages, chosen, rejected}, for `method.type: dpo`): each pair is tokenized
+- `preference` ({prompt or messages, chosen, rejected}, for `method.type: dpo`; TRL's conversational rows,
+  `prompt` as a list of messages, are read as `messages`): each pair is tokenized
   as two examples of the supervised format its prompt implies, the prompt answered once with `chosen`
   and once with `rejected` (kubetune.trainer.preference); only the answers' tokens are scored.
 """
@@ -183,8 +184,10 @@ def check_record(record: Record, fmt: str) -> None:
 
 
 def _check_preference(record: Record) -> None:
-    """A pair: `prompt` (a string) or `messages` (the conversation before the answer), and the `chosen` and
-    `rejected` answers (strings, or one assistant message each)."""
+    """A pair: `prompt` (a string) or `messages` (the conversation before the answer; `prompt` as a list of
+    messages is read as `messages`), and the `chosen` and `rejected` answers (strings, or one assistant
+    message each)."""
+    record = with_conversation_as_messages(record)
     fields = record.fields
     if "messages" in fields:
         check_record(
@@ -197,6 +200,17 @@ def _check_preference(record: Record) -> None:
         _require_string(record, "prompt", fields.get("prompt"), allow_empty=True)
     for side in ("chosen", "rejected"):
         _require_string(record, side, answer_text(fields.get(side)))
+
+
+def with_conversation_as_messages(record: Record) -> Record:
+    """A preference record whose `prompt` is a list of messages (TRL's conversational preference rows) as
+    the same record with that conversation under `messages`, the field every later step reads; any other
+    record as it is."""
+    fields = record.fields
+    if "messages" in fields or not isinstance(fields.get("prompt"), list):
+        return record
+    rest = {key: value for key, value in fields.items() if key != "prompt"}
+    return Record({**rest, "messages": fields["prompt"]}, record.source, record.line)
 
 
 def answer_text(value: Any) -> Any:

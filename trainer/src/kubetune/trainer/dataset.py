@@ -29,6 +29,7 @@ from kubetune.trainer.data import (
     generation_case,
     read_records,
     tokenize_or_explain,
+    with_conversation_as_messages,
 )
 from kubetune.trainer.errors import DataError
 from kubetune.trainer.packing import Sequence, build_sequences
@@ -67,9 +68,22 @@ class PreparedData:
     """The test set (dataset.test or testSplit): scored only for the verdict, never for a decision."""
 
     @property
+    def verdict_set_name(self) -> str:
+        """What the verdict is scored on: `test` when there is a test set, else `validation`."""
+        return "test" if self.test is not None else "validation"
+
+    @property
     def verdict_set(self) -> HeldOut:
-        """What the verdict is scored on: the test set when there is one, else the validation set."""
-        return self.test or HeldOut(self.validation, self.generation_cases, self.validation_records)
+        """The set called `verdict_set_name`."""
+        return self.held(self.verdict_set_name)
+
+    def held(self, name: str) -> HeldOut:
+        """The held-out set called `name` (`validation`, or `test` when there is one)."""
+        if name == "test" and self.test is not None:
+            return self.test
+        if name != "validation":
+            raise ValueError(f"no held-out set called {name!r}")
+        return HeldOut(self.validation, self.generation_cases, self.validation_records)
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,8 @@ def read_split(spec: DatasetSpec, base: Path, seed: int) -> Splits:
     else:
         train, validation = held_out_split(train, spec.validation_split, seed)
     fmt = spec.format if spec.format != "auto" else detect_format(train[0])
+    if fmt == "preference":  # TRL's conversational rows: the conversation in `prompt`, read as `messages`
+        train, validation, test = ([with_conversation_as_messages(r) for r in rs] for rs in (train, validation, test))
     for record in train + validation + test:
         check_record(record, fmt)
     return Splits(train, validation, test, fmt)

@@ -28,7 +28,7 @@ def finished_result(trainer: Trainer, outcome: str, message: str, fine_tuned: Ev
         rows = [row for row in rows if not (row.model == "base" and row.approach == "zero-shot")]
         rows.insert(0, baselines.reference_row(base, parameters))
     evaluation = baselines.summary(
-        base, fine_tuned, rows, parameters, trainer.verdict_set_name, len(trainer.data.verdict_set.examples)
+        base, fine_tuned, rows, parameters, trainer.data.verdict_set_name, len(trainer.data.verdict_set.examples)
     )
     reason = ExitReason.EARLY_STOPPED if outcome == "EarlyStopped" else ExitReason.SUCCEEDED
     return TrainerResult(

@@ -30,7 +30,7 @@ from kubetune.trainer import baselines, distributed
 from kubetune.trainer.checkpoint import Checkpointer, step_name
 from kubetune.trainer.config import RunPaths
 from kubetune.trainer.data import Example
-from kubetune.trainer.dataset import HeldOut, PreparedData
+from kubetune.trainer.dataset import PreparedData
 from kubetune.trainer.diagnostics import suspected
 from kubetune.trainer.ending import finished_result
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
@@ -113,7 +113,8 @@ class Trainer:
         self.start_step = self.state.step
         if self.preference is not None:  # before the first step the weights are the reference
             batch = self.spec.hyperparameters.micro_batch_size
-            self.state.reference_log_probs = self.preference.prepare_reference(self.state.reference_log_probs, batch)
+            saved = self.state.reference_log_probs
+            self.state.reference_log_probs = self.preference.prepare_reference(saved, batch, self.state.step)
 
     def evaluate_base_model(self) -> None:
         """compareBaseModel: score the untouched model once, before the first step."""
@@ -121,10 +122,10 @@ class Trainer:
         if not (asked or self.preference) or self.state.step > 0:  # DPO's verdict always has its reference
             return
         self.recorder.publish(phase="Evaluating")
-        result = self._score(self.evaluation, self.data.verdict_set)  # compared with the fine-tuned model's
+        result = self._score(self.evaluation, self.data.verdict_set_name)  # compared with the fine-tuned one
         self.state.base_evaluation = result.model_dump()
         log.info("base model: %s", result.model_dump_json(exclude_none=True))
-        record = {"kind": "eval", "model": "base", "step": 0, "set": self.verdict_set_name}
+        record = {"kind": "eval", "model": "base", "step": 0, "set": self.data.verdict_set_name}
         self.recorder.log_metrics(record | result.model_dump(exclude_none=True))
 
     def evaluate_baselines(self) -> None:
@@ -358,7 +359,7 @@ class Trainer:
             if self.evaluation.exact_match and self.data.test is None:  # periodic evaluations did not generate
                 fine_tuned = self._score(self.evaluation).model_dump()  # score the exported weights
         if self.data.test is not None:  # the verdict's figures: the exported weights on the test set
-            fine_tuned = self._score(self.evaluation, self.data.test).model_dump()
+            fine_tuned = self._score(self.evaluation, "test").model_dump()
         if self.resume_note:
             message = f"{message}; {self.resume_note}"
         self.recorder.publish(phase="Exporting")
@@ -378,20 +379,14 @@ class Trainer:
         self.recorder.publish(phase="Finished")
         return finished_result(self, outcome, message, EvaluationResult(**fine_tuned) if fine_tuned else None)
 
-    @property
-    def verdict_set_name(self) -> str:
-        return "test" if self.data.test is not None else "validation"
-
-    def _score(self, settings: EvaluationSettings, held: HeldOut | None = None) -> EvaluationResult:
-        """The model as it is now on `held` (the validation set when None), on all ranks; training mode
-        is restored."""
+    def _score(self, settings: EvaluationSettings, set_name: str = "validation") -> EvaluationResult:
+        """The model as it is now on the held-out set `set_name`, on all ranks; training mode is restored."""
+        held = self.data.held(set_name)
         if self.preference is not None:
-            scored = held or HeldOut(self.data.validation, self.data.generation_cases, self.data.validation_records)
-            name = "test" if held is not None and held is self.data.test else "validation"
-            result, _ = self.preference.score(scored, name, settings)
+            result = self.preference.score(held, set_name, settings)
             self.engine.train()
             return result
-        examples, cases = (held.examples, held.cases) if held else (self.data.validation, self.data.generation_cases)
-        result = evaluate(self.engine.module, self.tokenizer, cast(list[Example], examples), cases, settings, self.rank)
+        examples = cast(list[Example], held.examples)
+        result = evaluate(self.engine.module, self.tokenizer, examples, held.cases, settings, self.rank)
         self.engine.train()
         return result

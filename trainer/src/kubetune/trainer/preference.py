@@ -135,8 +135,6 @@ class PreferenceTotals:
     rejected_reward: float = 0.0
     policy_correct: float = 0.0
     """Pairs the policy's log-probability ranks right (preference accuracy)."""
-    reference_correct: float = 0.0
-    """Pairs the reference's log-probability ranks right."""
 
     def vector(self) -> list[float]:
         return [
@@ -147,7 +145,6 @@ class PreferenceTotals:
             self.chosen_reward,
             self.rejected_reward,
             self.policy_correct,
-            self.reference_correct,
         ]
 
     def plus(self, other: PreferenceTotals) -> PreferenceTotals:
@@ -167,7 +164,6 @@ class PreferenceTotals:
             "chosen_reward": mean(self.chosen_reward),
             "rejected_reward": mean(self.rejected_reward),
             "preference_accuracy": mean(self.policy_correct),
-            "reference_preference_accuracy": mean(self.reference_correct),
         }
 
 
@@ -190,7 +186,6 @@ def totals_of(
         chosen_reward=float((result.chosen_rewards * weight).sum()),
         rejected_reward=float((result.rejected_rewards * weight).sum()),
         policy_correct=float(((policy[0] > policy[1]).float() * weight).sum()),
-        reference_correct=float(((reference[0] > reference[1]).float() * weight).sum()),
     )
 
 

@@ -26,6 +26,7 @@ from kubetune.api.status import EvaluationResult, PreferenceFigures
 from kubetune.api.training import DpoSpec
 from kubetune.trainer import distributed
 from kubetune.trainer.dataset import HeldOut, PreparedData
+from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.evaluation import EvaluationSettings, GenerationTotals, exact_match_count, padding_id, shard
 from kubetune.trainer.preference import Pair, PreferenceTotals, dpo_loss, pair_log_probs, totals_of
 
@@ -54,16 +55,27 @@ class PreferenceTraining:
             held[TEST] = self.data.test.examples
         return {name: list(pairs) for name, pairs in held.items()}  # type: ignore[arg-type]
 
-    def prepare_reference(self, saved: dict[str, list[list[float]]] | None, batch_size: int) -> dict[str, Any]:
+    def prepare_reference(
+        self, saved: dict[str, list[list[float]]] | None, batch_size: int, resumed_step: int = 0
+    ) -> dict[str, Any]:
         """The reference log-probabilities: `saved` (from the checkpoint) when it has every set, else
-        computed now by the weights as they are (call before the first step: they are the reference).
-        With `reference: live` nothing is kept. Returns what the checkpoint should keep."""
+        computed now by the weights as they are — only before the first step, when they are the reference
+        (at `resumed_step` > 0 the weights have moved, and scoring them would make the policy its own
+        reference: refused with a ConfigError naming what differs). With `reference: live` nothing is
+        kept. Returns what the checkpoint should keep."""
         if self.spec.reference == "live":
             return {}
         sets = self.sets()
-        if saved and all(len(saved.get(name, [])) == len(pairs) for name, pairs in sets.items()):
-            self.reference = saved
-            return saved
+        mismatched = {
+            name: (len((saved or {}).get(name, [])), len(pairs))
+            for name, pairs in sets.items()
+            if len((saved or {}).get(name, [])) != len(pairs)
+        }
+        if not mismatched:
+            self.reference = cast(dict[str, list[list[float]]], saved)
+            return self.reference
+        if resumed_step > 0:
+            raise ConfigError(reference_mismatch(mismatched, resumed_step))
         self.reference = {name: self._score_all(pairs, batch_size) for name, pairs in sets.items()}
         return self.reference
 
@@ -122,9 +134,9 @@ class PreferenceTraining:
 
     # ----- scoring -----------------------------------------------------------------------------------
 
-    def score(self, held: HeldOut, name: str, settings: EvaluationSettings) -> tuple[EvaluationResult, float | None]:
-        """The policy's DPO figures on `held` (the first `max_examples` pairs; all ranks), exact match of
-        its chosen answers when `settings` asks, and the reference's preference accuracy on the same pairs."""
+    def score(self, held: HeldOut, name: str, settings: EvaluationSettings) -> EvaluationResult:
+        """The policy's DPO figures on `held`, the set called `name` (the first `max_examples` pairs; all
+        ranks), and exact match of its chosen answers when `settings` asks."""
         import torch
 
         pairs = cast(list[Pair], list(held.examples))[: settings.max_examples]
@@ -152,9 +164,8 @@ class PreferenceTraining:
         summed = distributed.all_reduce_sum(
             [*totals.vector(), g.matched, g.scored, g.seconds, g.tokens], self.rank.device
         )
-        figures = PreferenceTotals(*summed[:8]).figures()
-        matched, scored, seconds, new_tokens = summed[8:]
-        reference_accuracy = figures.pop("reference_preference_accuracy")
+        figures = PreferenceTotals(*summed[:-4]).figures()
+        matched, scored, seconds, new_tokens = summed[-4:]
         loss = figures["eval_loss"]
         result = EvaluationResult(
             **figures,
@@ -166,7 +177,20 @@ class PreferenceTraining:
         )
         if loss is None or not math.isfinite(loss):
             result = result.model_copy(update={"eval_loss": math.nan if loss is None else loss})
-        return result, reference_accuracy
+        return result
+
+
+def reference_mismatch(mismatched: dict[str, tuple[int, int]], step: int) -> str:
+    """Why a resumed DPO run cannot go on: its checkpoint's reference log-probabilities do not match the
+    pairs (per set: how many were kept, how many there are now)."""
+    differences = ", ".join(f"{name}: {kept} kept, {now} now" for name, (kept, now) in mismatched.items())
+    return (
+        f"the checkpoint at step {step} keeps the starting model's reference log-probabilities for other "
+        f"preference pairs than the data has now ({differences}); the dataset files changed since the "
+        "checkpoint was written, and the weights have moved, so they can no longer be the reference. "
+        "Restore the files the run started with, or start a new run (a new storage.output or checkpoint "
+        "folder) with the new data"
+    )
 
 
 def figures_of(vector: list[float]) -> PreferenceFigures:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -134,3 +134,79 @@ def test_preference_records_are_detected_checked_and_tokenized_answer_only(token
         check_record(Record({"prompt": "Q:", "chosen": " yes"}, "p.jsonl", 7), "preference")
     cut = tokenize_pair(Record({"prompt": "word " * 80, "chosen": " a", "rejected": " b"}, "p.jsonl", 9), tokenizer, 16)
     assert isinstance(cut, Dropped)
+
+
+def _preference_training(model: Any, tokenizer: Any, train: int) -> Any:
+    from types import SimpleNamespace
+
+    from kubetune.api.training import DpoSpec
+    from kubetune.trainer.dataset import PreparedData
+    from kubetune.trainer.distributed import Rank
+    from kubetune.trainer.preference_training import PreferenceTraining
+
+    records = [
+        Record({"prompt": f"Map: {w}\nAnswer:", "chosen": f" {w}.", "rejected": f" {w}?"}, "p.jsonl", i)
+        for i, w in enumerate([*["apple", "river", "stone", "cloud"][:train], "field"])
+    ]
+    pairs = [tokenize_pair(r, tokenizer, 64) for r in records]
+    data = PreparedData("preference", pairs[:-1], pairs[-1:], [], None, records[:-1], records[-1:])  # type: ignore
+    engine = SimpleNamespace(module=model)
+    return PreferenceTraining(DpoSpec(), engine, tokenizer, data, Rank(0, 1, 0, "cpu"))
+
+
+def test_the_reference_is_scored_before_the_first_step_and_read_back_when_it_matches(
+    model: Any, tokenizer: Any
+) -> None:
+    dpo = _preference_training(model, tokenizer, train=3)
+    kept = dpo.prepare_reference(None, 2)
+    assert [len(kept["train"]), len(kept["validation"])] == [3, 1]
+    assert all(c < 0 and r < 0 for c, r in kept["train"]), "log-probabilities of real answers"
+    again = _preference_training(model, tokenizer, train=3)
+    assert again.prepare_reference(kept, 2, resumed_step=4) is kept, "a resumed run reads them back"
+
+
+def test_a_resumed_run_whose_pairs_changed_is_refused_rather_than_scored_by_moved_weights(
+    model: Any, tokenizer: Any
+) -> None:
+    from kubetune.trainer.errors import ConfigError
+
+    kept = _preference_training(model, tokenizer, train=3).prepare_reference(None, 2)
+    changed = _preference_training(model, tokenizer, train=4)
+    with pytest.raises(ConfigError, match=r"checkpoint at step 6 .*train: 3 kept, 4 now.*Restore the files"):
+        changed.prepare_reference(kept, 2, resumed_step=6)
+    with pytest.raises(ConfigError, match=r"train: 0 kept, 4 now, validation: 0 kept, 1 now"):
+        changed.prepare_reference(None, 2, resumed_step=6)  # a checkpoint written without them
+    assert len(changed.prepare_reference(kept, 2, resumed_step=0)["train"]) == 4, "before step 1: scored now"
+
+
+def test_trls_conversational_rows_with_the_conversation_in_prompt_are_read_as_messages(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    import json
+
+    from kubetune.api.training import DatasetSpec
+    from kubetune.trainer.dataset import prepare
+
+    def row(word: str, conversation_in: str) -> dict[str, Any]:
+        return {
+            conversation_in: [{"role": "user", "content": f"Map {word}"}],
+            "chosen": [{"role": "assistant", "content": f"{word}."}],
+            "rejected": [{"role": "assistant", "content": f"{word}?"}],
+        }
+
+    words = ["apple", "river", "stone", "cloud", "field", "grass"]
+    prepared = {}
+    for field in ("prompt", "messages"):
+        for split, chosen in (("train", words[:4]), ("validation", words[4:])):
+            lines = [json.dumps(row(w, field)) for w in chosen]
+            (tmp_path / f"{field}-{split}.jsonl").write_text("\n".join(lines) + "\n")
+        spec = DatasetSpec(train=f"{field}-train.jsonl", validation=f"{field}-validation.jsonl")
+        prepared[field] = prepare(spec, tmp_path, 1, tokenizer)
+    trl, ours = prepared["prompt"], prepared["messages"]
+    assert trl.format == "preference"
+    assert trl.sequences == ours.sequences and trl.validation == ours.validation
+    first = cast(Pair, trl.sequences[0])
+    assert "Map apple" in tokenizer.decode(first.chosen.input_ids), "the conversation is rendered"
+    bad = {"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}
+    with pytest.raises(DataError, match=r"p.jsonl:2: messages\[0\].role must be one of"):
+        check_record(Record(bad, "p.jsonl", 2), "preference")
