@@ -238,6 +238,16 @@ class RetryPolicySpec(ApiModel):
         ge=10,
         le=3600,
     )
+    hang_timeout_seconds: int | None = doc(
+        "hangTimeoutSeconds: how long the gang may stop moving (no forward pass or optimizer step on any rank, "
+        "or one rank's process stopped reporting) before the attempt fails as Hung and the gang restarts from "
+        "the last checkpoint, in seconds (a restart counted against maxRestarts). Checkpoint writes and the "
+        "export are not judged by movement. Default: ten times the longest optimizer step seen so far, and "
+        "at least 300.",
+        default=None,
+        ge=10,
+        le=86400,
+    )
     restart_on_non_finite_loss: bool = doc(
         "restartOnNonFiniteLoss: treat a NaN/inf loss as retryable (the gang rolls back to the last "
         "checkpoint) instead of failing the job. Default false.",

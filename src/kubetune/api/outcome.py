@@ -26,6 +26,8 @@ loses a field: either it has the whole result, or it says where the whole result
 | 9    | CheckpointUnreadable| yes       | reading a checkpoint failed (I/O), which proves no damage      |
 | 10   | Superseded          | no        | a newer attempt (or job) holds the checkpoint folder: stopped  |
 |      |                     |           | without writing more (kubetune.trainer.fencing)                |
+| 11   | Hung                | yes       | the gang stopped moving: a rank stopped reporting, or every    |
+|      |                     |           | rank waits for ever (kubetune.policies.hang)                   |
 | 1    | (uncaught error)    | yes       | an unexpected exception; the traceback is in the log           |
 | 128+N| (signal N)          | yes       | killed by a signal (137: SIGKILL, often the OOM killer)        |
 """
@@ -61,6 +63,8 @@ class ExitReason(Enum):
     CHECKPOINT_UNREADABLE = (9, True, "CheckpointUnreadable")
     SUPERSEDED = (10, False, "Superseded")
     """Not retryable: the newer attempt that fenced this one out is the one that runs."""
+    HUNG = (11, True, "Hung")
+    """Reported by the rank that saw the gang stop moving (kubetune.trainer.hang_watch)."""
 
     @property
     def exit_code(self) -> int:

@@ -70,6 +70,9 @@ class Reason:
     SUPERSEDED = "Superseded"
     """Failed: a newer attempt or another job claimed the checkpoint folder (kubetune.trainer.fencing); the
     worker stopped without writing more."""
+    HUNG = "Hung"
+    """Restarting: the gang stopped moving past `retryPolicy.hangTimeoutSeconds` (a rank stopped reporting, or
+    every rank waited for ever); the message names the ranks and the step (kubetune.policies.hang)."""
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
     UNSCHEDULABLE = "Unschedulable"

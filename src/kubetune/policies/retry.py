@@ -17,6 +17,7 @@ policy does for the DisruptionTarget condition.
 | exit 7 (peer lost)                         | retryable  | PeerLost                            |
 | exit 9 (checkpoint unreadable: I/O)        | retryable  | CheckpointUnreadable                |
 | exit 10 (superseded: a newer attempt or job holds the checkpoint folder) | permanent | Superseded |
+| exit 11 (hung: the gang stopped moving, kubetune.policies.hang) | retryable | Hung              |
 | exit 8, 1, signal (>= 128), unknown        | retryable  | WorkerFailed                        |
 """
 
@@ -45,6 +46,7 @@ REASON_OF_EXIT: dict[ExitReason, str] = {
     ExitReason.INTERRUPTED: Reason.WORKER_FAILED,
     ExitReason.CHECKPOINT_UNREADABLE: Reason.CHECKPOINT_UNREADABLE,
     ExitReason.SUPERSEDED: Reason.SUPERSEDED,
+    ExitReason.HUNG: Reason.HUNG,
 }
 
 #: Reasons that are usually consequences of another worker's failure; a root cause is preferred.

@@ -7,6 +7,8 @@ in-cluster operator (from its own image, under the chart's RBAC) launches.
   Service and CoreDNS, and gloo talks pod to pod across the bridge.
 - A rank's process killed in its container: torchrun exits, the container ends in error, the operator
   replaces the whole gang and attempt 2 resumes from the checkpoint on the claim.
+- A rank's process stopped (SIGSTOP) in its container: rank 0's hang watch names it after
+  `retryPolicy.hangTimeoutSeconds`, exits Hung, and the operator restarts the gang from the checkpoint.
 - A memory limit below what a rank needs: the container's cgroup OOM-kills it, the kubelet reports
   OOMKilled, and the job says so, naming `resources.limits.memory`.
 - Deleting a running job: the garbage collector deletes its pods, the kubelet sends SIGTERM, and the ranks
@@ -88,6 +90,24 @@ def test_a_killed_rank_ends_its_container_and_the_gang_resumes_from_the_checkpoi
     # the operator restarted the gang for the container that ended in error (torchrun's exit code)
     texts = [e.get("message", "") for e in job.admin.list("v1/events", "rn-kill")]
     assert [t for t in texts if "worker 1 exited with code 1" in t], texts
+
+
+def test_a_stopped_rank_is_found_hung_and_the_gang_restarts_from_the_checkpoint(
+    submit: Any, inputs: Inputs, real_node: RealNode
+) -> None:
+    spec = a_real_job("tiny", inputs).retry(hang_timeout_seconds=10, backoff_seconds=0)
+    job = submit("rn-hang", spec.checkpointing(grace_period_seconds=10))
+    eventually(lambda: job.running(1), 240, message="both workers running")
+    eventually(lambda: job.steps_saved(), 240, interval=0.2, message=f"a checkpoint\n{job.logs()}")
+    (rank,) = rank_processes(real_node, "rn-hang", "tiny-a1-w1")
+    os.kill(rank, signal.SIGSTOP)  # alive in its container, holding its sockets, never answering again
+    resumed = eventually(lambda: RESUMED.search(job.log("tiny-a2-w0")), 240, message=f"attempt 2 resumed\n{job.logs()}")
+    assert 8 <= int(resumed.group(1)) < MAX_STEPS, resumed.group(0)
+    status = job.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded" and status["attempt"] == 2 and status["restarts"] == 1, status
+    # worker 0's rank 0 saw rank 1 stop and said so; the operator restarted the gang for it
+    texts = [e.get("message", "") for e in job.admin.list("v1/events", "rn-hang")]
+    assert [t for t in texts if "Hung" in t or "rank 1 stopped reporting" in t], texts
 
 
 def test_a_memory_limit_below_the_ranks_need_is_oom_killed_by_the_cgroup_and_the_job_says_so(

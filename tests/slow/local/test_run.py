@@ -165,3 +165,34 @@ def test_a_bad_manifest_is_refused_before_anything_runs(tmp_path: Path) -> None:
     code, output = finish(kubetune_run(manifest, tmp_path / "run"))
     assert code == 2 and "spec.dataset: required field is missing" in output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_rank_is_found_hung_and_the_gang_restarts_from_the_checkpoint(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    manifest = job(
+        tmp_path,
+        tiny_model,
+        {
+            "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 0, "hangTimeoutSeconds": 10},
+            "hyperparameters": {"maxSteps": 40},
+        },
+    )
+    run = tmp_path / "run"
+    process = kubetune_run(manifest, run)
+    wait_for_step(run, 6, process)  # past the checkpoint at step 4
+    stopped = ranks_of(process)[-1]
+    stopped.send_signal(signal.SIGSTOP)  # alive, holding its sockets, never answering again
+    code, output = finish(process)
+    assert code == 0, output
+    status = status_of(run)
+    assert status.phase == "Succeeded" and status.restarts == 1 and status.attempt == 2, status
+    ended = next(e for e in events(run) if e["event"] == "attempt-ended")
+    assert 11 in ended["exit_codes"], ended  # rank 0 reported the hang (kubetune.api.outcome: Hung)
+    restarting = [c for c in status.conditions if c.type == "Restarting"]
+    hung = [e for e in events(run) if "Hung" in json.dumps(e)]
+    assert hung, events(run)
+    assert "rank 1 stopped reporting" in json.dumps(hung), hung
+    assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE, "the stopped rank was ended"
+    resumed = re.search(r"resumed from checkpoint \S+ \(step (\d+) of", (run / "logs" / "attempt-2" / "rank-0.log").read_text())
+    assert resumed and int(resumed.group(1)) >= 4, restarting

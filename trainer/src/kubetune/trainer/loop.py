@@ -36,6 +36,7 @@ from kubetune.trainer.ending import finished_result
 from kubetune.trainer.errors import Interrupted, NonFiniteLossError
 from kubetune.trainer.evaluation import METRIC_FIELDS, EvaluationSettings, evaluate, settings_of
 from kubetune.trainer.fencing import Fence
+from kubetune.trainer.hang_watch import Motion
 from kubetune.trainer.loss import backward_scale, chunked_head, token_loss_sum, trained_tokens
 from kubetune.trainer.metrics import TrainerMetrics, peak_flops
 from kubetune.trainer.model import export
@@ -64,12 +65,15 @@ class Trainer:
         metrics: TrainerMetrics,
         recorder: Recorder,
         fence: Fence | None = None,
+        motion: Motion | None = None,
     ) -> None:
         self.spec = job.spec
         self.paths, self.rank, self.engine, self.tokenizer = paths, rank, engine, tokenizer
         self.data, self.plan, self.stop = data, plan, stop
         self.metrics, self.recorder = metrics, recorder
         self.total_steps = plan.total_steps(self.spec.hyperparameters.epochs, self.spec.hyperparameters.max_steps)
+        self.motion = motion or Motion()
+        """What the hang watch sees of this rank's training (kubetune.trainer.hang_watch)."""
         self.fence = fence or Fence(paths.checkpoints, None, rank)
         """The attempt's hold on the checkpoint folder: checked at each checkpoint and around the export."""
         self.checkpointer = Checkpointer(paths.checkpoints, self.spec.checkpointing.keep, rank, fence=self.fence)
@@ -110,7 +114,7 @@ class Trainer:
                 self.total_steps,
             )
             self.metrics.record_resume(self.state.step, self.state.tokens)
-        self.start_step = self.state.step
+        self.start_step = self.motion.step = self.state.step
         if self.preference is not None:  # before the first step the weights are the reference
             batch = self.spec.hyperparameters.micro_batch_size
             saved = self.state.reference_log_probs
@@ -204,6 +208,7 @@ class Trainer:
         # this rank waits in the all-reduce above, and must count at the next boundary).
         self.stopping = stops > 0
         seconds = time.perf_counter() - began
+        self.motion.stepped(self.state.step, seconds)
         self.state.tokens += int(total_tokens)
         self._log_step(loss, lr, int(total_tokens), seconds, skipped, figures_of(rewards) if rewards else None)
 
@@ -341,7 +346,8 @@ class Trainer:
         self.recorder.publish(phase="Checkpointing")
         began = time.perf_counter()
         best = self.state.early_stopping.best_step if self.spec.early_stopping else None
-        folder = self.checkpointer.save(self.engine, step, self.state.to_sidecar(self.plan), best)
+        with self.motion.unwatched("checkpointing"):
+            folder = self.checkpointer.save(self.engine, step, self.state.to_sidecar(self.plan), best)
         self.metrics.record_checkpoint(time.perf_counter() - began)
         log.info("checkpoint %s saved in %.2f s", folder, time.perf_counter() - began)
         self.recorder.publish(phase="Training")
@@ -366,15 +372,16 @@ class Trainer:
         lora = self.spec.method.lora
         merge = lora.merge if lora else True
         self.fence.agree("exporting the model")
-        export(
-            self.engine.module,
-            self.tokenizer,
-            self.paths.output,
-            merge,
-            self.spec.distributed.zero_stage,
-            self.rank.is_main,
-            may_replace=lambda: self.fence.allows(f"replacing {self.paths.output}"),
-        )
+        with self.motion.unwatched("exporting"):
+            export(
+                self.engine.module,
+                self.tokenizer,
+                self.paths.output,
+                merge,
+                self.spec.distributed.zero_stage,
+                self.rank.is_main,
+                may_replace=lambda: self.fence.allows(f"replacing {self.paths.output}"),
+            )
         self.fence.agree("finishing the export")  # after: rank 0 left the output alone if its check failed
         self.recorder.publish(phase="Finished")
         return finished_result(self, outcome, message, EvaluationResult(**fine_tuned) if fine_tuned else None)

@@ -9,6 +9,7 @@ and model, runs the loop, and turns whatever happened into one exit code (`ExitR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -22,10 +23,12 @@ from typing import Any
 from kubetune.api.invocation import TrainerInvocation, attempt_from_environment, job_uid_from_environment
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, TrainerResult
-from kubetune.trainer import distributed, fencing, ownership, preflight
+from kubetune.policies.hang import Hang
+from kubetune.trainer import distributed, fencing, hang_watch, ownership, preflight
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
 from kubetune.trainer.handover import ResultHandover
+from kubetune.trainer.hang_watch import HangWatch
 from kubetune.trainer.loop import Trainer
 from kubetune.trainer.outputs import Recorder
 from kubetune.trainer.state import StopRequest
@@ -86,6 +89,8 @@ class _Shell:
     server: Any = None
     handover: ResultHandover = field(default_factory=ResultHandover)
     """Rank 0's whole result at GET /result, once the run has ended (kubetune.trainer.handover)."""
+    watch: HangWatch | None = None
+    """This rank's hang watch (kubetune.trainer.hang_watch), once it has joined the gang."""
 
 
 def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
@@ -104,6 +109,8 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     rank = distributed.initialize(spec.distributed.cluster_accelerator)  # decided by the check
     _configure_logging(rank.rank)
     recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
+    hang_timeout = spec.retry_policy.hang_timeout_seconds
+    watch = shell.watch = hang_watch.start(rank, hang_timeout, args.attempt or 1, lambda hang: _hung(hang, args, shell))
     if "LOCAL_RANK" in os.environ:  # this run's results only (kubetune.trainer.local_results)
         local_results.forget(recorder.local_results(args.attempt or 1), int(os.environ["LOCAL_RANK"]))
     metrics = TrainerMetrics(job.name, job.namespace)
@@ -136,7 +143,8 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         log.info("ZeRO-3: %d of %d parameter tensors loaded already partitioned (zero.Init)", sharded,
                  sum(1 for _ in model.parameters()))  # fmt: skip
     engine = engines.create(spec, model, rank.world, plan.total_steps(hp.epochs, hp.max_steps))
-    trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder, fence)
+    watch.watch_model(engine.module)
+    trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder, fence, watch.motion)
     trainer.resume()
     trainer.evaluate_base_model()
     trainer.evaluate_baselines()
@@ -149,6 +157,28 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     result = trainer.train()
     del sharding
     return result
+
+
+def _hung(hang: Hang, args: TrainerInvocation, shell: _Shell) -> None:
+    """The gang hangs and this rank is the one to say so (called on the watch's thread, while the training
+    thread waits for ever): write the result and end the process at once with `Hung` (retryable)."""
+    log.error("%s: %s", ExitReason.HUNG.wire_name, hang.message)
+    recorder = shell.recorder or Recorder(Path(args.workdir).resolve(), os.environ.get("RANK", "0") == "0")
+    progress = recorder.snapshot.progress
+    result = TrainerResult(
+        outcome="Failed",
+        reason=ExitReason.HUNG.wire_name,
+        message=hang.message,
+        retryable=True,
+        step=hang.step,
+        total_steps=progress.total_steps,
+        metrics=recorder.snapshot.metrics,
+    )
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    with contextlib.suppress(Exception):  # whatever happens, the process ends with the hang's exit code
+        recorder.finish(result, args.termination_message_path, local_rank, None, args.attempt or 1)
+    logging.shutdown()
+    os._exit(ExitReason.HUNG.exit_code)
 
 
 def _failure(reason: ExitReason | None, message: str, retryable: bool) -> TrainerResult:
@@ -183,6 +213,8 @@ def main(parsed: argparse.Namespace) -> int:
             log.error("%s: %s", reason.wire_name, message)
         result = _failure(reason, message, retryable)
         code = reason.exit_code if reason else 1
+    if shell.watch is not None:  # this rank leaves the run: it can no longer be part of a hang
+        shell.watch.finish()
     recorder = shell.recorder or Recorder(Path(args.workdir).resolve(), os.environ.get("RANK", "0") == "0")
     progress = recorder.snapshot.progress
     if code != 0:
