@@ -15,7 +15,7 @@ MODEL_DIR := .cache/models/smollm2
 MODEL_FILE := $(MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run-dpo venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns netpol
+.PHONY: bench-restart run-dpo venv run test test-fast lint fmt crd generate bench clean controlplane kueue buildkit images coredns netpol
 
 venv: $(VENV)/.installed
 
@@ -190,6 +190,12 @@ $(HELM_DOCS): .cache/bin/.helm-docs-$(HELM_DOCS_VERSION)
 
 bench: venv controlplane
 	$(BIN)/python -m bench
+
+# Recovery on the real node (issue 29, bench/restart_real.py): time to the first step and failure to the
+# next step with the quickstart's model, median of 5; writes its section of docs/benchmarks.md and
+# docs/benchmarks-restart.json. Needs what the real node needs (root, make images; docs/testing.md).
+bench-restart: venv controlplane images coredns netpol $(MODEL_FILE)
+	KUBETUNE_RESTART_BENCH=docs/benchmarks.md $(BIN)/pytest -q tests/e2e/realnode/test_restart_bench.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ and a small facade over one FineTuneJob and its pods."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,20 @@ def a_real_job(name: str, inputs: Inputs) -> JobBuilder:
     """The process kubelet's scenario job (tests/e2e/jobs.py), its inputs and checkpoints on claims."""
     job = tiny.a_tiny_job(inputs.model, inputs.train, inputs.validation, name=name).spec(SCENARIO_SPEC)
     return job.storage(f"pvc://ckpt/{name}").resources(WORKER_RESOURCES)
+
+
+def rank_processes(node: RealNode, namespace: str, pod: str) -> list[int]:
+    """Host PIDs of the training ranks in a pod (torchrun's children: `python -m kubetune.cli train`)."""
+    first = node.container_pid(namespace, pod)
+    pid_namespace = os.readlink(f"/proc/{first}/ns/pid")
+    ranks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.readlink(proc / "ns" / "pid") != pid_namespace:
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kubetune.cli" in argv and not any(arg.endswith(b"torchrun") for arg in argv):
+            ranks.append(int(proc.name))
+    return ranks

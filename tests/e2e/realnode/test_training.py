@@ -22,35 +22,19 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
+import time
 from typing import Any
 
 import pytest
 
+from bench.restart_real import JobWatcher, breakdown_to_first_step, breakdown_to_next_step, marks_of
 from tests.e2e.jobs import MAX_STEPS, RESUMED
 from tests.e2e.realnode.cluster import JOBS
-from tests.e2e.realnode.jobs import TRAINER_IMAGE, UNTIL_STOPPED, Inputs, a_real_job
+from tests.e2e.realnode.jobs import TRAINER_IMAGE, UNTIL_STOPPED, Inputs, a_real_job, rank_processes
 from tests.support.realnode import RealNode
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(420)
-
-
-def rank_processes(node: RealNode, namespace: str, pod: str) -> list[int]:
-    """Host PIDs of the training ranks in a pod (torchrun's children: `python -m kubetune.cli train`)."""
-    first = node.container_pid(namespace, pod)
-    pid_namespace = os.readlink(f"/proc/{first}/ns/pid")
-    ranks = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or os.readlink(proc / "ns" / "pid") != pid_namespace:
-                continue
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kubetune.cli" in argv and not any(arg.endswith(b"torchrun") for arg in argv):
-            ranks.append(int(proc.name))
-    return ranks
 
 
 def test_two_workers_train_to_succeeded_finding_each_other_through_cluster_dns(
@@ -78,13 +62,29 @@ def test_two_workers_train_to_succeeded_finding_each_other_through_cluster_dns(
 def test_a_killed_rank_ends_its_container_and_the_gang_resumes_from_the_checkpoint(
     submit: Any, inputs: Inputs, real_node: RealNode
 ) -> None:
+    applied = time.time()
     job = submit("rn-kill", a_real_job("tiny", inputs))
-    eventually(lambda: job.running(1), 240, message="both workers running")
-    eventually(lambda: job.steps_saved(), 240, interval=0.2, message=f"a checkpoint\n{job.logs()}")
-    (rank,) = rank_processes(real_node, "rn-kill", "tiny-a1-w1")
-    os.kill(rank, signal.SIGKILL)
-    resumed = eventually(lambda: RESUMED.search(job.log("tiny-a2-w0")), 240, message=f"attempt 2 resumed\n{job.logs()}")
-    assert 8 <= int(resumed.group(1)) < MAX_STEPS, resumed.group(0)
+    with JobWatcher(job.pods, lambda: job.status().get("phase"), "tiny", workers=2) as watcher:
+        eventually(lambda: job.running(1), 240, message="both workers running")
+        eventually(lambda: job.steps_saved(), 240, interval=0.2, message=f"a checkpoint\n{job.logs()}")
+        first = marks_of(job.log("tiny-a1-w0"), 1)
+        (rank,) = rank_processes(real_node, "rn-kill", "tiny-a1-w1")
+        killed = time.time()
+        os.kill(rank, signal.SIGKILL)
+        resumed = eventually(lambda: RESUMED.search(job.log("tiny-a2-w0")), 240, message=f"attempt 2\n{job.logs()}")
+        assert 8 <= int(resumed.group(1)) < MAX_STEPS, resumed.group(0)
+        second = eventually(lambda: marks_of(job.log("tiny-a2-w0"), 2), 120, message="attempt 2's first step")
+    # bench/restart_real.py's breakdowns of this very run: every phase seen, in order, adding up
+    assert first is not None, "attempt 1's start-up marks were logged at its first step"
+    start = breakdown_to_first_step(applied, watcher.seen, first)
+    recovery = breakdown_to_next_step(killed, watcher.seen, second)
+    for breakdown in (start, recovery):
+        assert 0 < breakdown["total"] < 240 and all(s >= 0 for s in breakdown["phases"].values()), breakdown
+        assert sum(breakdown["phases"].values()) == pytest.approx(breakdown["total"], abs=0.01), breakdown
+    assert {"scheduling", "Python, torch, transformers, DeepSpeed imports", "model load"} <= set(start["phases"])
+    assert {"failure seen, job Restarting", "old gang deleted, new pods created", "checkpoint read"} <= set(
+        recovery["phases"]
+    ), recovery
     status = job.wait_phase("Succeeded", "Failed")
     assert status["phase"] == "Succeeded" and status["attempt"] == 2 and status["restarts"] == 1, status
     # the operator restarted the gang for the container that ended in error (torchrun's exit code)

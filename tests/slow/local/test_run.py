@@ -194,5 +194,7 @@ def test_a_stopped_rank_is_found_hung_and_the_gang_restarts_from_the_checkpoint(
     assert hung, events(run)
     assert "rank 1 stopped reporting" in json.dumps(hung), hung
     assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE, "the stopped rank was ended"
-    resumed = re.search(r"resumed from checkpoint \S+ \(step (\d+) of", (run / "logs" / "attempt-2" / "rank-0.log").read_text())
+    resumed = re.search(
+        r"resumed from checkpoint \S+ \(step (\d+) of", (run / "logs" / "attempt-2" / "rank-0.log").read_text()
+    )
     assert resumed and int(resumed.group(1)) >= 4, restarting

@@ -50,6 +50,8 @@ class Motion:
         self.armed = False
         self.paused: str | None = None
         self.longest_step_seconds = 0.0
+        self.on_first_step: Callable[[], None] | None = None
+        """Called on the training thread when the attempt's first optimizer step is done."""
 
     def moved(self, *_: Any) -> None:
         """A forward pass began (a forward pre-hook's signature) or other work moved on."""
@@ -57,6 +59,8 @@ class Motion:
 
     def stepped(self, step: int, seconds: float) -> None:
         """Optimizer step `step` is done after `seconds`; from the first one on, stillness is judged."""
+        if not self.armed and self.on_first_step is not None:
+            self.on_first_step()
         self.step, self.armed = step, True
         self.longest_step_seconds = max(self.longest_step_seconds, seconds)
         self.moves += 1

@@ -32,6 +32,7 @@ from kubetune.trainer.hang_watch import HangWatch
 from kubetune.trainer.loop import Trainer
 from kubetune.trainer.outputs import Recorder
 from kubetune.trainer.state import StopRequest
+from kubetune.trainer.timeline import Timeline
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -94,6 +95,8 @@ class _Shell:
 
 
 def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
+    timeline = Timeline(args.attempt or 1)
+    import deepspeed  # noqa: F401  (here, so that the start-up timeline tells imports from the rendezvous)
     from transformers import set_seed
 
     from kubetune.trainer import engine as engines
@@ -103,10 +106,12 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     from kubetune.trainer.packing import BatchPlan
     from kubetune.trainer.zero3 import ShardedLoading
 
+    timeline.mark("imported")
     paths = run_paths(args, job)
     job = preflight.check(job, paths)  # before anything slow: what cannot run here never will
     spec = job.spec
     rank = distributed.initialize(spec.distributed.cluster_accelerator)  # decided by the check
+    timeline.mark("joined")
     _configure_logging(rank.rank)
     recorder = shell.recorder = Recorder(paths.workdir, enabled=rank.is_main)
     hang_timeout = spec.retry_policy.hang_timeout_seconds
@@ -128,6 +133,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     base = paths.manifest.parent
     tokenizer = load_tokenizer(spec.model, base)
     data = _prepare_data(job, base, rank, tokenizer, recorder)
+    timeline.mark("data")
     hp = spec.hyperparameters
     plan = BatchPlan(len(data.sequences), rank.world, hp.micro_batch_size, hp.gradient_accumulation_steps, hp.seed)
     if plan.steps_per_epoch == 0:
@@ -138,16 +144,21 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     # ZeRO-3: transformers loads straight into shards while this lives (until training returns).
     sharding = ShardedLoading(engines.deepspeed_config(spec, rank.world), spec.distributed.zero_stage)
     model = load_model(spec, base, _dtype(spec.distributed.precision))
+    timeline.mark("model")
     if sharding.config is not None:
         sharded = sum(1 for p in model.parameters() if hasattr(p, "ds_numel"))
         log.info("ZeRO-3: %d of %d parameter tensors loaded already partitioned (zero.Init)", sharded,
                  sum(1 for _ in model.parameters()))  # fmt: skip
     engine = engines.create(spec, model, rank.world, plan.total_steps(hp.epochs, hp.max_steps))
+    timeline.mark("engine")
     watch.watch_model(engine.module)
     trainer = Trainer(job, paths, rank, engine, tokenizer, data, plan, stop, metrics, recorder, fence, watch.motion)
     trainer.resume()
+    timeline.mark("resumed")
     trainer.evaluate_base_model()
     trainer.evaluate_baselines()
+    timeline.mark("evaluated")
+    watch.motion.on_first_step = lambda: _started(timeline, recorder)
     log.info(
         "training %d steps (%d per epoch, global batch %d)",
         trainer.total_steps,
@@ -157,6 +168,13 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     result = trainer.train()
     del sharding
     return result
+
+
+def _started(timeline: Timeline, recorder: Recorder) -> None:
+    """The first optimizer step is done: where the start-up went, in metrics.jsonl and the log (rank 0)."""
+    timeline.mark("first_step")
+    recorder.log_metrics(timeline.record())
+    log.info(timeline.summary())
 
 
 def _hung(hang: Hang, args: TrainerInvocation, shell: _Shell) -> None:
