@@ -169,6 +169,57 @@ def build_tiny_model(directory: Path | str, seed: int = 0) -> Path:
     return directory
 
 
+def build_tiny_gguf(directory: Path, name: str = "tiny.gguf") -> Path:
+    """The tiny model and its tokenizer as one GGUF file (float32 tensors, a GPT-2 style BPE vocabulary, as
+    SmolLM2's), written with the `gguf` package the way llama.cpp lays out a Llama; transformers loads it
+    with `gguf_file=`. The Hugging Face folder it was made from is `directory / "hf"`. Returns the file."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = build_tiny_model(directory / "hf")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    config, path = model.config, directory / name
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_vocab_size(config.vocab_size)
+    core = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [token for token, _ in sorted(core["model"]["vocab"].items(), key=lambda item: item[1])]
+    special = {added["id"]: added["content"] for added in core["added_tokens"]}
+    tokens += [""] * (max(special) + 1 - len(tokens))
+    for index, content in special.items():
+        tokens[index] = content
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])  # 3: control, 1: normal
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in core["model"]["merges"]])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    layers = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    for layer in range(config.num_hidden_layers):
+        names |= {
+            f"model.layers.{layer}.{ours}.weight": f"blk.{layer}.{theirs}.weight" for ours, theirs in layers.items()
+        }
+    for key, tensor in model.state_dict().items():
+        if key in names:  # lm_head is tied to the embeddings
+            writer.add_tensor(names[key], tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model, built once per pytest session (under the session's base temp folder)."""
     directory = tmp_path_factory.getbasetemp() / "tiny-model"

@@ -18,7 +18,8 @@ on its own monotonic clock):
 |------------------------------------------------------------------|--------------------------------------|
 | a rank's `alive` unchanged (any phase)                           | Hung: that rank stopped reporting    |
 | every rank armed (one step done), none paused, no `moves` change | Hung: every rank alive, none moves   |
-| a rank paused (checkpoint write, export: one long call each)      | not judged by moves                  |
+| ... while a rank is paused (a checkpoint write or the export: one | Hung only after PAUSED_MULTIPLE      |
+| long call each, on a shared disk that may be slow)                | times the timeout                    |
 | any rank finished (it left, on purpose)                          | nothing                              |
 
 The hang timeout is `retryPolicy.hangTimeoutSeconds`, or, by default, ten times the longest optimizer
@@ -39,6 +40,10 @@ from dataclasses import asdict, dataclass
 FLOOR_SECONDS = 300.0
 #: The default hang timeout is this many times the longest optimizer step seen so far.
 STEP_MULTIPLE = 10.0
+#: A checkpoint write or the export is one long call without forward passes: its stillness is judged
+#: against this many times the timeout (30 min at the default floor, torch's collective timeout here), so
+#: a shared disk that stopped answering still ends the attempt, and a slow one does not.
+PAUSED_MULTIPLE = 6.0
 #: The ranks that read every beat and may declare a hang: two, so that a stopped rank 0 is still caught,
 #: and only two, so that the rendezvous store serves 2 x world reads per beat, not world x world.
 JUDGES = (0, 1)
@@ -138,19 +143,23 @@ def verdict(seen: Mapping[int, Seen], world: int, now: float, configured: int | 
     if stopped:
         waiting = sorted(set(seen) - set(stopped))
         ago = ", ".join(f"rank {r} {now - seen[r].alive_since:.0f} s ago at step {seen[r].beat.step}" for r in stopped)
-        others = f"; {_ranks(waiting)} wait for it" if waiting else ""
+        verb = "waits" if len(waiting) == 1 else "wait"
+        others = f"; {_ranks(waiting)} {verb} for it" if waiting else ""
         return Hang(
             f"{_ranks(stopped)} stopped reporting ({ago}; limit {_limit_text(configured, limit)}): the process "
             f"is stopped or gone{others}; restarting from the last checkpoint",
             step,
             tuple(stopped),
         )
-    watched = all(s.beat.armed and s.beat.paused is None for s in seen.values())
+    if not all(s.beat.armed for s in seen.values()):
+        return None
+    paused = sorted({s.beat.paused for s in seen.values() if s.beat.paused})
     still = min(now - s.moved_since for s in seen.values())
-    if watched and still >= limit:
+    if still >= (limit * PAUSED_MULTIPLE if paused else limit):
+        doing = f" while {' and '.join(paused)} ({PAUSED_MULTIPLE:.0f} times the limit)" if paused else ""
         return Hang(
-            f"no rank has moved for {still:.0f} s at step {step} (limit {_limit_text(configured, limit)}): every "
-            "rank is alive, so a collective or a call waits for ever; restarting from the last checkpoint",
+            f"no rank has moved for {still:.0f} s at step {step}{doing} (limit {_limit_text(configured, limit)}): "
+            "every rank is alive, so a collective or a call waits for ever; restarting from the last checkpoint",
             step,
             (),
         )

@@ -39,6 +39,10 @@ CASES = {
     "every rank alive, none moves": (view((beat(0), 1, 21), (beat(1), 1, 20)), ((), "no rank has moved for 20 s")),
     "one rank still moves (a slow evaluation on it)": (view((beat(0), 1, 60), (beat(1), 1, 3)), None),
     "still while writing a checkpoint": (view((beat(0, paused="checkpointing"), 1, 90), (beat(1), 1, 90)), None),
+    "a checkpoint write that never ends": (
+        view((beat(0, paused="checkpointing"), 1, 121), (beat(1, paused="checkpointing"), 1, 120)),
+        ((), "no rank has moved for 120 s at step 12 while checkpointing (6 times the limit)"),
+    ),
     "still before the first step": (view((beat(0, armed=False), 1, 90), (beat(1, armed=False), 1, 90)), None),
     "a rank finished": (view((beat(0), 1, 90), (beat(1, finished=True), 90, 90)), None),
     "not every rank seen yet": (view((beat(0), 1, 90)), None),
@@ -62,7 +66,7 @@ def test_the_message_says_who_waits_and_when_each_stopped() -> None:
     hang = verdict(view((beat(0), 1, 30), (beat(1, 11), 25, 25)), 2, 1000.0, LIMIT)
     assert hang is not None
     assert hang.message.startswith("rank 1 stopped reporting (rank 1 25 s ago at step 11; limit")
-    assert "rank 0 wait for it; restarting from the last checkpoint" in hang.message
+    assert "rank 0 waits for it; restarting from the last checkpoint" in hang.message
 
 
 @pytest.mark.parametrize(

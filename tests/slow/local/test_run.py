@@ -109,11 +109,17 @@ def test_permanent_failure_is_not_retried_and_exits_2(tmp_path: Path, tiny_model
     assert not (tmp_path / "run" / "output").exists()
 
 
-def test_a_killed_rank_restarts_the_gang_which_resumes(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_killed_rank_restarts_the_gang_which_resumes(tmp_path: Path) -> None:
+    # The model as a GGUF file: rank 0 converts it once (kubetune.trainer.gguf_cache), attempt 2 loads that
+    gguf = tiny.build_tiny_gguf(tmp_path / "gguf")
     manifest = job(
         tmp_path,
-        tiny_model,
-        {"retryPolicy": {"maxRestarts": 2, "backoffSeconds": 0}, "hyperparameters": {"maxSteps": 16}},
+        gguf.parent,
+        {
+            "model": {"ggufFile": gguf.name},
+            "retryPolicy": {"maxRestarts": 2, "backoffSeconds": 0},
+            "hyperparameters": {"maxSteps": 16},
+        },
     )
     run = tmp_path / "run"
     process = kubetune_run(manifest, run)
@@ -129,6 +135,12 @@ def test_a_killed_rank_restarts_the_gang_which_resumes(tmp_path: Path, tiny_mode
         r"resumed from checkpoint \S+ \(step (\d+) of", (run / "logs" / "attempt-2" / "rank-0.log").read_text()
     )
     assert resumed and int(resumed.group(1)) >= 4, "attempt 2 must resume from a checkpoint, not step 0"
+    for attempt in (1, 2):
+        logs = [(run / "logs" / f"attempt-{attempt}" / f"rank-{r}.log").read_text() for r in (0, 1)]
+        assert "converted from tiny.gguf once for this job" in logs[0], logs[0][-2000:]
+        converting = [log.count("de-quantizing GGUF tensors...: 100%") for log in logs]
+        assert converting == ([1, 0] if attempt == 1 else [0, 0]), (attempt, converting)
+    assert len(list((run / "checkpoints").glob("converted-gguf-*"))) == 1
 
 
 def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path: Path, tiny_model: Path) -> None:

@@ -24,7 +24,7 @@ from kubetune.api.invocation import TrainerInvocation, attempt_from_environment,
 from kubetune.api.job import FineTuneJob
 from kubetune.api.outcome import ExitReason, TrainerResult
 from kubetune.policies.hang import Hang
-from kubetune.trainer import distributed, fencing, hang_watch, ownership, preflight
+from kubetune.trainer import distributed, fencing, gguf_cache, hang_watch, ownership, preflight
 from kubetune.trainer.config import load_job, run_paths
 from kubetune.trainer.errors import DataError, classify
 from kubetune.trainer.handover import ResultHandover
@@ -131,6 +131,11 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     recorder.publish(resumed_from_job=ownership.claim(job, paths.checkpoints, rank.is_main, args.job_uid))
     set_seed(spec.hyperparameters.seed)
     base = paths.manifest.parent
+    dtype = _dtype(spec.distributed.precision)
+    # A GGUF file is converted once per job, by rank 0 (kubetune.trainer.gguf_cache); its folder is loaded.
+    spec = spec.model_copy(
+        update={"model": gguf_cache.converted(spec.model, base, paths.checkpoints, dtype, rank, fence)}
+    )
     tokenizer = load_tokenizer(spec.model, base)
     data = _prepare_data(job, base, rank, tokenizer, recorder)
     timeline.mark("data")
@@ -143,7 +148,7 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
         )
     # ZeRO-3: transformers loads straight into shards while this lives (until training returns).
     sharding = ShardedLoading(engines.deepspeed_config(spec, rank.world), spec.distributed.zero_stage)
-    model = load_model(spec, base, _dtype(spec.distributed.precision))
+    model = load_model(spec, base, dtype)
     timeline.mark("model")
     if sharding.config is not None:
         sharded = sum(1 for p in model.parameters() if hasattr(p, "ds_numel"))

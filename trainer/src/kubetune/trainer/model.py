@@ -90,13 +90,13 @@ def load_model(spec: FineTuneJobSpec, base: Path, dtype: Any) -> Any:
         raise ModelError(f"model.source {spec.model.source}: cannot load the model: {error}") from error
     model.config.use_cache = False
     if spec.model.gguf_file:
-        _forget_gguf_quantization(model)
+        forget_gguf_quantization(model)
     if spec.method.uses_lora:
         model = add_lora(model, spec.method.lora or LoraSpec())
     return model
 
 
-def _forget_gguf_quantization(model: Any) -> None:
+def forget_gguf_quantization(model: Any) -> None:
     """transformers de-quantizes GGUF weights to the requested dtype while loading but keeps the GGUF
     "quantizer" attached, which then refuses `save_pretrained`. Nothing quantized remains, so detach it:
     the fine-tuned model is exported as an ordinary safetensors checkpoint."""
