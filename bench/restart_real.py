@@ -162,34 +162,48 @@ def summarize(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
-def section(results: Mapping[str, Any]) -> str:
-    """The Markdown section for docs/benchmarks.md."""
-    first, recovery = results["first_step"], results["next_step"]
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _total(summary: Mapping[str, Any]) -> str:
+    return f"**{summary['median']:.1f}** ({summary['min']:.1f}-{summary['max']:.1f})"
+
+
+def section(results: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:
+    """The Markdown section for docs/benchmarks.md; with `before` (an earlier run's results), each figure
+    beside the earlier one."""
+    first = results["first_step"]
+    runs = [("", results)] if before is None else [(" before", before), (" after", results)]
+    header = " | ".join(
+        f"{what}{label} (s)" for what in ("time to first step", "failure to next step") for label, _ in runs
+    )
     lines = [
         START,
         "## 5. Recovery: time to the first step, and from a failure to the next step (real node)",
         "",
         f"{results['machine_line']} {results['job_line']} Median of {first['runs']} runs "
         f"(`make bench-restart`, bench/restart_real.py; {results['date']}); the path measured is "
-        f"`{results['path']}`.",
+        f"`{results['path']}`." + ("" if before is None else f" Before: {before['date']}, {before['label']}."),
         "",
-        "| phase | time to first step (s) | failure to next step (s) |",
-        "|---|---:|---:|",
+        f"| phase | {header} |",
+        "|---|" + "---:|" * (2 * len(runs)),
     ]
-    names = list(dict.fromkeys([*first["phases"], *recovery["phases"]]))
+    keys = ("first_step", "next_step")
+    names = list(dict.fromkeys(n for _, r in runs for key in keys for n in r[key]["phases"]))
     for name in names:
-        a, b = first["phases"].get(name), recovery["phases"].get(name)
-        lines.append(f"| {name} | {'' if a is None else f'{a:.2f}'} | {'' if b is None else f'{b:.2f}'} |")
+        cells = [_cell(r[key]["phases"].get(name)) for key in keys for _, r in runs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
-        f"| **total (median; min-max)** | **{first['median']:.1f}** ({first['min']:.1f}-{first['max']:.1f}) "
-        f"| **{recovery['median']:.1f}** ({recovery['min']:.1f}-{recovery['max']:.1f}) |"
+        "| **total (median; min-max)** | " + " | ".join(_total(r[key]) for key in keys for _, r in runs) + " |"
     )
     lines += ["", results.get("notes", "").strip(), END]
     return "\n".join(lines)
 
 
-def write(results: Mapping[str, Any], markdown: Path, figures: Path) -> None:
+def write(results: Mapping[str, Any], markdown: Path, figures: Path, before: Mapping[str, Any] | None = None) -> None:
     """The figures to `figures` (JSON) and the section into `markdown` (between its markers, or appended)."""
     figures.write_text(json.dumps(results, indent=2) + "\n")
-    if not report.replace_block(markdown, START, END, section(results)):
-        markdown.write_text(markdown.read_text().rstrip("\n") + "\n\n" + section(results) + "\n")
+    text = section(results, before)
+    if not report.replace_block(markdown, START, END, text):
+        markdown.write_text(markdown.read_text().rstrip("\n") + "\n\n" + text + "\n")

@@ -75,3 +75,9 @@ def test_medians_and_the_section() -> None:
     text = section({"first_step": first, "next_step": summarize(runs, "next_step"), "machine_line": "2 cores.",
                     "job_line": "Two workers.", "date": "2026-12-07", "path": "recreate"})  # fmt: skip
     assert "| model load | 10.00 |  |" in text and "| **20.0** (10.0-30.0) | **21.0** (11.0-31.0) |" in text
+    before = {"first_step": summarize(runs[:1], "first_step"), "next_step": summarize(runs[:1], "next_step"),
+              "date": "2026-12-06", "label": "recreate, no cache"}  # fmt: skip
+    compared = section({"first_step": first, "next_step": summarize(runs, "next_step"), "machine_line": "2 cores.",
+                        "job_line": "Two workers.", "date": "2026-12-07", "path": "recreate"}, before)  # fmt: skip
+    assert "| phase | time to first step before (s) | time to first step after (s) |" in compared
+    assert "| model load | 5.00 | 10.00 |  |  |" in compared and "Before: 2026-12-06, recreate, no cache." in compared

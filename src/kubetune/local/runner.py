@@ -41,6 +41,8 @@ from kubetune.policies.observed import WorkerObservation, parse_termination_mess
 from kubetune.policies.preflight import AcceleratorChoice
 from kubetune.policies.reconcile import Decision, decide
 from kubetune.policies.status import find_condition
+from kubetune.policies.threads import ENV as THREADS_ENV
+from kubetune.policies.threads import threads_per_process
 
 #: Failures that mean the input is wrong (exit 2, like any other bad input), not that training failed.
 BAD_INPUT_REASONS = frozenset({Reason.INVALID_SPEC, Reason.DATA_ERROR, Reason.MODEL_ERROR})
@@ -92,8 +94,8 @@ def append_event(workdir: Workdir, record: dict[str, object]) -> None:
 
 
 def _rank_environment(invocation: TrainerInvocation, processes: int) -> dict[str, str]:
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    return invocation.env() | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    threads = threads_per_process(processes, None, None, os.cpu_count())  # the machine's cores, shared out
+    return invocation.env() | {THREADS_ENV: str(threads), "PYTHONUNBUFFERED": "1"}
 
 
 def _observe(outcome: AttemptOutcome, attempt: int, workdir: Workdir) -> list[WorkerObservation]:

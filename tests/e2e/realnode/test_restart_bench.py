@@ -8,6 +8,7 @@ on every `make test`, with the tiny model."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -100,7 +101,10 @@ def test_restart_bench(submit: Any, inputs: Inputs, real_node: RealNode, admin: 
         "runs": runs,
         "first_step": summarize(runs, "first_step"),
         "next_step": summarize(runs, "next_step"),
+        "label": os.environ.get("KUBETUNE_RESTART_BENCH_LABEL", "this commit"),
         "notes": os.environ.get("KUBETUNE_RESTART_BENCH_NOTES", ""),
     }
-    write(results, Path(REPORT), ROOT / "docs" / "benchmarks-restart.json")
+    baseline = ROOT / "docs" / "benchmarks-restart-baseline.json"
+    before = json.loads(baseline.read_text()) if baseline.exists() else None
+    write(results, Path(REPORT), ROOT / "docs" / "benchmarks-restart.json", before)
     assert results["next_step"]["median"] > 0

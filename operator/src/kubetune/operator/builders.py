@@ -34,6 +34,8 @@ from kubetune.operator import network_policy
 from kubetune.operator.network_policy import GangNetwork
 from kubetune.policies.storage import claims_of
 from kubetune.policies.suspension import QUEUE_LABEL
+from kubetune.policies.threads import ENV as THREADS_ENV
+from kubetune.policies.threads import threads_per_process
 
 JOB_LABEL = "kubetune.io/job-name"
 INDEX_LABEL = "kubetune.io/worker-index"
@@ -257,9 +259,14 @@ def trainer_invocation(
     )
 
 
-def _env(job: FineTuneJob, attempt: int, index: int, rank0_token: str) -> list[dict[str, Any]]:
+def _env(
+    job: FineTuneJob, attempt: int, index: int, rank0_token: str, resources: dict[str, Any]
+) -> list[dict[str, Any]]:
+    processes = job.spec.distributed.processes_per_worker
+    threads = threads_per_process(processes, resources.get("limits"), resources.get("requests"), None)
     rank_env = trainer_invocation(job, attempt).env() | {
         "KUBETUNE_WORKER_INDEX": str(index),
+        THREADS_ENV: str(threads),  # the pod's CPU, not the node's cores (kubetune.policies.threads)
         PVC_ROOT_ENV: PVC_ROOT,
         "HOME": SCRATCH_DIR,
         "HF_HOME": f"{SCRATCH_DIR}/huggingface",
@@ -323,6 +330,7 @@ def build_worker_pod(
     """Worker `index` of gang attempt `attempt`; `rank0_token`: the attempt's token for rank 0's endpoints
     (kubetune.api.invocation.RANK0_TOKEN_ENV; empty: none, as in a Workload's pod template)."""
     volumes, mounts = _volumes(job, settings)
+    resources = _resources(job, settings)
     labels = {INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), **_uid_label(job)}
     queue = job.spec.scheduling.queue_name if job.spec.scheduling else None
     if queue:
@@ -332,12 +340,12 @@ def build_worker_pod(
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(job, settings),
-        "env": _env(job, attempt, index, rank0_token),
+        "env": _env(job, attempt, index, rank0_token, resources),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
-        "resources": _resources(job, settings),
+        "resources": resources,
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

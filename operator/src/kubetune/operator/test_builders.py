@@ -114,6 +114,22 @@ def test_gpus_are_requested_per_process(accelerator: str | None, processes: int,
     assert ("DS_ACCELERATOR" in env) == (accelerator == "cpu")
 
 
+@pytest.mark.parametrize(
+    ("resources", "processes", "threads"),
+    [
+        ({"requests": {"cpu": "400m"}}, 1, "1"),
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": "6"}}, 2, "3"),
+        (None, 2, "1"),  # the default request, one core, shared by two ranks
+    ],
+)
+def test_each_rank_computes_with_the_pods_cpu_not_the_nodes_cores(
+    resources: dict[str, Any] | None, processes: int, threads: str
+) -> None:
+    job = make_job(distributed={"processesPerWorker": processes}, resources=resources)
+    env = {e["name"]: e.get("value") for e in container(build_worker_pod(job, 1, 0, SETTINGS))["env"]}
+    assert env["OMP_NUM_THREADS"] == threads
+
+
 def test_volumes_shm_config_and_one_mount_per_claim() -> None:
     job = make_job(
         model={"source": "pvc://models/llama"},
