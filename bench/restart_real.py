@@ -207,3 +207,15 @@ def write(results: Mapping[str, Any], markdown: Path, figures: Path, before: Map
     text = section(results, before)
     if not report.replace_block(markdown, START, END, text):
         markdown.write_text(markdown.read_text().rstrip("\n") + "\n\n" + text + "\n")
+
+
+def render(markdown: Path, figures: Path, baseline: Path) -> None:
+    """Rewrite the section from the figures already measured (after their `notes` were edited)."""
+    results = json.loads(figures.read_text())
+    before = json.loads(baseline.read_text()) if baseline.exists() else None
+    write(results, markdown, figures, before)
+
+
+if __name__ == "__main__":  # python -m bench.restart_real: the section again from docs/benchmarks-restart*.json
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    render(docs / "benchmarks.md", docs / "benchmarks-restart.json", docs / "benchmarks-restart-baseline.json")

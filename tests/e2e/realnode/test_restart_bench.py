@@ -82,6 +82,7 @@ def one_run(submit: Any, real_node: RealNode, admin: KubeApi, paths: dict[str, s
         second = eventually(lambda: marks_of(job.log(f"{NAME}-a2-w0"), 2), 600, message=f"attempt 2\n{job.logs()}")
     admin.delete(JOBS, namespace, NAME)
     eventually(lambda: not job.pods(), 120, message="the run's pods gone")
+    shutil.rmtree(job.checkpoints, ignore_errors=True)  # 2-3 GB a run: five would fill the disk
     return {
         "first_step": breakdown_to_first_step(applied, watcher.seen, first),
         "next_step": breakdown_to_next_step(killed, watcher.seen, second),
