@@ -122,8 +122,11 @@ class HangWatch:
         return self
 
     def watch_model(self, module: Any) -> None:
-        """Count every forward pass of `module` as a move (training, evaluation and generation alike)."""
-        module.register_forward_pre_hook(self.motion.moved)
+        """Count every forward pass of `module` as a move (training, evaluation and generation alike). The
+        hook sits on the input embeddings, which every pass goes through: peft's `generate` calls the
+        wrapped model's forward, not the wrapper's, so a hook on the top module would miss LoRA's answers."""
+        inner = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+        (inner if inner is not None else module).register_forward_pre_hook(self.motion.moved)
 
     def finish(self) -> None:
         """This rank leaves the run: its last beat says so, and nothing is judged any more."""

@@ -11,7 +11,7 @@ import pytest
 
 from kubetune.policies.hang import Hang
 from kubetune.trainer.distributed import Rank
-from kubetune.trainer.hang_watch import HangWatch, Motion, interval_seconds
+from kubetune.trainer.hang_watch import HangWatch, interval_seconds
 
 
 @pytest.fixture
@@ -87,17 +87,24 @@ def test_checkpoint_writes_are_not_judged_by_moves(server: Any) -> None:
     assert watches[0].motion.paused is None
 
 
-def test_forward_passes_count_as_moves(tiny_model: Any) -> None:
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (their business, not ours).
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+@pytest.mark.parametrize("lora", [False, True])
+def test_forward_passes_count_as_moves(tiny_model: Any, server: Any, lora: bool) -> None:
     import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    motion = Motion()
-    model.register_forward_pre_hook(motion.moved)
+    if lora:  # peft's generate calls the wrapped model's forward, not the wrapper's
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    watch = watch_of(server, 0, 1)
+    watch.watch_model(model)
     with torch.no_grad():
-        model(torch.tensor([[1, 2, 3]]))
-        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
-    assert motion.moves >= 4, "one move per forward pass, generation's included"
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+        assert watch.motion.moves == 1
+        model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert watch.motion.moves == 4, "one move per forward pass, each generated token's included"
 
 
 @pytest.mark.parametrize("configured, expected", [(None, 5.0), (10, 2.0), (600, 5.0)])
