@@ -151,7 +151,12 @@ def summarize(runs: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     """Median total and median of each phase over `runs` (each run's `key` breakdown)."""
     breakdowns = [run[key] for run in runs]
     names = list(dict.fromkeys(name for b in breakdowns for name in b["phases"]))
-    phases = {name: round(statistics.median(b["phases"].get(name, 0.0) for b in breakdowns), 2) for name in names}
+    # A phase a run did not go through (a checkpoint read on a first attempt) is left out of its median, not
+    # counted as 0 s.
+    phases = {
+        name: round(statistics.median(b["phases"][name] for b in breakdowns if name in b["phases"]), 2)
+        for name in names
+    }
     totals = [b["total"] for b in breakdowns]
     return {
         "runs": len(runs),
@@ -211,6 +216,8 @@ def write(results: Mapping[str, Any], markdown: Path, figures: Path, before: Map
 
 def render(markdown: Path, figures: Path, baseline: Path) -> None:
     """Rewrite the section from the figures already measured (after their `notes` were edited)."""
+    if not figures.exists():
+        raise SystemExit(f"{figures} is not there yet: measure first (make bench-restart, on the real node)")
     results = json.loads(figures.read_text())
     before = json.loads(baseline.read_text()) if baseline.exists() else None
     write(results, markdown, figures, before)

@@ -81,3 +81,10 @@ def test_medians_and_the_section() -> None:
                         "job_line": "Two workers.", "date": "2026-12-07", "path": "recreate"}, before)  # fmt: skip
     assert "| phase | time to first step before (s) | time to first step after (s) |" in compared
     assert "| model load | 5.00 | 10.00 |  |  |" in compared and "Before: 2026-12-06, recreate, no cache." in compared
+
+
+def test_a_phase_missing_from_a_run_is_left_out_of_its_median() -> None:
+    runs = [{"next_step": {"total": 9.0, "phases": {"imports": 8.0, "checkpoint read": 1.0}}},
+            {"next_step": {"total": 8.0, "phases": {"imports": 8.0}}},
+            {"next_step": {"total": 10.0, "phases": {"imports": 7.0, "checkpoint read": 3.0}}}]  # fmt: skip
+    assert summarize(runs, "next_step")["phases"] == {"imports": 8.0, "checkpoint read": 2.0}

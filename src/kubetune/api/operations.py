@@ -241,9 +241,9 @@ class RetryPolicySpec(ApiModel):
     hang_timeout_seconds: int | None = doc(
         "hangTimeoutSeconds: how long the gang may stop moving (no forward pass or optimizer step on any rank, "
         "or one rank's process stopped reporting) before the attempt fails as Hung and the gang restarts from "
-        "the last checkpoint, in seconds (a restart counted against maxRestarts). A checkpoint write or the "
-        "export, one long call each, gets six times as long. Default: ten times the longest optimizer step seen so far, and "
-        "at least 300.",
+        "the last checkpoint, in seconds (a restart counted against maxRestarts). A checkpoint write or read and "
+        "the export, one long call each, get six times as long. Default: ten times the longest optimizer step "
+        "seen so far, and at least 300.",
         default=None,
         ge=10,
         le=86400,

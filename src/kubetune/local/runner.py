@@ -95,7 +95,7 @@ def append_event(workdir: Workdir, record: dict[str, object]) -> None:
 
 def _rank_environment(invocation: TrainerInvocation, processes: int) -> dict[str, str]:
     threads = threads_per_process(processes, None, None, os.cpu_count())  # the machine's cores, shared out
-    return invocation.env() | {THREADS_ENV: str(threads), "PYTHONUNBUFFERED": "1"}
+    return invocation.env() | ({THREADS_ENV: str(threads)} if threads else {}) | {"PYTHONUNBUFFERED": "1"}
 
 
 def _observe(outcome: AttemptOutcome, attempt: int, workdir: Workdir) -> list[WorkerObservation]:

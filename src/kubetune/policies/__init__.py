@@ -2,7 +2,8 @@
 
 One module per policy (retry, early stopping, deadlines, suspension, the gang's shape, the status it
 implies), each tested with tables beside it. Nothing here talks to Kubernetes, processes or torch, and
-nothing reads the clock: time is always passed in as `now` (a timezone-aware UTC datetime).
+nothing reads the clock: time is always passed in as `now` (a timezone-aware UTC datetime, except in
+`hang`, whose judges compare only readings of their own monotonic clock, in seconds).
 
 How a supervisor uses it (the local runner does exactly what the operator does)::
 
@@ -62,4 +63,7 @@ Modules:
               disk_problem: what this machine cannot run, found before the gang starts (never retried)
 - folder_owner: decide(recorded owner, this job, has checkpoints) -> Verdict: resume, adopt the same
               run's checkpoints (named), or refuse a different run's (the fields old -> new)
+- hang:       observe / verdict / declares over every rank's beats -> Hang (which ranks stopped, the
+              step): the trainer's judges (ranks 0 and 1) run it; timeout_seconds (hangTimeoutSeconds)
+- threads:    threads_per_process: OMP_NUM_THREADS from the worker's CPU limit, request or cores
 """

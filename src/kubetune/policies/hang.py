@@ -18,8 +18,8 @@ on its own monotonic clock):
 |------------------------------------------------------------------|--------------------------------------|
 | a rank's `alive` unchanged (any phase)                           | Hung: that rank stopped reporting    |
 | every rank armed (one step done), none paused, no `moves` change | Hung: every rank alive, none moves   |
-| ... while a rank is paused (a checkpoint write or the export: one | Hung only after PAUSED_MULTIPLE      |
-| long call each, on a shared disk that may be slow)                | times the timeout                    |
+| ... while a rank is paused (a checkpoint write or read, the export: | Hung only after PAUSED_MULTIPLE      |
+| one long call each, on a shared disk that may be slow)            | times the timeout                    |
 | any rank finished (it left, on purpose)                          | nothing                              |
 
 The hang timeout is `retryPolicy.hangTimeoutSeconds`, or, by default, ten times the longest optimizer

@@ -16,10 +16,15 @@ from kubetune.policies.threads import threads_per_process
         (8, {"cpu": "7500m"}, None, 64, 1),  # 0.94 cores each: at least one
         (1, {"memory": "1Gi"}, {"cpu": "2.5"}, 8, 2),  # a limit without cpu: the request
         (2, None, None, 2, 1),  # kubetune run on 2 cores, 2 ranks
-        (1, None, None, None, 1),
+        (1, None, None, None, None),  # nothing known (a GPU worker without a stated CPU): torch's default
+        (1, {"nvidia.com/gpu": "1"}, {"memory": "8Gi"}, None, None),
     ],
 )
 def test_threads_per_process(
-    processes: int, limits: dict[str, str] | None, requests: dict[str, str] | None, cores: int | None, expected: int
+    processes: int,
+    limits: dict[str, str] | None,
+    requests: dict[str, str] | None,
+    cores: int | None,
+    expected: int | None,
 ) -> None:
     assert threads_per_process(processes, limits, requests, cores) == expected

@@ -10,6 +10,11 @@ when it runs one.
 So every rank gets the worker's CPU divided among its processes, rounded down, at least 1: the CPU
 limit when there is one (the cgroup enforces it), else the request (what the scheduler reserved; a
 burstable pod may get more, but cannot count on it), else the machine's cores (`kubetune run`).
+
+A GPU worker whose CPU nobody stated gets no setting at all (None): its compute runs on the GPU, and
+what does run on its CPU — DeepSpeed's CPU Adam under `offloadOptimizer`, the data loader's
+tokenization — would crawl on the one thread that the operator's default request of one core would
+give it. There torch's own choice stands, as before.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ ENV = "OMP_NUM_THREADS"
 
 def threads_per_process(
     processes: int, limits: Mapping[str, object] | None, requests: Mapping[str, object] | None, cores: int | None
-) -> int:
+) -> int | None:
     """OMP_NUM_THREADS for each of a worker's `processes`: its CPU (limit, else request, else `cores`)
-    divided among them, rounded down, at least 1."""
+    divided among them, rounded down, at least 1; None (leave torch's default) when none is known."""
     for quantities in (limits, requests):
         cpu = parse_quantity(str(quantities["cpu"])) if quantities and "cpu" in quantities else None
         if cpu is not None:
             return max(1, math.floor(float(cpu) / processes))
-    return max(1, (cores or 1) // processes)
+    return max(1, cores // processes) if cores else None

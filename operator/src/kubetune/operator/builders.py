@@ -259,18 +259,25 @@ def trainer_invocation(
     )
 
 
-def _env(
-    job: FineTuneJob, attempt: int, index: int, rank0_token: str, resources: dict[str, Any]
-) -> list[dict[str, Any]]:
+def _threads(job: FineTuneJob, settings: BuildSettings, resources: dict[str, Any]) -> int | None:
+    """OMP_NUM_THREADS from the pod's CPU (kubetune.policies.threads): a GPU worker's only from a CPU someone
+    stated, not from the default request of one core."""
+    if job.spec.distributed.cluster_accelerator == "nvidia-gpu":
+        stated = job.spec.resources or settings.default_resources
+        resources = {"limits": stated.limits, "requests": stated.requests} if stated else {}
     processes = job.spec.distributed.processes_per_worker
-    threads = threads_per_process(processes, resources.get("limits"), resources.get("requests"), None)
+    return threads_per_process(processes, resources.get("limits"), resources.get("requests"), None)
+
+
+def _env(job: FineTuneJob, attempt: int, index: int, rank0_token: str, threads: int | None) -> list[dict[str, Any]]:
     rank_env = trainer_invocation(job, attempt).env() | {
         "KUBETUNE_WORKER_INDEX": str(index),
-        THREADS_ENV: str(threads),  # the pod's CPU, not the node's cores (kubetune.policies.threads)
         PVC_ROOT_ENV: PVC_ROOT,
         "HOME": SCRATCH_DIR,
         "HF_HOME": f"{SCRATCH_DIR}/huggingface",
     }
+    if threads is not None:
+        rank_env[THREADS_ENV] = str(threads)  # the pod's CPU, not the node's cores
     if rank0_token:
         rank_env[RANK0_TOKEN_ENV] = rank0_token
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in rank_env.items()]
@@ -340,7 +347,7 @@ def build_worker_pod(
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(job, settings),
-        "env": _env(job, attempt, index, rank0_token, resources),
+        "env": _env(job, attempt, index, rank0_token, _threads(job, settings, resources)),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},

@@ -120,14 +120,18 @@ def test_gpus_are_requested_per_process(accelerator: str | None, processes: int,
         ({"requests": {"cpu": "400m"}}, 1, "1"),
         ({"requests": {"cpu": "2"}, "limits": {"cpu": "6"}}, 2, "3"),
         (None, 2, "1"),  # the default request, one core, shared by two ranks
+        ({"requests": {"cpu": "8"}}, 2, "4"),
     ],
 )
+@pytest.mark.parametrize("accelerator", ["cpu", "nvidia-gpu"])
 def test_each_rank_computes_with_the_pods_cpu_not_the_nodes_cores(
-    resources: dict[str, Any] | None, processes: int, threads: str
+    resources: dict[str, Any] | None, processes: int, threads: str, accelerator: str
 ) -> None:
-    job = make_job(distributed={"processesPerWorker": processes}, resources=resources)
+    job = make_job(distributed={"processesPerWorker": processes, "accelerator": accelerator}, resources=resources)
     env = {e["name"]: e.get("value") for e in container(build_worker_pod(job, 1, 0, SETTINGS))["env"]}
-    assert env["OMP_NUM_THREADS"] == threads
+    # A GPU worker's CPU work (CPU Adam, tokenization) keeps torch's default unless a CPU was stated.
+    expected = None if accelerator == "nvidia-gpu" and resources is None else threads
+    assert env.get("OMP_NUM_THREADS") == expected
 
 
 def test_volumes_shm_config_and_one_mount_per_claim() -> None:

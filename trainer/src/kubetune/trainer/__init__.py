@@ -15,6 +15,7 @@ Modules, in the order a run uses them:
     report.py       the data report (counts, lengths, duplicates, leakage; each dropped / truncated line)
     packing.py      the seeded data order per (epoch, step, rank); packing and padding into tensors
     model.py        loading (local, hf://, GGUF), dropout override, LoRA, atomic export
+    gguf_cache.py   a GGUF file converted once per job by rank 0, loaded by every rank and attempt
     zero3.py        ZeRO-3: loading straight into shards; export one parameter at a time, LoRA merged on CPU
     engine.py       the DeepSpeed config, AdamW and the transformers LR schedule
     loop.py         the training loop: steps, logging, evaluation, early stopping, checkpoints, the end
@@ -31,6 +32,8 @@ Modules, in the order a run uses them:
     baselines.py    zero-shot / few-shot prompting baselines beside the fine-tuned model, and the verdict
     retrieval.py    the most similar training examples for few-shot prompts (embeddings, cosine top-k)
     diagnostics.py  the loss history the fit policy (over- / under-fitting) reads, kept in checkpoints
+    hang_watch.py   each rank's beat to the gang's store; ranks 0 and 1 judge them (kubetune.policies.hang)
+    timeline.py     where the start-up went, logged and recorded at each attempt's first step
 
 The decisions that are not about tensors live in kubetune.policies (early stopping).
 """

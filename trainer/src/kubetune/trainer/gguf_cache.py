@@ -14,7 +14,11 @@ tokenizer) beside the checkpoints, and every rank of this and every later attemp
   attempt got there first) leaves theirs. A partial folder left by a killed attempt is removed by the
   next conversion, under the fence, as incomplete checkpoints are.
 - Ranks that cannot see rank 0's folder (a node-local checkpoint volume) convert the file themselves, as
-  before: never slower than without the cache.
+  before, and so do all ranks when the folder cannot be written (a full disk): never slower than without
+  the cache.
+- The folder holds the weights de-quantized, in the job's dtype (a 7B model in bf16: about 14 GB beside
+  its 4 GB Q4 file), for as long as the checkpoint folder lives: checkpoint retention (`keep`) does not
+  count or remove it.
 """
 
 from __future__ import annotations
@@ -103,7 +107,9 @@ def _convert(spec: ModelSpec, base: Path, dtype: Any, folder: Path, wanted: dict
         (partial / MARKER).write_text(json.dumps(wanted, indent=2) + "\n")
         if fence.allows(f"publishing {folder.name}"):
             partial.rename(folder)
-    except OSError as error:  # another attempt's folder already there, or a full or read-only disk
+    # Another attempt's folder already there, or a full or read-only disk, for which safetensors raises its
+    # own error rather than an OSError: never worse than without the cache.
+    except Exception as error:
         if not (folder / MARKER).is_file():
             log.warning("could not keep the converted model in %s (%s); each rank converts the file", folder, error)
     finally:

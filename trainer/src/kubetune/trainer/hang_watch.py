@@ -115,6 +115,8 @@ class HangWatch:
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kubetune-hang-watch", daemon=True)
         self._store_failed = False
+        # One beat posted at a time: the watch thread's beat may not land after `finish`'s last one.
+        self._posting = threading.Lock()
 
     def start(self) -> HangWatch:
         self._post(finished=False)
@@ -131,8 +133,13 @@ class HangWatch:
     def finish(self) -> None:
         """This rank leaves the run: its last beat says so, and nothing is judged any more."""
         self.finished.set()
-        with contextlib.suppress(Exception):
-            self._post(finished=True)
+        # Bounded: a beat stuck on an unreachable store must not keep the rank from leaving.
+        if self._posting.acquire(timeout=max(self.interval, 1.0)):
+            try:
+                with contextlib.suppress(Exception):
+                    self._set(finished=True)
+            finally:
+                self._posting.release()
 
     def _beat(self, finished: bool) -> RankBeat:
         m = self.motion
@@ -141,6 +148,12 @@ class HangWatch:
         )
 
     def _post(self, finished: bool) -> None:
+        with self._posting:
+            if not finished and self.finished.is_set():
+                return  # the rank has left; its last beat says so
+            self._set(finished)
+
+    def _set(self, finished: bool) -> None:
         self.alive += 1
         self.store.set(str(self.rank.rank), self._beat(finished).to_json())
 

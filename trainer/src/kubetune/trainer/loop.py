@@ -359,7 +359,8 @@ class Trainer:
         if outcome == "EarlyStopped":
             best = self.state.early_stopping.best_step
             folder = self.paths.checkpoints / step_name(best or 0)
-            self.checkpointer.load_weights(self.engine, folder, self.spec.distributed.zero_stage)
+            with self.motion.unwatched("restoring the best checkpoint"):  # one long read, as a write is
+                self.checkpointer.load_weights(self.engine, folder, self.spec.distributed.zero_stage)
             fine_tuned = self.state.best_evaluation
             message = f"early stopped at step {self.state.step}: {message}; exported step {best}"
             if self.evaluation.exact_match and self.data.test is None:  # periodic evaluations did not generate

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from kubetune.trainer.state import StopRequest
 from kubetune.trainer.timeline import Timeline
 
 log = logging.getLogger("kubetune.trainer")
+
+#: Seconds a hung rank gives its result's writes (a stuck disk may be why the gang hangs) before it exits.
+HUNG_WRITE_SECONDS = 30.0
 
 
 def _configure_logging(rank: int) -> None:
@@ -198,8 +202,16 @@ def _hung(hang: Hang, args: TrainerInvocation, shell: _Shell) -> None:
         metrics=recorder.snapshot.metrics,
     )
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    with contextlib.suppress(Exception):  # whatever happens, the process ends with the hang's exit code
-        recorder.finish(result, args.termination_message_path, local_rank, None, args.attempt or 1)
+
+    def write() -> None:
+        with contextlib.suppress(Exception):
+            recorder.finish(result, args.termination_message_path, local_rank, None, args.attempt or 1)
+
+    # Whatever happens, the process ends with the hang's exit code, even if the writes hang on the same
+    # stuck disk that hung the gang: they get a bounded time on a thread of their own.
+    writer = threading.Thread(target=write, name="kubetune-hung-result", daemon=True)
+    writer.start()
+    writer.join(HUNG_WRITE_SECONDS)
     logging.shutdown()
     os._exit(ExitReason.HUNG.exit_code)
 

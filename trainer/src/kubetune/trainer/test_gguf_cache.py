@@ -82,6 +82,21 @@ def test_a_changed_file_is_converted_again_and_a_killed_conversion_is_cleared(gg
     assert not leftover.exists()
 
 
+def test_a_conversion_that_cannot_be_written_leaves_the_ranks_loading_the_file(
+    gguf_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import PreTrainedModel
+
+    def full_disk(*_: Any, **__: Any) -> None:
+        raise RuntimeError("Error while serializing: I/O error: No space left on device")  # not an OSError
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
+    with caplog.at_level(logging.WARNING, logger="kubetune.trainer.gguf_cache"):
+        spec = convert(gguf_file, tmp_path)
+    assert (spec.source, spec.gguf_file) == (str(gguf_file.parent), gguf_file.name)
+    assert list(tmp_path.iterdir()) == [] and "No space left on device" in caplog.text
+
+
 def test_other_sources_are_left_as_they_are(tmp_path: Path, tiny_model: Path) -> None:
     import torch
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.policies.hang import Hang
+from kubetune.policies.hang import Hang, RankBeat
 from kubetune.trainer.distributed import Rank
 from kubetune.trainer.hang_watch import HangWatch, interval_seconds
 
@@ -41,41 +41,49 @@ def settled(watches: list[HangWatch], step: int, now: float = 100.0) -> None:
         assert [w.check(at) for w in watches] == [None] * len(watches)
 
 
-def run_until_reported(live: list[HangWatch], start: float, moving: HangWatch | None = None) -> tuple[int, Hang]:
+def run_until_reported(live: list[HangWatch], start: float, moving: HangWatch | None = None) -> tuple[int, Hang, float]:
     """Beat every `live` watch each 5 s (as their threads would) from `start` until one reports a hang;
-    `moving` keeps moving meanwhile. The reporting rank and its hang."""
+    `moving` keeps moving meanwhile. The reporting rank, its hang and when."""
     for tick in range(1, 20):
         if moving is not None:
             moving.motion.moved()
         for watch in live:
             hang = watch.check(start + 5 * tick)
             if hang is not None:
-                return watch.rank.rank, hang
+                return watch.rank.rank, hang, start + 5 * tick
     raise AssertionError("no hang reported in 95 s")
 
 
 def test_a_rank_that_stops_beating_is_named_by_rank_0_alone(server: Any) -> None:
     watches = [watch_of(server, r, 3) for r in range(3)]
     settled(watches, 5)
-    reporter, hang = run_until_reported(watches[:2], 100.0, moving=watches[0])  # rank 2 beats no more
+    reporter, hang, at = run_until_reported(watches[:2], 100.0, moving=watches[0])  # rank 2 beats no more
     assert reporter == 0 and hang.stopped == (2,) and hang.step == 5, hang
+    assert watches[1].check(at) is None, "rank 1 sees the same hang but leaves the report to rank 0"
     assert hang.message.startswith("rank 2 stopped reporting (rank 2 20 s ago at step 5"), hang.message
 
 
 def test_rank_1_reports_when_rank_0_itself_stopped(server: Any) -> None:
     watches = [watch_of(server, r, 2) for r in range(2)]
     settled(watches, 1)
-    reporter, hang = run_until_reported(watches[1:], 100.0)
+    reporter, hang, _ = run_until_reported(watches[1:], 100.0)
     assert reporter == 1 and hang.stopped == (0,), hang
 
 
 def test_a_gang_of_still_ranks_hangs_and_a_finished_rank_never_does(server: Any) -> None:
     watches = [watch_of(server, r, 2) for r in range(2)]
     settled(watches, 3)
-    reporter, hang = run_until_reported(watches, 100.0)
+    reporter, hang, _ = run_until_reported(watches, 100.0)
     assert reporter == 0 and hang.stopped == () and "no rank has moved for 20 s at step 3" in hang.message, hang
     watches[1].finish()
     assert watches[0].check(150.0) is None
+
+
+def test_a_beat_late_from_the_watch_thread_never_undoes_the_last_one(server: Any) -> None:
+    watch = watch_of(server, 0, 1)
+    watch.finish()
+    watch._post(finished=False)  # the thread's beat, computed before `finish`, posted after it
+    assert RankBeat.from_json(watch.store.get("0")).finished
 
 
 def test_checkpoint_writes_are_not_judged_by_moves(server: Any) -> None:

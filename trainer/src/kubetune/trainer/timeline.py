@@ -41,10 +41,10 @@ def process_start_time() -> float | None:
         with open("/proc/self/stat", encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         ticks = int(fields[19])  # field 22 of stat(5), counted from after the command's ")"
-        with open("/proc/stat", encoding="ascii") as handle:
-            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        # Ticks since boot, on the boot-time clock; /proc/stat's btime would do, but it is whole seconds.
+        since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since_start
+    except (OSError, ValueError, IndexError):
         return None
 
 
