@@ -225,8 +225,16 @@ def build_service(job: FineTuneJob) -> dict[str, Any]:
 
 
 def _command(job: FineTuneJob, settings: BuildSettings) -> list[str]:
+    """The pod's supervisor (kubetune.worker, the container's PID 1) running torchrun, which runs the ranks.
+    Without `--hold-seconds` the container ends as torchrun does: the recreate path."""
     distributed = job.spec.distributed
     return [
+        "python",
+        "-m",
+        "kubetune.worker",
+        f"--grace-seconds={job.spec.checkpointing.grace_period_seconds}",
+        f"--termination-message-path={TERMINATION_MESSAGE_PATH}",
+        "--",
         "torchrun",
         f"--nnodes={distributed.workers}",
         f"--nproc_per_node={distributed.processes_per_worker}",

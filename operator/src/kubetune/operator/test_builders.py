@@ -72,6 +72,15 @@ def test_worker_pod_identity_labels_owner_and_rendezvous() -> None:
     )
     command = container(pod)["command"]
     assert command[:6] == [
+        "python",
+        "-m",
+        "kubetune.worker",
+        "--grace-seconds=30",
+        "--termination-message-path=/dev/termination-log",
+        "--",
+    ]
+    command = command[6:]
+    assert command[:6] == [
         "torchrun",
         "--nnodes=2",
         "--nproc_per_node=1",
@@ -305,7 +314,9 @@ def test_the_grace_period_reaches_the_pod_and_torchrun(
     assert pod["spec"]["terminationGracePeriodSeconds"] == grace
     env = {e["name"]: e.get("value") for e in container(pod)["env"]}
     assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == torchrun
-    assert container(pod)["command"][0] == "torchrun"  # the launcher that reads it
+    command = container(pod)["command"]
+    assert command[command.index("--") + 1] == "torchrun"  # the launcher that reads it
+    assert f"--grace-seconds={grace}" in command, "the supervisor waits as long for torchrun as the kubelet does"
 
 
 def test_claims_are_re_owned_only_when_their_root_is_not_the_trainers() -> None:

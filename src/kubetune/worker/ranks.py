@@ -1,0 +1,106 @@
+"""A worker pod's ranks as one process group: started for one attempt, stopped as a whole, reaped once.
+
+The in-pod supervisor (kubetune.worker.supervisor) runs torchrun, which runs the ranks, for one attempt
+after another inside the same container. Between two attempts nothing of the old one may survive: a
+rank left behind would hold the rendezvous port, the GPU's memory or the checkpoint folder's fence. So
+torchrun starts in a session (and process group) of its own, and a stop signals the whole group: SIGTERM
+to the launcher alone (torchrun forwards it to its ranks, which checkpoint, exactly as when the kubelet
+stops the container), SIGKILL to the whole group once the grace period is over or the launcher has gone.
+torch's own launcher does the same for its ranks; this is one level up, for the launcher itself.
+
+Exit codes read as a shell and Kubernetes report them: 128 + N for death by signal N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: Exit codes from 128 on mean "killed by signal (code - 128)" (kubetune.policies.observed).
+SIGNAL_EXIT_BASE = 128
+
+
+def shell_exit_code(returncode: int) -> int:
+    """Python reports death by signal N as -N; shells and Kubernetes as 128 + N."""
+    return SIGNAL_EXIT_BASE - returncode if returncode < 0 else returncode
+
+
+@dataclass(frozen=True)
+class RankGroupEnd:
+    """How one attempt's process group ended."""
+
+    exit_code: int
+    """The launcher's exit code, 128 + N when a signal killed it."""
+    stopped: bool
+    """The supervisor stopped it (a SIGTERM it sent), rather than it ending by itself."""
+
+
+class RankGroup:
+    """One attempt's launcher process and everything it started (one process group)."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        # A session of its own: its process group id is its pid, and no signal meant for the supervisor's
+        # group (a terminal's Ctrl-C) reaches the ranks except through the supervisor.
+        self._process = subprocess.Popen(list(command), env=dict(env), start_new_session=True)
+        self._stop_sent = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM the launcher (not its ranks: it forwards the signal to them itself, once)."""
+        with self._lock:
+            self._stop_sent.set()
+            if self._process.poll() is None:
+                self._process.send_signal(signal.SIGTERM)
+
+    def kill_group(self) -> None:
+        """SIGKILL every process left in the group; a group already gone is not an error. The group's id is
+        the launcher's pid, which no new group can take while any member of this one is alive."""
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> RankGroupEnd | None:
+        """The group's end once its launcher has exited; None if it still runs after `timeout` seconds."""
+        try:
+            code = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return RankGroupEnd(shell_exit_code(code), self._stop_sent.is_set())
+
+    def stop(self, grace_seconds: float) -> RankGroupEnd:
+        """SIGTERM the launcher, wait up to `grace_seconds` for it, then SIGKILL the group: a rank that
+        outlived its launcher (ignoring SIGTERM, or forked away from it) must not run into the next
+        attempt."""
+        self.terminate()
+        end = self.wait(grace_seconds)
+        self.kill_group()
+        if end is None:
+            end = RankGroupEnd(shell_exit_code(self._process.wait()), True)
+        return end
+
+
+def reap_orphans() -> int:
+    """Collect the exit status of every child that has ended, and return how many. The supervisor is PID 1
+    of its container, so ranks that outlived their launcher become its children once killed; unreaped they
+    would stay zombies for the pod's life. Call only while no launcher runs: it would take its status from
+    Popen."""
+    reaped = 0
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if pid == 0:  # children left, none ended yet
+            return reaped
+        reaped += 1
