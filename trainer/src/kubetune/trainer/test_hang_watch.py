@@ -103,7 +103,7 @@ def test_forward_passes_count_as_moves(tiny_model: Any, server: Any, lora: bool)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_model)
     if lora:  # peft's generate calls the wrapped model's forward, not the wrapper's
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     watch = watch_of(server, 0, 1)
