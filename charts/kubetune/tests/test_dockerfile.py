@@ -186,10 +186,11 @@ def test_trainer_image_has_what_the_operators_pods_run() -> None:
     job = FineTuneJob.model_validate(yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text()))
     pod = builders.build_worker_pod(job, 1, 0, builders.BuildSettings(trainer_image="img"))
     command = pod["spec"]["containers"][0]["command"]
-    assert command[0] == "torchrun"  # installed with torch by the trainer extra
+    assert command[:3] == ["python", "-m", "kubetune.worker"]  # the pod's supervisor, in the core distribution
+    assert command[command.index("--") + 1] == "torchrun"  # installed with torch by the trainer extra
     assert any(r.name == "torch" for r in DEPENDENCIES["trainer"])
     assert any("kubetune-trainer" in run for run in STAGES["trainer"].runs)
-    module = command.index("-m")
+    module = command.index("-m", command.index("--"))
     assert command[module + 1] == "kubetune.cli"
     parsed = build_parser().parse_args(command[module + 2 :])
     assert parsed.command == "train"

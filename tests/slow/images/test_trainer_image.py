@@ -62,6 +62,9 @@ def test_the_trainer_image_runs_as_the_operator_builds_worker_pods() -> None:
     assert built.config["Entrypoint"] == ["kubetune"]
     assert set(built.config["ExposedPorts"]) == {f"{RENDEZVOUS_PORT}/tcp", f"{METRICS_PORT}/tcp"}
     assert "opt/kubetune/bin/torchrun" in built.files
+    # the pod's command: `python -m kubetune.worker -- torchrun ...` (operator builders._command)
+    assert "opt/kubetune/bin/python" in built.files
+    assert any(f.endswith("site-packages/kubetune/worker/__main__.py") for f in built.files)
 
 
 def test_the_trainer_image_carries_deepspeeds_cpu_comm_op_compiled() -> None:
