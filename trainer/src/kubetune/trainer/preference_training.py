@@ -12,13 +12,16 @@ Reference log-probabilities (`method.dpo.reference`):
 - `precomputed`: before the first step every rank scores a strided share of the train, validation and
   test pairs with the starting weights in eval mode; one all-reduce puts them together; they are kept in
   `RunState.reference_log_probs`, so every checkpoint carries them and a resumed attempt (whose weights have
-  moved) reads them back instead of computing them again.
+  moved) reads them back instead of computing them again. Each set is kept under its name and a digest of
+  its pairs (`train@<sha256>`): pairs that changed since, even as many, are found and the resume refused.
 - `live` (LoRA): each batch's reference is the same model with its adapters disabled, without gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 from typing import Any, cast
 
@@ -66,18 +69,20 @@ class PreferenceTraining:
         if self.spec.reference == "live":
             return {}
         sets = self.sets()
+        keys = {name: f"{name}@{pairs_digest(pairs)}" for name, pairs in sets.items()}
+        kept = {name: _kept(saved or {}, name, keys[name], len(pairs)) for name, pairs in sets.items()}
         mismatched = {
-            name: (len((saved or {}).get(name, [])), len(pairs))
-            for name, pairs in sets.items()
-            if len((saved or {}).get(name, [])) != len(pairs)
+            name: (len(values or _saved_under(saved or {}, name)), len(sets[name]))
+            for name, values in kept.items()
+            if values is None
         }
         if not mismatched:
-            self.reference = cast(dict[str, list[list[float]]], saved)
-            return self.reference
-        if resumed_step > 0:
+            self.reference = cast(dict[str, list[list[float]]], kept)
+        elif resumed_step > 0:
             raise ConfigError(reference_mismatch(mismatched, resumed_step))
-        self.reference = {name: self._score_all(pairs, batch_size) for name, pairs in sets.items()}
-        return self.reference
+        else:
+            self.reference = {name: self._score_all(pairs, batch_size) for name, pairs in sets.items()}
+        return {keys[name]: values for name, values in self.reference.items()}
 
     def _score_all(self, pairs: list[Pair], batch_size: int) -> list[list[float]]:
         """[chosen, rejected] log-probabilities of every pair under the model as it is, in eval mode; each
@@ -180,10 +185,43 @@ class PreferenceTraining:
         return result
 
 
+def pairs_digest(pairs: list[Pair]) -> str:
+    """What a set's reference values belong to: its pairs' tokens and answer masks, in order (SHA-256)."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for example in (pair.chosen, pair.rejected):
+            digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _saved_under(saved: dict[str, list[list[float]]], name: str) -> list[list[float]]:
+    """A set's kept values, whichever pairs they were for."""
+    return next((values for key, values in saved.items() if key.split("@")[0] == name), [])
+
+
+def _kept(saved: dict[str, list[list[float]]], name: str, key: str, count: int) -> list[list[float]] | None:
+    """A set's kept values when they belong to its pairs now: saved under its digest, or (a checkpoint from
+    before digests were kept) under its bare name, for as many pairs. None when they do not."""
+    values = saved.get(key)
+    if values is None and name in saved and len(saved[name]) == count:
+        values = saved[name]
+    return values
+
+
 def reference_mismatch(mismatched: dict[str, tuple[int, int]], step: int) -> str:
     """Why a resumed DPO run cannot go on: its checkpoint's reference log-probabilities do not match the
     pairs (per set: how many were kept, how many there are now)."""
-    differences = ", ".join(f"{name}: {kept} kept, {now} now" for name, (kept, now) in mismatched.items())
+    if all(kept == 0 for kept, _ in mismatched.values()):
+        return (
+            f"the checkpoint at step {step} keeps no reference log-probabilities (was the run started with "
+            "`method.dpo.reference: live`?), and the weights have moved, so they can no longer be the "
+            "reference. Go on with `reference: live`, or start a new run (a new storage.output or checkpoint "
+            "folder)"
+        )
+    differences = ", ".join(
+        f"{name}: {now} pairs, not the ones kept" if kept == now else f"{name}: {kept} kept, {now} now"
+        for name, (kept, now) in mismatched.items()
+    )
     return (
         f"the checkpoint at step {step} keeps the starting model's reference log-probabilities for other "
         f"preference pairs than the data has now ({differences}); the dataset files changed since the "

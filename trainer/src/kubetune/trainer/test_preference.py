@@ -136,7 +136,10 @@ def test_preference_records_are_detected_checked_and_tokenized_answer_only(token
     assert isinstance(cut, Dropped)
 
 
-def _preference_training(model: Any, tokenizer: Any, train: int) -> Any:
+WORDS = ("apple", "river", "stone", "cloud")
+
+
+def _preference_training(model: Any, tokenizer: Any, train: int, words: tuple[str, ...] = WORDS) -> Any:
     from types import SimpleNamespace
 
     from kubetune.api.training import DpoSpec
@@ -146,7 +149,7 @@ def _preference_training(model: Any, tokenizer: Any, train: int) -> Any:
 
     records = [
         Record({"prompt": f"Map: {w}\nAnswer:", "chosen": f" {w}.", "rejected": f" {w}?"}, "p.jsonl", i)
-        for i, w in enumerate([*["apple", "river", "stone", "cloud"][:train], "field"])
+        for i, w in enumerate([*words[:train], "field"])
     ]
     pairs = [tokenize_pair(r, tokenizer, 64) for r in records]
     data = PreparedData("preference", pairs[:-1], pairs[-1:], [], None, records[:-1], records[-1:])  # type: ignore
@@ -159,10 +162,14 @@ def test_the_reference_is_scored_before_the_first_step_and_read_back_when_it_mat
 ) -> None:
     dpo = _preference_training(model, tokenizer, train=3)
     kept = dpo.prepare_reference(None, 2)
-    assert [len(kept["train"]), len(kept["validation"])] == [3, 1]
-    assert all(c < 0 and r < 0 for c, r in kept["train"]), "log-probabilities of real answers"
+    train = next(values for key, values in kept.items() if key.startswith("train@"))
+    assert sorted(len(values) for values in kept.values()) == [1, 3], "train and validation, under digests"
+    assert all(c < 0 and r < 0 for c, r in train), "log-probabilities of real answers"
     again = _preference_training(model, tokenizer, train=3)
-    assert again.prepare_reference(kept, 2, resumed_step=4) is kept, "a resumed run reads them back"
+    assert again.prepare_reference(kept, 2, resumed_step=4) == kept, "a resumed run reads them back"
+    assert again.reference["train"] is train
+    legacy = {key.split("@")[0]: values for key, values in kept.items()}  # kept before digests were
+    assert _preference_training(model, tokenizer, train=3).prepare_reference(legacy, 2, resumed_step=4) == kept
 
 
 def test_a_resumed_run_whose_pairs_changed_is_refused_rather_than_scored_by_moved_weights(
@@ -174,9 +181,13 @@ def test_a_resumed_run_whose_pairs_changed_is_refused_rather_than_scored_by_move
     changed = _preference_training(model, tokenizer, train=4)
     with pytest.raises(ConfigError, match=r"checkpoint at step 6 .*train: 3 kept, 4 now.*Restore the files"):
         changed.prepare_reference(kept, 2, resumed_step=6)
-    with pytest.raises(ConfigError, match=r"train: 0 kept, 4 now, validation: 0 kept, 1 now"):
+    with pytest.raises(ConfigError, match=r"keeps no reference log-probabilities \(was the run started with"):
         changed.prepare_reference(None, 2, resumed_step=6)  # a checkpoint written without them
-    assert len(changed.prepare_reference(kept, 2, resumed_step=0)["train"]) == 4, "before step 1: scored now"
+    swapped = _preference_training(model, tokenizer, train=3, words=("apple", "river", "grass"))
+    with pytest.raises(ConfigError, match=r"\(train: 3 pairs, not the ones kept\)"):
+        swapped.prepare_reference(kept, 2, resumed_step=6)  # as many pairs, one of them edited
+    changed.prepare_reference(kept, 2, resumed_step=0)
+    assert len(changed.reference["train"]) == 4, "before step 1: scored now"
 
 
 def test_trls_conversational_rows_with_the_conversation_in_prompt_are_read_as_messages(
