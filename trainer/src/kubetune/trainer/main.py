@@ -100,7 +100,11 @@ class _Shell:
 
 def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: _Shell) -> TrainerResult:
     timeline = Timeline(args.attempt or 1)
-    import deepspeed  # noqa: F401  (here, so that the start-up timeline tells imports from the rendezvous)
+    paths = run_paths(args, job)
+    job = preflight.check(job, paths)  # before anything slow: what cannot run here never will
+    # Imported here, after the check (a refused run does not wait for DeepSpeed) and before the rendezvous,
+    # so that the start-up timeline tells the imports (the check's own torch included) from the rendezvous.
+    import deepspeed  # noqa: F401
     from transformers import set_seed
 
     from kubetune.trainer import engine as engines
@@ -111,8 +115,6 @@ def _train(args: TrainerInvocation, job: FineTuneJob, stop: StopRequest, shell: 
     from kubetune.trainer.zero3 import ShardedLoading
 
     timeline.mark("imported")
-    paths = run_paths(args, job)
-    job = preflight.check(job, paths)  # before anything slow: what cannot run here never will
     spec = job.spec
     rank = distributed.initialize(spec.distributed.cluster_accelerator)  # decided by the check
     timeline.mark("joined")
