@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from kubetune.api.invocation import ATTEMPT_ENV, EXIT_BAD_INPUT
-from kubetune.worker.endpoint import TOKEN_ENV, SupervisorEndpoint
+from kubetune.api.worker import WORKER_TOKEN_ENV
+from kubetune.worker.endpoint import SupervisorEndpoint
 from kubetune.worker.supervisor import (
     SupervisorSettings,
     WorkerSupervisor,
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
         reaps_orphans=os.getpid() == 1,  # the container's init
     )
     try:  # before the ranks start: a pod that cannot take orders must not train unsupervised
-        endpoint = SupervisorEndpoint(os.environ.get(TOKEN_ENV, ""), port=args.port)
+        endpoint = SupervisorEndpoint(os.environ.get(WORKER_TOKEN_ENV, ""), port=args.port)
     except OSError as error:
         print(
             f"kubetune.worker: cannot serve on port {args.port} ({error}); is another process using it?",

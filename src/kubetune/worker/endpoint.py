@@ -11,7 +11,7 @@ The readiness probe is what makes a rank's end visible without polling: the pod 
 operator's watch sees the pod change, and only then does it ask `GET /state`. The token
 (`Authorization: Bearer`, KUBETUNE_WORKER_TOKEN in the container's environment, never passed on to the
 ranks) is the pod's: whoever may read the pod's spec may give it orders, no one else on the pod network.
-Bodies are tiny and capped (BODY_LIMIT, a larger declared length is refused unread), and each connection
+The paths, the bodies and their caps are kubetune.api.worker's. Bodies are tiny and capped (ORDER_LIMIT, a larger declared length is refused unread), and each connection
 has a time limit, so a peer on the pod network that trickles bytes holds one thread, briefly.
 The standard library's server is enough for four small requests; a web framework in the trainer image
 would be one more thing to start on every pod.
@@ -28,12 +28,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pydantic import ValidationError
+
+from kubetune.api.worker import ORDER_LIMIT, READY_PATH, START_PATH, STATE_PATH, STOP_PATH, Order
 from kubetune.worker.supervisor import OrderRefused, WorkerSupervisor
 
-#: The supervisor's token (set by the operator in the pod's spec; removed from the ranks' environment).
-TOKEN_ENV = "KUBETUNE_WORKER_TOKEN"
-#: Largest request body read, in bytes (an order is about 100 bytes).
-BODY_LIMIT = 1024
 #: Seconds a connection may take to send its request or read its answer.
 CONNECTION_SECONDS = 5.0
 
@@ -47,16 +46,16 @@ def _handler(supervisor: WorkerSupervisor, token: str, connection_seconds: float
             pass  # a probe every second would drown the pod's log
 
         def do_GET(self) -> None:
-            if self.path == "/ready":
+            if self.path == READY_PATH:
                 running = supervisor.running()
                 self._answer(HTTPStatus.OK if running else HTTPStatus.SERVICE_UNAVAILABLE, {"running": running})
-            elif self.path == "/state" and self._authorized():
+            elif self.path == STATE_PATH and self._authorized():
                 self._answer(HTTPStatus.OK, supervisor.state().to_wire())
-            elif self.path != "/state":
+            elif self.path != STATE_PATH:
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no {self.path} here"})
 
         def do_POST(self) -> None:
-            if self.path not in ("/stop", "/start"):
+            if self.path not in (STOP_PATH, START_PATH):
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no {self.path} here"})
                 return
             if not self._authorized():
@@ -64,12 +63,11 @@ def _handler(supervisor: WorkerSupervisor, token: str, connection_seconds: float
             order = self._order()
             if order is None:
                 return
-            attempt, rank0_token = order
             try:
-                if self.path == "/stop":
-                    self._answer(HTTPStatus.ACCEPTED, supervisor.stop(attempt).to_wire())
+                if self.path == STOP_PATH:
+                    self._answer(HTTPStatus.ACCEPTED, supervisor.stop(order.attempt).to_wire())
                 else:
-                    self._answer(HTTPStatus.OK, supervisor.start(attempt, rank0_token).to_wire())
+                    self._answer(HTTPStatus.OK, supervisor.start(order.attempt, order.rank0_token).to_wire())
             except OrderRefused as refused:
                 self._answer(HTTPStatus.CONFLICT, {"error": str(refused), **supervisor.state().to_wire()})
 
@@ -80,29 +78,22 @@ def _handler(supervisor: WorkerSupervisor, token: str, connection_seconds: float
             self._answer(HTTPStatus.UNAUTHORIZED, {"error": "this endpoint needs the pod's token"})
             return False
 
-        def _order(self) -> tuple[int, str | None] | None:
+        def _order(self) -> Order | None:
             try:
                 length = int(self.headers.get("Content-Length", "0"))
             except ValueError:
                 length = -1
-            if not 0 < length <= BODY_LIMIT:
-                self._answer(HTTPStatus.BAD_REQUEST, {"error": f"send a JSON body of 1 to {BODY_LIMIT} bytes"})
+            if not 0 < length <= ORDER_LIMIT:
+                self._answer(HTTPStatus.BAD_REQUEST, {"error": f"send a JSON body of 1 to {ORDER_LIMIT} bytes"})
                 return None
             try:
-                body = json.loads(self.rfile.read(length))
-                attempt = body["attempt"]
-                rank0_token = body.get("rank0Token")
-                if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-                    raise ValueError("attempt")
-                if rank0_token is not None and not isinstance(rank0_token, str):
-                    raise ValueError("rank0Token")
-            except (ValueError, KeyError, TypeError, AttributeError):
+                return Order.model_validate_json(self.rfile.read(length))
+            except ValidationError:
                 self._answer(
                     HTTPStatus.BAD_REQUEST,
                     {"error": 'the body is {"attempt": <whole number from 1>, "rank0Token": <string, optional>}'},
                 )
                 return None
-            return attempt, rank0_token
 
         def _answer(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()

@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from kubetune.api.invocation import ATTEMPT_ENV, RANK0_TOKEN_ENV
 from kubetune.api.outcome import TERMINATION_MESSAGE_LIMIT
+from kubetune.api.worker import WORKER_TOKEN_ENV, AttemptPhase, WorkerState
 from kubetune.worker.ranks import RankGroup, reap_orphans
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 RENDEZVOUS_ID_ENV = "PET_RDZV_ID"
 #: Seconds between two looks of the main thread at the ranks (also the longest a SIGTERM waits).
 POLL_SECONDS = 0.2
-
-AttemptPhase = Literal["running", "stopping", "ended"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,14 @@ class AttemptState:
     """time.monotonic() at its end (not sent: clocks of two machines are never compared)."""
 
     def to_wire(self) -> dict[str, object]:
-        return {
-            "attempt": self.attempt,
-            "phase": self.phase,
-            "exitCode": self.exit_code,
-            "stopped": self.stopped,
-            "terminationMessage": self.termination_message,
-        }
+        wire = WorkerState(
+            attempt=self.attempt,
+            phase=self.phase,
+            exit_code=self.exit_code,
+            stopped=self.stopped,
+            termination_message=self.termination_message,
+        )
+        return wire.model_dump(by_alias=True)
 
 
 class OrderRefused(Exception):
@@ -252,10 +251,8 @@ def install_signal_handlers(supervisor: WorkerSupervisor) -> None:
 
 def supervisor_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The ranks' environment: the container's, without the supervisor's own token."""
-    from kubetune.worker.endpoint import TOKEN_ENV
-
     env = dict(os.environ if base is None else base)
-    env.pop(TOKEN_ENV, None)
+    env.pop(WORKER_TOKEN_ENV, None)
     return env
 
 

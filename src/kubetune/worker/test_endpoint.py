@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.worker.endpoint import BODY_LIMIT, SupervisorEndpoint
+from kubetune.api.worker import ORDER_LIMIT
+from kubetune.worker.endpoint import SupervisorEndpoint
 from kubetune.worker.test_supervisor import Pod, pods, wait_until
 
 __all__ = ["pods"]  # the fixture, shared
@@ -84,7 +85,7 @@ def test_state_and_orders_need_the_pods_token(served: tuple[Pod, int], token: st
         ([2], None),
         ({}, None),
         (None, "0"),
-        (None, str(BODY_LIMIT + 1)),
+        (None, str(ORDER_LIMIT + 1)),
         (None, "many"),
     ],
 )

@@ -24,6 +24,8 @@ to processes). Modules, from the outside in:
 - observe.py     pod -> WorkerObservation (exit codes, OOMKilled, DisruptionTarget, Unschedulable, ...)
 - builders.py    pure builders: worker pods (restricted PSS), headless Service, ConfigMap; path mapping
 - progress.py    rank 0's GET /progress and /result on worker 0's pod IP, port 9400 (injectable for tests)
+- worker_orders.py a worker pod's supervisor (kubetune.worker): GET /state as a WorkerObservation, POST /stop
+                 and /start of the next attempt, bounded and token-checked (for restarts in place; not used yet)
 - progress_poller.py reads rank 0's progress outside the reconciles, a bounded pool on its own cadence;
                  asks for a reconcile (low-priority lane) only when the status has something to say
 - rank_zero.py   gathers what rank 0 says per reconcile: snapshot, reachability, the whole result; confirms it

@@ -123,6 +123,15 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(body)
 
 
+def pod_url(pod: Mapping[str, Any], port: int, path: str) -> str | None:
+    """http://<pod IP>:<port><path>; None while the pod has no IP."""
+    ip = pod.get("status", {}).get("podIP")
+    if not ip:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}{path}"
+
+
 def pod_token(pod: Mapping[str, Any]) -> str | None:
     """The attempt's token from the pod's own spec (the operator put it there when it created the pod)."""
     for container in pod.get("spec", {}).get("containers") or []:
@@ -146,11 +155,7 @@ class HttpProgressSource:
         self._session_loop: asyncio.AbstractEventLoop | None = None
 
     def url(self, pod: Mapping[str, Any], path: str) -> str | None:
-        ip = pod.get("status", {}).get("podIP")
-        if not ip:
-            return None
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{self.port}{path}"
+        return pod_url(pod, self.port, path)
 
     async def _request(self, method: str, url: str, pod: Mapping[str, Any], limit: int = 0) -> tuple[int, bytes]:
         token = pod_token(pod)
