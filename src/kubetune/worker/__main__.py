@@ -67,16 +67,20 @@ def main(argv: list[str]) -> int:
         grace_seconds=args.grace_seconds,
         reaps_orphans=os.getpid() == 1,  # the container's init
     )
-    try:  # before the ranks start: a pod that cannot take orders must not train unsupervised
-        endpoint = SupervisorEndpoint(os.environ.get(WORKER_TOKEN_ENV, ""), port=args.port)
-    except OSError as error:
-        print(
-            f"kubetune.worker: cannot serve on port {args.port} ({error}); is another process using it?",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
+    endpoint = None
+    if args.port is not None:
+        try:  # before the ranks start: a pod that cannot take orders must not train unsupervised
+            endpoint = SupervisorEndpoint(os.environ.get(WORKER_TOKEN_ENV, ""), port=args.port)
+        except OSError as error:
+            print(
+                f"kubetune.worker: cannot serve on port {args.port} ({error}); is another process using it?",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
     supervisor = WorkerSupervisor(settings, supervisor_environment())
     install_signal_handlers(supervisor)
+    if endpoint is None:  # no orders: the container ends as the launcher does
+        return supervisor.run()
     with endpoint.serving(supervisor):
         return supervisor.run()
 

@@ -322,3 +322,15 @@ def test_the_grace_period_reaches_the_pod_and_torchrun(
 def test_claims_are_re_owned_only_when_their_root_is_not_the_trainers() -> None:
     context = build_worker_pod(make_job(), attempt=1, index=0, settings=SETTINGS)["spec"]["securityContext"]
     assert context["fsGroup"] == 1000 and context["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
+def test_the_pods_command_is_one_the_supervisor_accepts() -> None:
+    from kubetune.worker.__main__ import _arguments
+    from kubetune.worker.supervisor import command_of
+
+    command = container(build_worker_pod(make_job(), 3, 1, SETTINGS))["command"]
+    assert command[:3] == ["python", "-m", "kubetune.worker"]
+    args = _arguments(command[3:])
+    assert (args.port, args.hold_seconds, args.grace_seconds) == (None, 0.0, 30.0), "no endpoint: the recreate path"
+    assert str(args.termination_message_path) == "/dev/termination-log"
+    assert command_of(command[3:])[0] == "torchrun"
