@@ -14,7 +14,8 @@ burstable pod may get more, but cannot count on it), else the machine's cores (`
 A GPU worker whose CPU nobody stated gets no setting at all (None): its compute runs on the GPU, and
 what does run on its CPU — DeepSpeed's CPU Adam under `offloadOptimizer`, the data loader's
 tokenization — would crawl on the one thread that the operator's default request of one core would
-give it. There torch's own choice stands, as before.
+give it. There the launcher's choice stands, as before: torch's default of every core for a worker of one
+process, and torchrun's 1 per process for a worker of several (state the pod's CPU to give them more).
 """
 
 from __future__ import annotations

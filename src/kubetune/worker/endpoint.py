@@ -11,8 +11,12 @@ The readiness probe is what makes a rank's end visible without polling: the pod 
 operator's watch sees the pod change, and only then does it ask `GET /state`. The token
 (`Authorization: Bearer`, KUBETUNE_WORKER_TOKEN in the container's environment, never passed on to the
 ranks) is the pod's: whoever may read the pod's spec may give it orders, no one else on the pod network.
-The paths, the bodies and their caps are kubetune.api.worker's. Bodies are tiny and capped (ORDER_LIMIT, a larger declared length is refused unread), and each connection
-has a time limit, so a peer on the pod network that trickles bytes holds one thread, briefly.
+The paths, the bodies and their caps are kubetune.api.worker's. Bodies are tiny and capped (ORDER_LIMIT, a larger declared length is refused unread), and each read of a
+connection waits at most CONNECTION_SECONDS: a peer that sends nothing is dropped then, while one that
+trickles a byte at a time holds a thread for as long as it trickles (only who reaches the pod's network can;
+the gang's NetworkPolicy admits the operator and the gang's own pods). An error on one connection (a peer
+gone mid-answer) is one line in the log, never a traceback: the log's tail is the termination message when
+the trainer wrote none.
 The standard library's server is enough for four small requests; a web framework in the trainer image
 would be one more thing to start on every pod.
 """
@@ -20,6 +24,7 @@ would be one more thing to start on every pod.
 from __future__ import annotations
 
 import hmac
+import logging
 import json
 import threading
 from collections.abc import Iterator
@@ -32,6 +37,8 @@ from pydantic import ValidationError
 
 from kubetune.api.worker import ORDER_LIMIT, READY_PATH, START_PATH, STATE_PATH, STOP_PATH, Order
 from kubetune.worker.supervisor import OrderRefused, WorkerSupervisor
+
+logger = logging.getLogger(__name__)
 
 #: Seconds a connection may take to send its request or read its answer.
 CONNECTION_SECONDS = 5.0
@@ -106,6 +113,13 @@ def _handler(supervisor: WorkerSupervisor, token: str, connection_seconds: float
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("a connection from %s ended in error", client_address, exc_info=True)
+
+
 class SupervisorEndpoint:
     """The endpoint's socket, bound at once (so a port in use is found before any rank starts), answering
     from a thread of its own while `serving`."""
@@ -121,8 +135,7 @@ class SupervisorEndpoint:
         self._token = token
         self._connection_seconds = connection_seconds
         self._poll_seconds = shutdown_poll_seconds
-        self._server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler, bind_and_activate=True)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), BaseHTTPRequestHandler, bind_and_activate=True)
 
     @property
     def port(self) -> int:

@@ -5,8 +5,11 @@ after another inside the same container. Between two attempts nothing of the old
 rank left behind would hold the rendezvous port, the GPU's memory or the checkpoint folder's fence. So
 torchrun starts in a session (and process group) of its own, and a stop signals the whole group: SIGTERM
 to the launcher alone (torchrun forwards it to its ranks, which checkpoint, exactly as when the kubelet
-stops the container), SIGKILL to the whole group once the grace period is over or the launcher has gone.
-torch's own launcher does the same for its ranks; this is one level up, for the launcher itself.
+stops the container), then SIGKILL to every process below the launcher once the grace period is over or
+the launcher has gone. Not only to its process group: torch's launcher starts each rank in a session of
+its own. Ranks whose launcher died are handed to the container's init, the supervisor itself, and are
+killed as its descendants (`kill_group(everything=True)`, only as PID 1: anywhere else the supervisor's
+other descendants are not the attempt's).
 
 Exit codes read as a shell and Kubernetes report them: 128 + N for death by signal N.
 """
@@ -41,7 +44,7 @@ class RankGroupEnd:
 
 
 class RankGroup:
-    """One attempt's launcher process and everything it started (one process group)."""
+    """One attempt's launcher process and everything it started."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
         # A session of its own: its process group id is its pid, and no signal meant for the supervisor's
@@ -58,17 +61,27 @@ class RankGroup:
         return self._process.poll() is None
 
     def terminate(self) -> None:
-        """SIGTERM the launcher (not its ranks: it forwards the signal to them itself, once)."""
+        """SIGTERM the launcher, once (not its ranks: it forwards the signal to them itself; a second SIGTERM
+        would make torch's launcher give up waiting for them and leave their checkpoint half written)."""
         with self._lock:
+            if self._stop_sent.is_set():
+                return
             self._stop_sent.set()
             if self._process.poll() is None:
                 self._process.send_signal(signal.SIGTERM)
 
-    def kill_group(self) -> None:
-        """SIGKILL every process left in the group; a group already gone is not an error. The group's id is
-        the launcher's pid, which no new group can take while any member of this one is alive."""
-        with self._lock, contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)
+    def kill_group(self, everything: bool = False) -> None:
+        """SIGKILL the launcher and every process below it (its ranks, in sessions of their own), and with
+        `everything` every descendant of this process too (as PID 1: ranks orphaned by a dead launcher)."""
+        with self._lock:
+            # Once reaped, the launcher's pid may name another process: it is left alone then.
+            alive = self._process.poll() is None
+            doomed = descendants(self._process.pid) | {self._process.pid} if alive else set()
+            if everything:
+                doomed |= descendants(os.getpid())
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> RankGroupEnd | None:
         """The group's end once its launcher has exited; None if it still runs after `timeout` seconds."""
@@ -88,6 +101,28 @@ class RankGroup:
         if end is None:
             end = RankGroupEnd(shell_exit_code(self._process.wait()), True)
         return end
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below `root` now (children, their children, ...), from /proc; empty without /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])  # field 4, after the command's ")"
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
 
 
 def reap_orphans() -> int:

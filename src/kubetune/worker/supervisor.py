@@ -126,8 +126,10 @@ class WorkerSupervisor:
         self._lock = threading.Lock()
         self._terminating = threading.Event()
         self._group: RankGroup | None = None
+        self._closing = False
+        """`run` has decided the container ends: no order starts anything any more."""
+        # The first attempt's ranks start in `run`, after the caller has installed its signal handlers.
         self._state = AttemptState(settings.first_attempt, "running")
-        self._start_locked(settings.first_attempt, None)
 
     # --- orders (any thread) ---
 
@@ -166,7 +168,7 @@ class WorkerSupervisor:
                 raise OrderRefused(
                     f"attempt {current.attempt} is still {current.phase}: stop it and wait for its end first"
                 )
-            if self._terminating.is_set():
+            if self._terminating.is_set() or self._closing:
                 raise OrderRefused("the pod is stopping")
             self._start_locked(attempt, rank0_token)
             return self._state
@@ -192,26 +194,33 @@ class WorkerSupervisor:
         self._terminating.set()
 
     def run(self) -> int:
-        """Supervise until the container should end; the exit code it should end with."""
-        forwarded = False
+        """Start the first attempt and supervise until the container should end; the exit code it should
+        end with."""
+        with self._lock:
+            if self._terminating.is_set():  # stopped before anything started
+                self._closing = True
+                return 128 + signal.SIGTERM
+            self._start_locked(self.settings.first_attempt, None)
         while True:
             with self._lock:
                 group, state = self._group, self._state
-            # A stop the operator ordered is already under way when the phase is "stopping".
-            if self._terminating.is_set() and not forwarded and group is not None and state.phase == "running":
-                forwarded = True
+                forward = self._terminating.is_set() and state.phase == "running" and group is not None
+                if forward:  # "stopping" from now on: an order to stop finds the stop under way
+                    self._state = replace(state, phase="stopping", stopped=True)
+            if forward and group is not None:
                 threading.Thread(target=group.stop, args=(self.settings.grace_seconds,), daemon=True).start()
             end = group.wait(POLL_SECONDS) if group is not None and state.phase != "ended" else None
             if end is not None and group is not None:
-                group.kill_group()  # ranks that outlived their launcher
+                group.kill_group(everything=self.settings.reaps_orphans)  # ranks that outlived their launcher
                 self._record_end(end.exit_code, end.stopped)
                 with self._lock:
                     if self.settings.reaps_orphans and self._state.phase == "ended":  # no new launcher yet
                         reap_orphans()
             elif state.phase == "ended":
                 time.sleep(POLL_SECONDS)
-            # Read again: an order may have started the next attempt meanwhile.
-            code = self._exit_code(self.state())
+            with self._lock:  # read again: an order may have started the next attempt meanwhile
+                code = self._exit_code(self._state)
+                self._closing = code is not None
             if code is not None:
                 return code
 

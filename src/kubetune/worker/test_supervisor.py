@@ -33,14 +33,22 @@ plan = (folder / f"plan-{attempt}").read_text().strip()
 (folder / "termination-log").write_text(f"attempt {attempt} said {plan}")
 if plan == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # in a session of its own, as torch's launcher starts each rank
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     (folder / "child.pid").write_text(str(child.pid))
 elif plan == "wait":
     def termed(*_):
         (folder / f"termed-{attempt}").write_text("yes")
         sys.exit(143)
     signal.signal(signal.SIGTERM, termed)
-if plan in ("wait", "ignore-term"):
+elif plan == "slow-term":  # counts each SIGTERM, ends half a second after the first
+    def counted(*_):
+        with (folder / "sigterms").open("a") as log:
+            log.write("term\\n")
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+    signal.signal(signal.SIGTERM, counted)
+    signal.signal(signal.SIGALRM, lambda *_: sys.exit(143))
+if plan in ("wait", "ignore-term", "slow-term"):
     (folder / f"running-{attempt}").write_text("yes")
     while True:
         time.sleep(0.05)
@@ -180,6 +188,32 @@ def test_sigterm_to_the_pod_stops_the_ranks_and_ends_the_container_with_their_co
     assert (pod.folder / "termed-1").exists()
     with pytest.raises(OrderRefused, match="stopping"):
         pod.supervisor.start(2, None)
+
+
+def test_the_pods_sigterm_and_an_order_to_stop_reach_the_launcher_once(pods: Callable[..., Pod]) -> None:
+    pod = pods({1: "slow-term"})
+    wait_until((pod.folder / "running-1").exists, "attempt 1 to run")
+    pod.supervisor.terminate()
+    wait_until(lambda: pod.supervisor.state().phase == "stopping", "the stop under way")
+    pod.supervisor.stop(1)  # the operator's order, while the pod's own stop is under way
+    assert pod.ended() == 143
+    assert (pod.folder / "sigterms").read_text() == "term\n", "a second SIGTERM makes torchrun abandon its ranks"
+
+
+def test_a_pod_stopped_before_its_ranks_start_starts_none(tmp_path: Path) -> None:
+    pod_folder = tmp_path / "pod"
+    pod_folder.mkdir()
+    settings = SupervisorSettings(
+        command=(sys.executable, "-c", f"open({str(pod_folder / 'started')!r}, 'w')"),
+        first_attempt=1,
+        termination_message_path=pod_folder / "termination-log",
+        hold_seconds=0,
+        grace_seconds=1,
+    )
+    supervisor = WorkerSupervisor(settings, {"PATH": os.environ.get("PATH", "")})
+    supervisor.terminate()  # the SIGTERM that arrives as the container starts
+    assert supervisor.run() == 143
+    assert not (pod_folder / "started").exists()
 
 
 def test_a_failed_attempt_that_gets_no_order_ends_the_container_with_its_failure(pods: Callable[..., Pod]) -> None:

@@ -121,7 +121,9 @@ class SupervisorClient:
 
 def observation_of(index: int, state: WorkerState) -> WorkerObservation:
     """The policies' view of a worker whose pod runs on: running while its ranks do, else ended as they
-    ended — the same fields a terminated container gives (kubetune.operator.observe)."""
+    ended — the same fields a terminated container gives (kubetune.operator.observe). An attempt the
+    operator itself stopped (`state.stopped`) reads as failed by SIGTERM, as a deleted pod's container
+    does: the reconcile that ordered the stop already knows why."""
     if state.phase != "ended" or state.exit_code is None:
         return WorkerObservation(index, state.attempt, "running")
     result = parse_termination_message(state.termination_message)

@@ -79,7 +79,7 @@ class PreferenceTraining:
         if not mismatched:
             self.reference = cast(dict[str, list[list[float]]], kept)
         elif resumed_step > 0:
-            raise ConfigError(reference_mismatch(mismatched, resumed_step))
+            raise ConfigError(reference_mismatch(mismatched, resumed_step, kept_any=bool(saved)))
         else:
             self.reference = {name: self._score_all(pairs, batch_size) for name, pairs in sets.items()}
         return {keys[name]: values for name, values in self.reference.items()}
@@ -208,10 +208,10 @@ def _kept(saved: dict[str, list[list[float]]], name: str, key: str, count: int) 
     return values
 
 
-def reference_mismatch(mismatched: dict[str, tuple[int, int]], step: int) -> str:
+def reference_mismatch(mismatched: dict[str, tuple[int, int]], step: int, kept_any: bool = True) -> str:
     """Why a resumed DPO run cannot go on: its checkpoint's reference log-probabilities do not match the
-    pairs (per set: how many were kept, how many there are now)."""
-    if all(kept == 0 for kept, _ in mismatched.values()):
+    pairs (per set: how many were kept, how many there are now); `kept_any`: the checkpoint keeps some."""
+    if not kept_any:
         return (
             f"the checkpoint at step {step} keeps no reference log-probabilities (was the run started with "
             "`method.dpo.reference: live`?), and the weights have moved, so they can no longer be the "

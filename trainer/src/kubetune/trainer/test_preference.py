@@ -186,6 +186,9 @@ def test_a_resumed_run_whose_pairs_changed_is_refused_rather_than_scored_by_move
     swapped = _preference_training(model, tokenizer, train=3, words=("apple", "river", "grass"))
     with pytest.raises(ConfigError, match=r"\(train: 3 pairs, not the ones kept\)"):
         swapped.prepare_reference(kept, 2, resumed_step=6)  # as many pairs, one of them edited
+    without_validation = {key: values for key, values in kept.items() if not key.startswith("validation")}
+    with pytest.raises(ConfigError, match=r"\(validation: 0 kept, 1 now\)"):  # a set the checkpoint lacks
+        _preference_training(model, tokenizer, train=3).prepare_reference(without_validation, 2, resumed_step=6)
     changed.prepare_reference(kept, 2, resumed_step=0)
     assert len(changed.reference["train"]) == 4, "before step 1: scored now"
 
