@@ -24,8 +24,8 @@ would be one more thing to start on every pod.
 from __future__ import annotations
 
 import hmac
-import logging
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
