@@ -132,13 +132,19 @@ def pod_url(pod: Mapping[str, Any], port: int, path: str) -> str | None:
     return f"http://{host}:{port}{path}"
 
 
-def pod_token(pod: Mapping[str, Any]) -> str | None:
-    """The attempt's token from the pod's own spec (the operator put it there when it created the pod)."""
+def pod_env_value(pod: Mapping[str, Any], name: str) -> str | None:
+    """A variable's literal value in the pod's own spec (a token the operator put there when it created the
+    pod); None when absent or empty."""
     for container in pod.get("spec", {}).get("containers") or []:
         for variable in container.get("env") or []:
-            if variable.get("name") == RANK0_TOKEN_ENV and variable.get("value"):
+            if variable.get("name") == name and variable.get("value"):
                 return str(variable["value"])
     return None
+
+
+def pod_token(pod: Mapping[str, Any]) -> str | None:
+    """The attempt's token for rank 0's endpoints, from the pod's own spec."""
+    return pod_env_value(pod, RANK0_TOKEN_ENV)
 
 
 class HttpProgressSource:

@@ -33,7 +33,7 @@ from kubetune.api.worker import (
     Refusal,
     WorkerState,
 )
-from kubetune.operator.progress import BodyTooLarge, pod_url, read_capped
+from kubetune.operator.progress import BodyTooLarge, pod_env_value, pod_url, read_capped
 from kubetune.policies.observed import WorkerObservation, parse_termination_message
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,7 @@ class SupervisorRead:
 
 def worker_token(pod: Mapping[str, Any]) -> str | None:
     """The pod's supervisor token, from its own spec (the operator put it there when it created the pod)."""
-    for container in pod.get("spec", {}).get("containers") or []:
-        for variable in container.get("env") or []:
-            if variable.get("name") == WORKER_TOKEN_ENV and variable.get("value"):
-                return str(variable["value"])
-    return None
+    return pod_env_value(pod, WORKER_TOKEN_ENV)
 
 
 class SupervisorClient:
