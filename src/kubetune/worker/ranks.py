@@ -24,8 +24,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-#: Exit codes from 128 on mean "killed by signal (code - 128)" (kubetune.policies.observed).
-SIGNAL_EXIT_BASE = 128
+from kubetune.policies.observed import SIGNAL_EXIT_BASE
 
 
 def shell_exit_code(returncode: int) -> int:

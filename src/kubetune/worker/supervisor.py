@@ -243,8 +243,8 @@ class WorkerSupervisor:
             return None
         if self._terminating.is_set() or state.exit_code == 0:
             return state.exit_code
-        waited = self._clock() - (state.ended_at if state.ended_at is not None else self._clock())
-        return state.exit_code if waited >= self.settings.hold_seconds else None
+        ended_at = state.ended_at if state.ended_at is not None else self._clock()
+        return state.exit_code if self._clock() - ended_at >= self.settings.hold_seconds else None
 
 
 def install_signal_handlers(supervisor: WorkerSupervisor) -> None:

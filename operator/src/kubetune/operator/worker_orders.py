@@ -33,13 +33,11 @@ from kubetune.api.worker import (
     Refusal,
     WorkerState,
 )
+from kubetune.operator.observe import truncate
 from kubetune.operator.progress import BodyTooLarge, pod_env_value, pod_url, read_capped
 from kubetune.policies.observed import WorkerObservation, parse_termination_message
 
 logger = logging.getLogger(__name__)
-
-#: Longest raw termination message kept when it is not a TrainerResult (as observe.MAX_RAW_MESSAGE).
-MAX_RAW_MESSAGE = 300
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,7 @@ def observation_of(index: int, state: WorkerState) -> WorkerObservation:
     if state.phase != "ended" or state.exit_code is None:
         return WorkerObservation(index, state.attempt, "running")
     result = parse_termination_message(state.termination_message)
-    raw = state.termination_message if result is None else None
-    if raw is not None and len(raw) > MAX_RAW_MESSAGE:
-        raw = raw[: MAX_RAW_MESSAGE - 3] + "..."
+    raw = truncate(state.termination_message) if result is None else None
     return WorkerObservation(
         index,
         state.attempt,
